@@ -1,0 +1,70 @@
+"""The ``platform`` / ``uisbench`` command: a small dispatcher over one module per sub-command.
+
+Each sub-command module defines ``add_parser(subparsers, common)`` and ``run(args) -> int`` and
+imports nothing heavy at module level, so ``platform --help`` never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import ConfigError, UisbenchError
+
+#: Sub-command modules, in help order. A new sub-command is one new module plus its name here.
+COMMANDS = ("plugins", "list", "validate")
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--registry",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="extra registry file that extends or overrides the shipped registry.yaml (repeatable)",
+    )
+    common.add_argument(
+        "--strict-plugins",
+        action="store_true",
+        default=None,
+        help="fail when a plugin cannot load (default: warn and skip it; env UISBENCH_STRICT_PLUGINS=1)",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="platform",
+        description="uisbench: score self-supervised backbones on unsupervised instance segmentation.",
+        epilog="Run `platform COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"uisbench {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = _common_options()
+    for name in COMMANDS:
+        module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}_cmd")
+        module.add_parser(subparsers, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except ConfigError as err:
+        print("error: " + "\n".join(err.problems) if len(err.problems) > 1 else f"error: {err}", file=sys.stderr)
+        return 2
+    except UisbenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished work is saved, rerun the same command to resume.", file=sys.stderr)
+        return 130

@@ -1,0 +1,35 @@
+"""``platform validate [FILE...]``: check registry files; exit 0 when valid, list every problem otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser("validate", parents=[common], help="validate registry files")
+    p.add_argument("files", nargs="*", help="registry files (default: the shipped registry.yaml)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .._manager import get_plugin_manager
+    from ..errors import ConfigError
+    from ..registry import default_registry_path, load_registry
+
+    host = get_plugin_manager(strict=args.strict_plugins)
+    files = list(args.files) or [str(default_registry_path())]
+    status = 0
+    for path in files:
+        # A user file extends the shipped one, so its bench section may name shipped entries.
+        is_default = str(path) == str(default_registry_path())
+        try:
+            load_registry([*args.registry, path] if not is_default else args.registry, host, include_default=True)
+        except ConfigError as err:
+            status = 1
+            print(f"{path}: {len(err.problems)} problem(s)", file=sys.stderr)
+            for line in err.problems:
+                print(f"  {line}", file=sys.stderr)
+            continue
+        print(f"{path}: ok")
+    return status

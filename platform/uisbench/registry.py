@@ -1,0 +1,324 @@
+"""``registry.yaml``: which plugin entries exist, their parameters, and the default bench matrix.
+
+The file is data, read with ``yaml.safe_load`` semantics (a ``SafeLoader`` subclass that only
+remembers line numbers) and validated against each plugin's parameter schema. Every problem is
+reported as ``file:line: message`` with a suggestion, all at once.
+
+Layout (``version: 1``)::
+
+    version: 1
+    backbones:
+      dino-vits16: {plugin: dino, arch: vit_small_patch16_224}
+    maskers:
+      ncut: {plugin: ncut}
+    bench:
+      backbones: all          # or a list of entry names
+      maskers: [ncut]
+      students: [maskrcnn]
+      metrics: [coco]
+      dataset: synth-instances
+
+Several files can be given (``--registry FILE``, repeatable): later files add entries or replace
+entries of the same name, and their ``bench:`` keys replace the earlier ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from .errors import ConfigError, UnknownNameError
+from .types import KINDS
+
+if TYPE_CHECKING:
+    from ._manager import PluginHost
+    from .types import PluginSpec
+
+__all__ = ["Entry", "BenchDefaults", "Registry", "load_registry", "default_registry_path", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+_TOP_KEYS = ("version", *KINDS, "bench")
+_BENCH_KEYS = ("backbones", "maskers", "students", "metrics", "dataset", "seed")
+_ENTRY_META = ("plugin", "description")
+
+
+class _Mapping(dict):
+    """A dict that remembers the line (1-based) of itself and of each key."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+class _LineLoader(yaml.SafeLoader):
+    """``SafeLoader`` that records line numbers and rejects duplicate keys (no other change)."""
+
+    duplicates: list[tuple[str, int]]
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> _Mapping:  # type: ignore[override]
+        result = _Mapping()
+        result.line = node.start_mark.line + 1
+        result.key_lines = {}
+        self.flatten_mapping(node)
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in result.key_lines:
+                self.duplicates.append((str(key), key_node.start_mark.line + 1))
+            result[key] = self.construct_object(value_node, deep=deep)
+            result.key_lines[key] = key_node.start_mark.line + 1
+        return result
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _LineLoader.construct_mapping)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One named registry entry: ``plugin`` plus its parameters, and where it was written."""
+
+    kind: str
+    name: str
+    plugin: str
+    params: Mapping[str, Any]
+    source: str
+    line: int
+    description: str = ""
+
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+@dataclass(frozen=True)
+class BenchDefaults:
+    """The ``bench:`` section: the default matrix of ``platform bench --all``."""
+
+    backbones: tuple[str, ...] | str = "all"
+    maskers: tuple[str, ...] = ()
+    students: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+    dataset: str = "synth-instances"
+    seed: int = 0
+
+
+@dataclass
+class Registry:
+    """Entries of every kind, the bench defaults, and the files they came from."""
+
+    entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    bench: BenchDefaults = field(default_factory=BenchDefaults)
+    files: list[str] = field(default_factory=list)
+    sha256: str = ""
+
+    def entry(self, kind: str, name: str) -> Entry:
+        if name not in self.entries[kind]:
+            raise UnknownNameError(f"{kind[:-1]} entry", name, self.entries[kind], hint="`platform list " + kind + "` shows them.")
+        return self.entries[kind][name]
+
+    def names(self, kind: str) -> list[str]:
+        return list(self.entries[kind])
+
+    def resolved_params(self, entry: Entry, host: PluginHost) -> dict[str, Any]:
+        """The entry's parameters with the plugin's defaults filled in."""
+        spec = host.spec(entry.kind, entry.plugin)
+        return {**spec.defaults(), **entry.params}
+
+    def build(self, kind: str, name: str, host: PluginHost, **extra: Any) -> Any:
+        """Instantiate the object of entry ``name`` (``extra`` goes to the factory, e.g. ``split``)."""
+        entry = self.entry(kind, name)
+        spec = host.spec(kind, entry.plugin)
+        return spec.factory(**{**self.resolved_params(entry, host), **extra})
+
+    def add_implicit_entries(self, host: PluginHost) -> None:
+        """Installed backbone plugins that no entry uses and that need no parameter get an entry of
+        their own name, so ``bench --all`` scores a vendor's plugin without a registry edit."""
+        used = {e.plugin for e in self.entries["backbones"].values()}
+        for name, spec in host.specs("backbones").items():
+            if name in used or name in self.entries["backbones"] or any(p.required for p in spec.params):
+                continue
+            self.entries["backbones"][name] = Entry("backbones", name, name, {}, "<installed plugin>", 0, spec.description)
+
+
+def default_registry_path() -> Path:
+    """``UISBENCH_REGISTRY`` if set, else the ``registry.yaml`` at the checkout's root."""
+    env = os.environ.get("UISBENCH_REGISTRY")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "registry.yaml"
+
+
+def _read(path: Path) -> tuple[Any, list[str]]:
+    problems: list[str] = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read registry file ({err.strerror}); check the path.") from err
+    loader = _LineLoader(text)
+    loader.duplicates = []
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(
+            f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)}); fix the syntax.",
+            [f"{path}{line}: not valid YAML: {getattr(err, 'problem', err)}"],
+        ) from err
+    finally:
+        loader.dispose()
+    for key, line in loader.duplicates:
+        problems.append(f"{path}:{line}: key {key!r} appears twice; keep one.")
+    return data, problems
+
+
+def _suggest(word: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else f" Known: {', '.join(sorted(options)) or 'none'}."
+
+
+def _check_params(spec: PluginSpec, entry: Entry, lines: Mapping[str, int], path: str, problems: list[str]) -> None:
+    known = {p.name: p for p in spec.params}
+    for key, value in entry.params.items():
+        line = lines.get(key, entry.line)
+        param = known.get(key)
+        if param is None:
+            problems.append(
+                f"{path}:{line}: {entry.kind[:-1]} entry {entry.name!r}: unknown parameter {key!r} of plugin "
+                f"{spec.name!r}.{_suggest(key, known)}"
+            )
+            continue
+        problem = param.check(value)
+        if problem:
+            problems.append(f"{path}:{line}: {entry.kind[:-1]} entry {entry.name!r}: parameter {key!r} {problem}.")
+    for param in spec.params:
+        if param.required and param.name not in entry.params:
+            problems.append(
+                f"{path}:{entry.line}: {entry.kind[:-1]} entry {entry.name!r}: missing required parameter "
+                f"{param.name!r} ({param.type}: {param.help or 'see `platform list ' + entry.kind + '`'})."
+            )
+
+
+def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problems: list[str]) -> None:
+    data, read_problems = _read(path)
+    problems.extend(read_problems)
+    where = str(path)
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        problems.append(f"{where}:1: the registry must be a mapping with keys {', '.join(_TOP_KEYS)}.")
+        return
+    version = data.get("version")
+    if version != SCHEMA_VERSION:
+        line = data.key_lines.get("version", 1)
+        problems.append(f"{where}:{line}: 'version: {SCHEMA_VERSION}' is required (got {version!r}).")
+    for key in data:
+        if key not in _TOP_KEYS:
+            problems.append(f"{where}:{data.key_lines[key]}: unknown top-level key {key!r}.{_suggest(key, _TOP_KEYS)}")
+    for kind in KINDS:
+        section = data.get(kind)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            problems.append(f"{where}:{data.key_lines[kind]}: {kind!r} must map entry names to {{plugin: ..., ...}}.")
+            continue
+        specs = host.specs(kind) if host is not None else None
+        for name, body in section.items():
+            line = section.key_lines.get(name, section.line)
+            if not isinstance(body, dict) or "plugin" not in body:
+                problems.append(f"{where}:{line}: {kind[:-1]} entry {name!r} needs a 'plugin: NAME' key.")
+                continue
+            params = {k: v for k, v in body.items() if k not in _ENTRY_META}
+            entry = Entry(kind, str(name), str(body["plugin"]), params, where, line, str(body.get("description", "")))
+            if specs is not None:
+                spec = specs.get(entry.plugin)
+                if spec is None:
+                    pline = body.key_lines.get("plugin", line)
+                    problems.append(
+                        f"{where}:{pline}: {kind[:-1]} entry {name!r}: unknown plugin {entry.plugin!r}."
+                        f"{_suggest(entry.plugin, specs)} (`platform plugins` lists installed plugins.)"
+                    )
+                    continue
+                _check_params(spec, entry, body.key_lines, where, problems)
+            registry.entries[kind][entry.name] = entry
+    bench = data.get("bench")
+    if bench is not None:
+        if not isinstance(bench, dict):
+            problems.append(f"{where}:{data.key_lines['bench']}: 'bench' must be a mapping.")
+            return
+        values: dict[str, Any] = {}
+        for key, value in bench.items():
+            line = bench.key_lines.get(key, bench.line)
+            if key not in _BENCH_KEYS:
+                problems.append(f"{where}:{line}: unknown bench key {key!r}.{_suggest(key, _BENCH_KEYS)}")
+            elif key == "dataset":
+                if not isinstance(value, str):
+                    problems.append(f"{where}:{line}: bench dataset must be an entry name.")
+                values[key] = str(value)
+            elif key == "seed":
+                if not isinstance(value, int) or isinstance(value, bool):
+                    problems.append(f"{where}:{line}: bench seed must be an integer.")
+                values[key] = value
+            elif key == "backbones" and value == "all":
+                values[key] = "all"
+            elif not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                problems.append(f"{where}:{line}: bench {key} must be a list of entry names.")
+            else:
+                values[key] = tuple(value)
+        current = registry.bench.__dict__
+        registry.bench = BenchDefaults(**{**current, **values})
+        registry._bench_lines = {**getattr(registry, "_bench_lines", {}), **{k: (where, bench.key_lines.get(k, bench.line)) for k in values}}  # type: ignore[attr-defined]
+
+
+def _check_bench(registry: Registry, problems: list[str]) -> None:
+    lines: dict[str, tuple[str, int]] = getattr(registry, "_bench_lines", {})
+    b = registry.bench
+    named = {"maskers": b.maskers, "students": b.students, "metrics": b.metrics}
+    if b.backbones != "all":
+        named["backbones"] = b.backbones  # type: ignore[assignment]
+    for kind, names in named.items():
+        for name in names:
+            if name not in registry.entries[kind]:
+                src, line = lines.get(kind, ("<registry>", 0))
+                problems.append(f"{src}:{line}: bench {kind} names unknown entry {name!r}.{_suggest(name, registry.entries[kind])}")
+    if b.dataset not in registry.entries["datasets"]:
+        src, line = lines.get("dataset", ("<registry>", 0))
+        problems.append(f"{src}:{line}: bench dataset {b.dataset!r} is not a datasets entry.{_suggest(b.dataset, registry.entries['datasets'])}")
+
+
+def load_registry(
+    paths: Sequence[str | os.PathLike[str]] | None = None,
+    host: PluginHost | None = None,
+    *,
+    include_default: bool = True,
+) -> Registry:
+    """Load and validate registry files (the shipped one first unless ``include_default=False``).
+
+    With ``host`` given, entries are validated against the installed plugins' schemas.
+    Raises :class:`ConfigError` listing every problem.
+    """
+    files: list[Path] = []
+    if include_default:
+        files.append(default_registry_path())
+    files.extend(Path(p) for p in paths or ())
+    registry = Registry()
+    problems: list[str] = []
+    digest = hashlib.sha256()
+    for path in files:
+        if not path.exists():
+            raise ConfigError(f"{path}: registry file not found; check --registry or UISBENCH_REGISTRY.")
+        digest.update(path.read_bytes())
+        _parse_file(path, registry, host, problems)
+        registry.files.append(str(path))
+    if host is not None:
+        _check_bench(registry, problems)
+    registry.sha256 = digest.hexdigest()
+    if host is not None and not problems:
+        registry.add_implicit_entries(host)
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) in the registry:\n" + "\n".join(problems), problems)
+    return registry

@@ -1,0 +1,212 @@
+"""The typed records that plugin hooks yield: one ``*Spec`` per plugin kind, plus ``Param``.
+
+A spec is cheap to build: it only names a plugin, documents it and holds a *lazy* ``factory``.
+Heavy imports (torch, timm, torchvision, pycocotools) happen inside the factory, never when
+the spec is created, so ``platform --help`` and ``platform list`` stay instant.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import PluginError
+
+__all__ = [
+    "REQUIRED",
+    "Param",
+    "PluginSpec",
+    "BackboneSpec",
+    "MaskerSpec",
+    "StudentSpec",
+    "MetricSpec",
+    "DatasetSpec",
+    "SPEC_TYPES",
+    "KINDS",
+]
+
+
+class _Required:
+    """Sentinel default of a parameter that every registry entry must set."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (float, int),
+    "str": (str,),
+    "bool": (bool,),
+    "path": (str,),
+    "list[int]": (list,),
+    "list[float]": (list,),
+    "list[str]": (list,),
+    "dict": (dict,),
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a plugin: its name, type, default and a one-line help text.
+
+    ``type`` is one of ``int, float, str, bool, path, list[int], list[float], list[str], dict``.
+    ``default=REQUIRED`` makes the parameter mandatory; ``nullable=True`` admits ``null``.
+
+    Example::
+
+        Param("tau", "float", 0.2, "affinity threshold of the binarised graph")
+    """
+
+    name: str
+    type: str
+    default: Any = REQUIRED
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.type not in _TYPES:
+            raise PluginError(
+                f"Param {self.name!r}: unknown type {self.type!r}; use one of {', '.join(_TYPES)}."
+            )
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def check(self, value: Any) -> str | None:
+        """Return a problem description if ``value`` does not fit this parameter, else ``None``."""
+        if value is None:
+            return None if (self.nullable or self.default is None) else "must not be null"
+        expected = _TYPES[self.type]
+        if isinstance(value, bool) and bool not in expected:
+            return f"expected {self.type}, got bool {value!r}"
+        if not isinstance(value, expected):
+            return f"expected {self.type}, got {type(value).__name__} {value!r}"
+        if self.type.startswith("list["):
+            item = _TYPES[self.type[5:-1]]
+            bad = [v for v in value if not isinstance(v, item) or (isinstance(v, bool) and bool not in item)]
+            if bad:
+                return f"expected {self.type}, got items {bad!r}"
+        if self.choices is not None and value not in self.choices:
+            return f"must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
+        return None
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """Fields shared by every plugin kind.
+
+    ``factory(**params)`` builds the working object; ``params`` declares what it accepts.
+    ``version`` enters cache keys: bump it when the plugin's output changes.
+    """
+
+    name: str
+    description: str
+    factory: Callable[..., Any]
+    params: tuple[Param, ...] = ()
+    version: str = "1"
+    kind: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise PluginError(
+                f"{type(self).__name__} name {self.name!r} is invalid: use lower-case letters, digits, '.', '-', '_'."
+            )
+        if not self.description or "\n" in self.description.strip():
+            raise PluginError(f"{type(self).__name__} {self.name!r}: description must be one non-empty line.")
+        if not callable(self.factory):
+            raise PluginError(f"{type(self).__name__} {self.name!r}: factory must be callable.")
+        names = [p.name for p in self.params]
+        if len(set(names)) != len(names):
+            raise PluginError(f"{type(self).__name__} {self.name!r}: duplicate parameter names {names}.")
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params if not p.required}
+
+    def build(self, **params: Any) -> Any:
+        """Fill defaults and call the factory (validation happens in the registry)."""
+        return self.factory(**{**self.defaults(), **params})
+
+
+@dataclass(frozen=True)
+class BackboneSpec(PluginSpec):
+    """A backbone plugin: factory returns a :class:`uisbench.Backbone`.
+
+    ``calibration=True`` marks backbones that read ground truth (the oracles): their results are
+    listed apart from real backbones and may not feed a student at prediction time.
+    """
+
+    calibration: bool = False
+    kind: str = field(default="backbone", init=False)
+
+
+@dataclass(frozen=True)
+class MaskerSpec(PluginSpec):
+    """A masker plugin: factory returns a :class:`uisbench.Masker`."""
+
+    kind: str = field(default="masker", init=False)
+
+
+@dataclass(frozen=True)
+class StudentSpec(PluginSpec):
+    """A student plugin: factory(backbone=..., **params) returns a :class:`uisbench.Student`."""
+
+    kind: str = field(default="student", init=False)
+
+
+@dataclass(frozen=True)
+class MetricSpec(PluginSpec):
+    """A metric plugin: factory returns a :class:`uisbench.Metric`.
+
+    ``higher_is_better`` maps each value the metric reports to its direction; ``needs`` says what
+    the metric reads (``ground_truth``, ``predictions``, ``features``, ``cost``) so the engine can
+    skip it, with a reason, where the data lacks it. ``stages`` says where it applies.
+    """
+
+    higher_is_better: Mapping[str, bool] = field(default_factory=dict)
+    needs: frozenset[str] = frozenset({"ground_truth", "predictions"})
+    stages: frozenset[str] = frozenset({"pseudo-masks", "student"})
+    kind: str = field(default="metric", init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = set(self.needs) - {"ground_truth", "predictions", "features", "cost"}
+        if unknown:
+            raise PluginError(f"MetricSpec {self.name!r}: unknown needs {sorted(unknown)}.")
+        unknown = set(self.stages) - {"pseudo-masks", "student", "features"}
+        if unknown:
+            raise PluginError(f"MetricSpec {self.name!r}: unknown stages {sorted(unknown)}.")
+
+
+@dataclass(frozen=True)
+class DatasetSpec(PluginSpec):
+    """A dataset plugin: factory(split=..., **params) returns a :class:`uisbench.Dataset`.
+
+    ``splits`` lists the splits the factory accepts; ``has_ground_truth`` whether ``val`` has it.
+    ``presets`` names ready-made parameter sets (e.g. ``coco-val2017``).
+    """
+
+    splits: tuple[str, ...] = ("train", "val")
+    has_ground_truth: bool = True
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    kind: str = field(default="dataset", init=False)
+
+
+SPEC_TYPES: dict[str, type[PluginSpec]] = {
+    "backbones": BackboneSpec,
+    "maskers": MaskerSpec,
+    "students": StudentSpec,
+    "metrics": MetricSpec,
+    "datasets": DatasetSpec,
+}
+KINDS: tuple[str, ...] = tuple(SPEC_TYPES)
