@@ -31,7 +31,15 @@ from .contracts import (
     StageCost,
     Student,
 )
-from .errors import BackboneUnavailable, ConfigError, DataError, PluginError, UisbenchError, UnknownNameError
+from .errors import (
+    BackboneUnavailable,
+    ConfigError,
+    DataError,
+    IncompatibleError,
+    PluginError,
+    UisbenchError,
+    UnknownNameError,
+)
 from .io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .registry import BenchDefaults, Entry, Registry, load_registry
 from .types import REQUIRED, BackboneSpec, DatasetSpec, MaskerSpec, MetricSpec, Param, StudentSpec
@@ -81,6 +89,7 @@ __all__ = [
     "UnknownNameError",
     "BackboneUnavailable",
     "DataError",
+    "IncompatibleError",
     # helpers
     "masks",
     "atomic_path",

@@ -16,6 +16,7 @@ __all__ = [
     "UnknownNameError",
     "BackboneUnavailable",
     "DataError",
+    "IncompatibleError",
 ]
 
 
@@ -73,3 +74,8 @@ class BackboneUnavailable(UisbenchError):
 
 class DataError(UisbenchError):
     """Input data is unusable: a missing or corrupt image, a malformed annotation file, a bad polygon."""
+
+
+class IncompatibleError(ConfigError):
+    """A combination the platform refuses on purpose, e.g. ground-truth-reading (calibration) features
+    feeding a student at prediction time. The bench records such a cell as *skipped* with the reason."""
