@@ -1,0 +1,190 @@
+"""registry.yaml: validated data with file:line errors, user files extending the shipped one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from helpers import REPO_ROOT
+
+import uisbench
+from uisbench.registry import load_registry
+
+
+class _Masker(uisbench.Masker):
+    def __init__(self, tau: float = 0.2, n_masks: int = 3, solver: str = "torch"):
+        self.tau, self.n_masks, self.solver = tau, n_masks, solver
+
+    def predict(self, features, records):
+        return [[] for _ in records]
+
+
+class _Plugin:
+    @uisbench.hookimpl
+    def uisbench_maskers(self):
+        yield uisbench.MaskerSpec(
+            name="cut",
+            description="Test masker.",
+            factory=_Masker,
+            params=(
+                uisbench.Param("tau", "float", 0.2, "threshold"),
+                uisbench.Param("n_masks", "int", 3, "how many"),
+                uisbench.Param("solver", "str", "torch", "which", choices=("torch", "scipy")),
+            ),
+        )
+
+    @uisbench.hookimpl
+    def uisbench_datasets(self):
+        yield uisbench.DatasetSpec(
+            name="toy",
+            description="Test dataset.",
+            factory=lambda split="val", root=None: None,
+            params=(uisbench.Param("root", "path", uisbench.REQUIRED, "folder"),),
+        )
+
+
+@pytest.fixture
+def toy_host():
+    return uisbench.get_plugin_manager(strict=True, load_entry_points=False, plugins=[("toy", _Plugin())])
+
+
+def _write(tmp_path, text, name="reg.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+GOOD = """\
+version: 1
+datasets:
+  toy-a: {plugin: toy, root: /data/a}
+maskers:
+  cut-fast: {plugin: cut, tau: 0.15}
+  cut-ref:
+    plugin: cut
+    solver: scipy
+bench:
+  maskers: [cut-fast]
+  dataset: toy-a
+"""
+
+
+def test_valid_registry_loads(tmp_path, toy_host):
+    reg = load_registry([_write(tmp_path, GOOD)], toy_host, include_default=False)
+    assert reg.names("maskers") == ["cut-fast", "cut-ref"]
+    entry = reg.entry("maskers", "cut-ref")
+    assert entry.plugin == "cut" and entry.params == {"solver": "scipy"} and entry.line == 6
+    assert reg.resolved_params(entry, toy_host) == {"tau": 0.2, "n_masks": 3, "solver": "scipy"}
+    masker = reg.build("maskers", "cut-fast", toy_host)
+    assert isinstance(masker, _Masker) and masker.tau == 0.15
+    assert reg.bench.maskers == ("cut-fast",) and reg.bench.dataset == "toy-a"
+    assert len(reg.sha256) == 64
+
+
+def test_every_problem_reported_with_file_and_line(tmp_path, toy_host):
+    bad = _write(
+        tmp_path,
+        """\
+        version: 1
+        datasets:
+          toy-a: {plugin: toy}
+        maskers:
+          a: {plugin: cutt}
+          b: {plugin: cut, n_mask: 3}
+          c:
+            plugin: cut
+            tau: high
+          d: {plugin: cut, solver: lapack}
+        bench:
+          maskers: [a, zzz]
+          dataset: toy-a
+        """,
+    )
+    with pytest.raises(uisbench.ConfigError) as err:
+        load_registry([bad], toy_host, include_default=False)
+    text = "\n".join(err.value.problems)
+    assert f"{bad}:3:" in text and "missing required parameter 'root'" in text
+    assert f"{bad}:5:" in text and "unknown plugin 'cutt'" in text and "Did you mean 'cut'" in text
+    assert f"{bad}:6:" in text and "unknown parameter 'n_mask'" in text and "Did you mean 'n_masks'" in text
+    assert f"{bad}:9:" in text and "parameter 'tau' expected float" in text
+    assert f"{bad}:10:" in text and "must be one of" in text
+    assert "unknown entry 'zzz'" in text
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("version: 2\n", "'version: 1' is required"),
+        ("version: 1\nmaskerz: {}\n", "Did you mean 'maskers'"),
+        ("version: 1\nmaskers:\n  a: {plugin: cut}\n  a: {plugin: cut}\n", "appears twice"),
+        ("version: 1\nmaskers: [1, 2]\n", "must map entry names"),
+        ("version: 1\nmaskers:\n  a: {tau: 1.0}\n", "needs a 'plugin: NAME'"),
+        ("version: 1\nmaskers: {a: {plugin: cut}\n", "not valid YAML"),
+        ("version: 1\nbench: {maskerss: []}\n", "unknown bench key"),
+    ],
+)
+def test_structural_errors(tmp_path, toy_host, text, needle):
+    with pytest.raises(uisbench.ConfigError, match=needle):
+        load_registry([_write(tmp_path, text)], toy_host, include_default=False)
+
+
+def test_yaml_tags_are_not_executed(tmp_path, toy_host):
+    evil = _write(tmp_path, "version: 1\nmaskers: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(uisbench.ConfigError, match="not valid YAML"):
+        load_registry([evil], toy_host, include_default=False)
+
+
+def test_user_file_extends_and_overrides(tmp_path, toy_host):
+    base = _write(tmp_path, GOOD, "base.yaml")
+    user = _write(
+        tmp_path,
+        """\
+        version: 1
+        maskers:
+          cut-fast: {plugin: cut, tau: 0.3}
+          cut-mine: {plugin: cut, n_masks: 5}
+        bench:
+          maskers: [cut-fast, cut-mine]
+        """,
+        "user.yaml",
+    )
+    reg = load_registry([base, user], toy_host, include_default=False)
+    assert reg.entry("maskers", "cut-fast").params == {"tau": 0.3}
+    assert reg.entry("maskers", "cut-fast").source == str(user)
+    assert reg.bench.maskers == ("cut-fast", "cut-mine") and reg.bench.dataset == "toy-a"
+    with pytest.raises(uisbench.UnknownNameError, match="Did you mean: cut-mine"):
+        reg.entry("maskers", "cut-mnie")
+
+
+def test_shipped_registry_is_valid():
+    out = subprocess.run(
+        [sys.executable, "-m", "uisbench", "validate", str(REPO_ROOT / "registry.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "ok" in out.stdout
+
+
+def test_validate_cli_lists_all_problems(tmp_path):
+    bad = _write(
+        tmp_path,
+        """\
+        version: 1
+        maskers:
+          m1: {plugin: nocut}
+          m2: {plugin: ncut, n_maskz: 2}
+          m3: {plugin: ncut, tau: "0.2"}
+        """,
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "uisbench", "validate", str(bad)], capture_output=True, text=True, cwd=REPO_ROOT
+    )
+    assert out.returncode != 0
+    err = out.stderr
+    assert f"{bad}:3:" in err and "unknown plugin 'nocut'" in err
+    assert f"{bad}:4:" in err and "unknown parameter 'n_maskz'" in err
+    assert f"{bad}:5:" in err and "parameter 'tau' expected float" in err
