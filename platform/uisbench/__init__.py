@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pluggy
 
-from . import masks
+from . import data, masks
 from ._manager import PluginFailure, PluginHost, PluginInfo, get_plugin_manager
 from .contracts import (
     Backbone,
@@ -92,6 +92,7 @@ __all__ = [
     "IncompatibleError",
     # helpers
     "masks",
+    "data",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",

@@ -1,0 +1,298 @@
+"""Loading images the same way everywhere: robust decoding and batched loading in worker processes.
+
+- :func:`load_rgb` decodes one file to ``uint8`` RGB ``(H, W, 3)``: EXIF orientation applied;
+  grayscale, RGBA / LA (composited over white), palette, CMYK and 16-bit images converted;
+  unreadable or truncated files raise :class:`uisbench.DataError` naming the file.
+- :func:`image_size` reads ``(width, height)`` after EXIF orientation from the header only.
+- :func:`iter_batches` decodes and preprocesses images in torch ``DataLoader`` workers and yields
+  ``(ids, pixels (B, 3, S, S), records)``; with a dataset's ``skip_bad_images`` on, images that
+  fail to decode are recorded in ``dataset.skipped`` and left out of the batch.
+- :func:`write_coco` writes any dataset as a standard COCO folder (``images/`` + ``annotations.json``),
+  byte-identical across runs.
+
+torch and PIL are imported inside the functions: importing this module is free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import DataError
+from .io import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from .contracts import Dataset, ImageRecord
+
+__all__ = ["load_rgb", "image_size", "iter_batches", "write_coco", "record_skip"]
+
+#: EXIF orientations that swap width and height (rotations by 90/270 degrees, transposes).
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+_EXIF_ORIENTATION = 0x0112
+
+
+def _open(path: Path, what: str = "image"):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path)
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: {what} file not found.") from err
+    except UnidentifiedImageError as err:
+        raise DataError(f"{path}: not a readable image (unknown or corrupt format).") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot open {what} ({err}).") from err
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(width, height)`` of an image after EXIF orientation, read from its header (no decoding)."""
+    path = Path(path)
+    with _open(path) as img:
+        width, height = img.size
+        try:
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+        except Exception:  # a broken EXIF block is not worth failing over here
+            orientation = 1
+    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
+
+
+def _to_rgb_array(img) -> np.ndarray:
+    import numpy as np
+    from PIL import Image
+
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        gray = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        gray = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode == "PA":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.array(img, dtype=np.uint8)
+
+
+def load_rgb(
+    path: str | os.PathLike[str],
+    *,
+    expected_size: tuple[int, int] | None = None,
+    what: str = "",
+) -> np.ndarray:
+    """Decode ``path`` to ``uint8`` RGB ``(H, W, 3)`` with EXIF orientation applied.
+
+    ``expected_size`` ``(width, height)`` (e.g. from an annotation file) is checked against the
+    decoded image; ``what`` names the entry (``"image id 42"``) in error messages.
+    Raises :class:`uisbench.DataError` for missing, unreadable or truncated files and size mismatches.
+    """
+    from PIL import ImageOps
+
+    path = Path(path)
+    tag = f" ({what})" if what else ""
+    with _open(path) as img:
+        try:
+            img.load()
+        except OSError as err:  # "image file is truncated", broken data stream, ...
+            raise DataError(f"{path}{tag}: cannot decode image ({err}); the file is truncated or corrupt.") from err
+        except Exception as err:
+            raise DataError(f"{path}{tag}: cannot decode image ({type(err).__name__}: {err}).") from err
+        try:
+            oriented = ImageOps.exif_transpose(img)
+        except Exception:  # a malformed EXIF block: keep the stored orientation
+            oriented = img
+        arr = _to_rgb_array(oriented if oriented is not None else img)
+    if expected_size is not None:
+        width, height = int(expected_size[0]), int(expected_size[1])
+        if (arr.shape[1], arr.shape[0]) != (width, height):
+            raise DataError(
+                f"{path}{tag}: decoded size {arr.shape[1]}x{arr.shape[0]} (width x height, EXIF orientation applied) "
+                f"does not match the annotation file's {width}x{height}; the image or the annotations are wrong."
+            )
+    return arr
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched loading
+# ---------------------------------------------------------------------------------------------
+
+
+def record_skip(dataset: Dataset, image_id: int, reason: str) -> None:
+    """Record an image that could not be used in ``dataset.skipped`` (once per image)."""
+    skipped = getattr(dataset, "skipped", None)
+    if skipped is None:
+        skipped = []
+        dataset.skipped = skipped
+    if any(item.get("image_id") == image_id for item in skipped):
+        return
+    file = None
+    try:
+        file = dataset.record(image_id).file
+    except Exception:
+        pass
+    skipped.append({"image_id": int(image_id), "file": file, "reason": reason})
+    bad = getattr(dataset, "_bad", None)
+    if isinstance(bad, set):
+        bad.add(int(image_id))
+
+
+class _Items:
+    """Map-style torch dataset over ``image_ids``: each item is ``(id, tensor or None, error or None)``."""
+
+    def __init__(self, dataset: Dataset, image_ids: Sequence[int], transform: Callable[[Any], Any]) -> None:
+        self.dataset = dataset
+        self.image_ids = list(image_ids)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
+        image_id = self.image_ids[index]
+        try:
+            image = self.dataset.load_image(image_id)
+        except DataError as err:  # returned, not raised: the main process decides (strict or skip)
+            return image_id, None, str(err)
+        return image_id, self.transform(image), None
+
+
+def _collate(items: list[tuple[int, Any, str | None]]) -> list[tuple[int, Any, str | None]]:
+    return items
+
+
+def iter_batches(
+    dataset: Dataset,
+    image_ids: Iterable[int],
+    transform: Callable[[np.ndarray], torch.Tensor],
+    *,
+    batch_size: int = 8,
+    num_workers: int = 0,
+) -> Iterator[tuple[list[int], torch.Tensor, list[ImageRecord]]]:
+    """Decode and ``transform`` images in ``DataLoader`` workers; yield ``(ids, pixels, records)``.
+
+    ``pixels`` is the stacked ``(B, 3, S, S)`` output of ``transform`` (a backbone's ``preprocess``)
+    in the order of ``image_ids``. An image that fails to decode raises :class:`uisbench.DataError`
+    unless the dataset was built with ``skip_bad_images``: then it is recorded in
+    ``dataset.skipped`` and left out (a batch may come out smaller; an empty one is not yielded).
+    """
+    import multiprocessing
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    ids = [int(i) for i in image_ids]
+    if not ids:
+        return
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0 and "fork" in multiprocessing.get_all_start_methods():
+        # fork: workers inherit the dataset and the transform without pickling a model
+        kwargs["multiprocessing_context"] = "fork"
+    loader = DataLoader(
+        _Items(dataset, ids, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=max(0, int(num_workers)),
+        collate_fn=_collate,
+        **kwargs,
+    )
+    skip = bool(getattr(dataset, "skip_bad_images", False))
+    for items in loader:
+        good_ids, tensors = [], []
+        for image_id, tensor, error in items:
+            if error is not None:
+                if not skip:
+                    raise DataError(error)
+                record_skip(dataset, image_id, error)
+                continue
+            good_ids.append(image_id)
+            tensors.append(tensor)
+        if good_ids:
+            yield good_ids, torch.stack(tensors), [dataset.record(i) for i in good_ids]
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO export
+# ---------------------------------------------------------------------------------------------
+
+
+def _png_bytes_to(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        # fixed settings, no metadata: the same pixels give the same bytes
+        Image.fromarray(image).save(tmp, format="PNG", compress_level=6, optimize=False)
+
+
+def write_coco(
+    dataset: Dataset,
+    out: str | os.PathLike[str],
+    image_ids: Iterable[int] | None = None,
+    *,
+    info: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write ``dataset`` as a COCO folder: ``out/images/<id>.png`` and ``out/annotations.json``.
+
+    Categories are the original class names (``GroundTruth.category``, ids 1.. in sorted order, or
+    in ``dataset.categories`` order when the dataset has that attribute). Files are written
+    atomically; the JSON uses sorted keys and fixed formatting, PNGs fixed settings, so equal
+    datasets give byte-identical folders. Returns the annotations path.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    ids = dataset.image_ids() if image_ids is None else [int(i) for i in image_ids]
+    images, annotations, names = [], [], []
+    known = list(getattr(dataset, "categories", []) or [])
+    for image_id in tqdm(ids, desc=f"writing {out}", unit="img", disable=None if progress else True):
+        rec = dataset.record(image_id)
+        pixels = dataset.load_image(image_id)
+        file_name = f"{image_id:06d}.png"
+        _png_bytes_to(out / "images" / file_name, pixels)
+        images.append({"id": rec.id, "file_name": file_name, "width": int(pixels.shape[1]), "height": int(pixels.shape[0])})
+        for gt in dataset.ground_truth(image_id):
+            if gt.category not in known and gt.category not in names:
+                names.append(gt.category)
+            annotations.append(
+                {
+                    "id": int(gt.id),
+                    "image_id": int(gt.image_id),
+                    "category": gt.category,
+                    "segmentation": {"size": list(gt.segmentation["size"]), "counts": gt.segmentation["counts"]},
+                    "bbox": [float(v) for v in gt.bbox],
+                    "area": float(gt.area),
+                    "iscrowd": int(gt.iscrowd),
+                }
+            )
+    categories = known + sorted(names)
+    cat_ids = {name: i + 1 for i, name in enumerate(categories)}
+    for ann in annotations:
+        ann["category_id"] = cat_ids[ann.pop("category")]
+    coco = {
+        "info": dict(info or {}),
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": cat_ids[n], "name": n, "supercategory": "object"} for n in categories],
+    }
+    path = out / "annotations.json"
+    atomic_write_text(path, json.dumps(coco, sort_keys=True, separators=(",", ":"), default=str) + "\n")
+    return path

@@ -1,0 +1,129 @@
+"""``images``: a folder of your own images, without annotations (e.g. factory photos).
+
+The images can be pseudo-labelled and used to train a student; metrics that need ground truth are
+skipped with a reason (``has_ground_truth = False``). Image files are found by suffix (jpg, png,
+bmp, tif, webp, ...), recursively by default, and numbered 1..N in the order of their relative
+paths. train and val use the same folder unless ``train_root`` / ``val_root`` are given.
+
+Example registry entry::
+
+    factory-photos: {plugin: images, root: /data/line3/photos, max_images: 500}
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import uisbench
+
+from ._imageio import IMAGE_SUFFIXES, SkipPolicy, digest, expand, sorted_image_files
+
+ROOT_ENV = "UISBENCH_IMAGES_ROOT"
+
+PARAMS = (
+    uisbench.Param("root", "path", None, f"folder of images; null = ${ROOT_ENV}", nullable=True),
+    uisbench.Param("train_root", "path", None, "folder of the train split (default: root)", nullable=True),
+    uisbench.Param("val_root", "path", None, "folder of the val split (default: root)", nullable=True),
+    uisbench.Param("recursive", "bool", True, "also take images in sub-folders"),
+    uisbench.Param("max_images", "int", None, "keep only the first N images (sorted by path)", nullable=True),
+    uisbench.Param("skip_bad_images", "bool", False, "record bad images in dataset.skipped and go on instead of failing"),
+)
+
+
+class ImageFolder(SkipPolicy, uisbench.Dataset):
+    """Images without ground truth; sizes read from the file headers (EXIF orientation applied)."""
+
+    has_ground_truth = False
+
+    def __init__(self, root: Path, split: str, *, recursive: bool, max_images: int | None, skip_bad_images: bool) -> None:
+        self._init_skip(skip_bad_images)
+        self.root = root
+        self.split = split
+        self.max_dets = 100
+        if not root.is_dir():
+            raise uisbench.DataError(
+                f"images dataset (split {split}): folder {root} not found; set `root:` in your registry entry "
+                f"(or ${ROOT_ENV}) to a folder of images."
+            )
+        files = sorted_image_files(root, recursive)
+        if max_images is not None:
+            files = files[: max(0, int(max_images))]
+        if not files:
+            raise uisbench.DataError(
+                f"{root}: no image files found ({'recursively, ' if recursive else ''}suffixes {', '.join(IMAGE_SUFFIXES)})."
+            )
+        self._records: dict[int, uisbench.ImageRecord] = {}
+        problems = []
+        stats = []
+        for image_id, path in enumerate(files, start=1):
+            try:
+                width, height = uisbench.data.image_size(path)
+            except uisbench.DataError as err:
+                problems.append((image_id, str(path), f"image id {image_id}: {err}"))
+                width = height = 0
+            self._records[image_id] = uisbench.ImageRecord(image_id, str(path), width, height)
+            stats.append((path.relative_to(root).as_posix(), os.stat(path).st_size))
+        self.settle(problems, str(root))
+        self._fingerprint = digest("images", str(root), stats)
+
+    def __repr__(self) -> str:
+        return f"ImageFolder({str(self.root)!r}, split={self.split!r}, {len(self.image_ids())} images)"
+
+    def image_ids(self) -> list[int]:
+        return [i for i in self._records if not self.is_bad(i)]
+
+    def record(self, image_id: int) -> uisbench.ImageRecord:
+        try:
+            return self._records[image_id]
+        except KeyError:
+            raise uisbench.DataError(f"{self.root}: no image id {image_id} (ids are 1..{len(self._records)}).") from None
+
+    def load_image(self, image_id: int):
+        rec = self.record(image_id)
+        try:
+            return uisbench.data.load_rgb(rec.file, expected_size=(rec.width, rec.height), what=f"image id {image_id}")
+        except uisbench.DataError as err:
+            if self.skip_bad_images:
+                self.problem(image_id, rec.file, str(err))
+                raise
+            raise uisbench.DataError(
+                f"{err} Fix or remove it, or pass --skip-bad-images (skip_bad_images: true) to skip such images."
+            ) from err
+
+    def fingerprint(self) -> str:
+        # fixed at construction: images found bad while decoding later do not change cache keys
+        return self._fingerprint
+
+
+def build(split: str = "val", **params: Any) -> ImageFolder:
+    defaults = {p.name: p.default for p in PARAMS}
+    params = {**defaults, **params}
+    unknown = set(params) - set(defaults)
+    if unknown:
+        raise uisbench.ConfigError(f"images: unknown parameter(s) {sorted(unknown)}; known: {sorted(defaults)}.")
+    if split not in ("train", "val"):
+        raise uisbench.UnknownNameError("split", split, ("train", "val"))
+    root = params[f"{split}_root"] or params["root"] or os.environ.get(ROOT_ENV)
+    if not root:
+        raise uisbench.ConfigError(
+            f"images dataset (split {split}): no folder given; set `root: /path/to/images` in your registry entry "
+            f"or the environment variable {ROOT_ENV}."
+        )
+    path = expand(root)
+    assert path is not None
+    return ImageFolder(path, split, recursive=bool(params["recursive"]), max_images=params["max_images"],
+                       skip_bad_images=bool(params["skip_bad_images"]))
+
+
+@uisbench.hookimpl
+def uisbench_datasets():
+    yield uisbench.DatasetSpec(
+        name="images",
+        description="A folder of your own images without annotations (pseudo-labelling and student training only).",
+        factory=build,
+        params=PARAMS,
+        has_ground_truth=False,
+        version="1",
+    )
