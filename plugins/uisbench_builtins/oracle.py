@@ -1,0 +1,186 @@
+"""``oracle``: calibration features built from the ground truth, so the platform can check itself.
+
+Each pixel's feature is ``a * class_vector + b * instance_vector`` (``a = 1``, ``b = instance_weight``),
+background pixels get a background vector of their own; pixel features are averaged over each patch
+and per-patch Gaussian noise of standard deviation ``noise`` is added. All vectors are unit-norm:
+
+- a class vector is fixed per class name (seeded hash of ``seed`` and the name);
+- an instance vector is drawn per instance (seeded by ``seed``, the image id and the instance's index
+  in ``dataset.ground_truth(id)``);
+- the noise is seeded by ``seed`` and the image id.
+
+So the features are deterministic. ``instance_weight: 0`` gives an ideal *semantic* descriptor (two
+instances of one class look the same), a large ``instance_weight`` an ideal *instance* descriptor.
+The masks are resized with the backbone's resize policy (``square`` or ``pad``, as
+:meth:`uisbench.Backbone.preprocess` does with the image), so the grid lines up with the pixels.
+
+Oracles read the ground truth: their spec says ``calibration=True``, results built on them are listed
+apart, and students refuse their features at prediction time. A dataset without ground truth is a
+:class:`uisbench.DataError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import uisbench
+
+from ._vit import RESIZE_POLICIES, check_size, preprocess_image, resized_geometry, valid_patches
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+def _seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def _unit(seed: int, dim: int) -> np.ndarray:
+    import numpy as np
+
+    v = np.random.default_rng(seed).standard_normal(dim)
+    return v / np.linalg.norm(v)
+
+
+class OracleBackbone(uisbench.Backbone):
+    """Ground-truth features: class and instance vectors pooled to the patch grid, plus noise."""
+
+    calibration = True
+    facet = "token"
+    layer = 0
+
+    def __init__(
+        self,
+        *,
+        instance_weight: float = 1.0,
+        noise: float = 0.05,
+        dim: int = 64,
+        size: int = 128,
+        patch_size: int = 8,
+        resize: str = "square",
+        seed: int = 0,
+    ) -> None:
+        where = "backbone oracle"
+        check_size(size, patch_size, where)
+        if resize not in RESIZE_POLICIES:
+            raise uisbench.ConfigError(f"{where}: resize {resize!r} is not one of {', '.join(RESIZE_POLICIES)}.")
+        if dim < 2:
+            raise uisbench.ConfigError(f"{where}: dim must be at least 2, got {dim}.")
+        if instance_weight < 0 or noise < 0:
+            raise uisbench.ConfigError(f"{where}: instance_weight and noise must be >= 0.")
+        self.instance_weight = float(instance_weight)
+        self.noise = float(noise)
+        self.dim = int(dim)
+        self.seed = int(seed)
+        self.preprocessing = uisbench.Preprocessing(
+            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=size, patch_size=patch_size, resize=resize  # type: ignore[arg-type]
+        )
+        self._dataset: uisbench.Dataset | None = None
+        self._class_vectors: dict[str, np.ndarray] = {}
+
+    def preprocess(self, image: Any) -> torch.Tensor:
+        return preprocess_image(image, self.preprocessing)
+
+    def bind(self, dataset: uisbench.Dataset) -> None:
+        if not getattr(dataset, "has_ground_truth", False):
+            raise uisbench.DataError(
+                f"backbone oracle: dataset {dataset!r} has no ground truth; oracles only run on annotated datasets "
+                "(e.g. synth-instances, coco-val2017). Pick a real backbone for this dataset."
+            )
+        self._dataset = dataset
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "model": "oracle",
+            "pretrained": False,
+            "weights": None,
+            "weights_sha256": None,
+            "calibration": True,
+            "reads": "ground truth",
+            "instance_weight": self.instance_weight,
+            "noise": self.noise,
+            "dim": self.dim,
+            "seed": self.seed,
+            "size": self.preprocessing.size,
+            "patch_size": self.patch_size,
+            "resize": self.preprocessing.resize,
+        }
+
+    def _class_vector(self, name: str) -> np.ndarray:
+        if name not in self._class_vectors:
+            self._class_vectors[name] = _unit(_seed("class", self.seed, name), self.dim)
+        return self._class_vectors[name]
+
+    def image_features(self, image_id: int) -> np.ndarray:
+        """``(dim, g, g)`` float32 features of one image of the bound dataset."""
+        import numpy as np
+
+        if self._dataset is None:
+            raise uisbench.DataError("backbone oracle: no dataset bound; call backbone.bind(dataset) before extract().")
+        prep = self.preprocessing
+        rec = self._dataset.record(image_id)
+        gts = self._dataset.ground_truth(image_id)
+        h, w = resized_geometry(rec.height, rec.width, prep)
+        s, p = prep.size, prep.patch_size
+        g = s // p
+        # label map at the preprocessed resolution: 0 = background (or padding), i + 1 = instance i;
+        # larger instances first so a smaller one lying on top stays visible where they overlap
+        labels = np.zeros((s, s), dtype=np.int32)
+        order = sorted(range(len(gts)), key=lambda i: -float(gts[i].area))
+        for i in order:
+            mask = uisbench.masks.decode(gts[i].segmentation)
+            if mask.shape != (rec.height, rec.width):
+                raise uisbench.DataError(
+                    f"backbone oracle: image {image_id}: ground-truth mask {gts[i].id} is {mask.shape}, "
+                    f"the image {rec.height}x{rec.width}; fix the annotation file."
+                )
+            labels[:h, :w][uisbench.masks.resize_mask(mask, h, w) > 0] = i + 1
+        # vectors: row 0 background, row i + 1 instance i
+        vectors = np.empty((len(gts) + 1, self.dim))
+        vectors[0] = self._class_vector("\x00background")
+        for i, gt in enumerate(gts):
+            vectors[i + 1] = self._class_vector(gt.category) + self.instance_weight * _unit(
+                _seed("instance", self.seed, image_id, i), self.dim
+            )
+        # share of each label in each patch, then the pooled features
+        rows, cols = np.indices((s, s))
+        patch = (rows // p) * g + cols // p
+        counts = np.bincount((labels * (g * g) + patch).ravel(), minlength=(len(gts) + 1) * g * g)
+        share = counts.reshape(len(gts) + 1, g, g) / float(p * p)  # (K + 1, g, g)
+        feats = np.tensordot(vectors.T, share, axes=1)  # (dim, g, g)
+        if self.noise > 0:
+            feats = feats + self.noise * np.random.default_rng(_seed("noise", self.seed, image_id)).standard_normal(feats.shape)
+        return feats.astype(np.float32)
+
+    def extract(self, pixels: torch.Tensor, image_ids: Sequence[int]) -> uisbench.FeatureMap:
+        import numpy as np
+        import torch
+
+        feats = np.stack([self.image_features(int(i)) for i in image_ids])
+        features = torch.from_numpy(feats).to(pixels.device)
+        valid = valid_patches(pixels, image_ids, self.preprocessing, self._dataset)
+        return uisbench.FeatureMap(features, [int(i) for i in image_ids], self.patch_size, self.facet, self.layer, valid)
+
+
+@uisbench.hookimpl
+def uisbench_backbones():
+    P = uisbench.Param
+    yield uisbench.BackboneSpec(
+        name="oracle",
+        description="Calibration: features built from the ground truth (class vector + instance_weight x instance vector + noise).",
+        factory=OracleBackbone,
+        params=(
+            P("instance_weight", "float", 1.0, "weight b of the instance vector relative to the class vector (0 = semantic only)"),
+            P("noise", "float", 0.05, "standard deviation of the Gaussian noise added to each patch feature"),
+            P("dim", "int", 64, "feature channels"),
+            P("size", "int", 128, "square input side in pixels (a multiple of patch_size)"),
+            P("patch_size", "int", 8, "patch side in pixels"),
+            P("resize", "str", "square", "square: stretch to size x size; pad: keep aspect ratio, pad", choices=RESIZE_POLICIES),
+            P("seed", "int", 0, "seed of the class, instance and noise vectors"),
+        ),
+        version="1",
+        calibration=True,
+    )
