@@ -374,27 +374,28 @@ class TinyDataset(uisbench.Dataset):
         return "tiny"
 
 
-def test_geometry_agrees_with_core_preprocess():
-    from uisbench._imaging import resized_geometry as core
-
-    for policy in ("square", "pad"):
-        prep = uisbench.Preprocessing((0.0,) * 3, (1.0,) * 3, 64, 8, policy)
-        for hw in [(32, 64), (64, 32), (37, 101), (64, 64), (500, 333)]:
-            assert _vit.resized_geometry(*hw, prep) == core(*hw, prep)
-
-
-def test_fast_preprocess_equals_core_preprocess(host):
-    from uisbench._imaging import preprocess_image as core
+def test_preprocess_geometry_and_normalisation(host):
+    from PIL import Image
 
     rng = np.random.default_rng(3)
     bb = _build(host, "dino", **_vit_params(pretrained=False))
+    mean, std = np.asarray(bb.preprocessing.mean), np.asarray(bb.preprocessing.std)
     for policy in ("square", "pad"):
+        prep = uisbench.Preprocessing(bb.preprocessing.mean, bb.preprocessing.std, 64, 16, policy)
+        bb.preprocessing = prep
         for hw in [(48, 80), (80, 48), (64, 64), (37, 101)]:
-            prep = uisbench.Preprocessing(bb.preprocessing.mean, bb.preprocessing.std, 64, 16, policy)
             image = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
-            ours = _vit.preprocess_image(image, prep)
+            h, w = prep.content_size(*hw)
+            if policy == "square":
+                assert (h, w) == (64, 64)
+            else:
+                assert max(h, w) == 64 and abs(h / w - hw[0] / hw[1]) < 0.05
+            resized = np.asarray(Image.fromarray(image).resize((w, h), Image.LANCZOS), np.float32) / 255.0
+            expected = np.zeros((64, 64, 3), np.float32)
+            expected[:h, :w] = (resized - mean) / std
+            ours = bb.preprocess(image)
             assert ours.shape == (3, 64, 64) and ours.dtype == torch.float32
-            torch.testing.assert_close(ours, core(image, prep), atol=1e-6, rtol=0)
+            torch.testing.assert_close(ours, torch.from_numpy(expected).permute(2, 0, 1), atol=1e-5, rtol=0)
     with pytest.raises(uisbench.DataError, match="uint8"):
         bb.preprocess(np.zeros((8, 8), np.uint8))
 

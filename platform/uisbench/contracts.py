@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -114,6 +114,13 @@ class Preprocessing:
     size: int
     patch_size: int
     resize: Literal["square", "pad"] = "square"
+
+    def content_size(self, height: int, width: int) -> tuple[int, int]:
+        """Size ``(h, w)`` in pixels of an image's content after resizing, before any padding."""
+        if self.resize == "square":
+            return self.size, self.size
+        scale = self.size / max(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import uisbench
 
-from ._vit import RESIZE_POLICIES, check_size, preprocess_image, resized_geometry, valid_patches
+from ._vit import RESIZE_POLICIES, check_size, valid_patches
 
 if TYPE_CHECKING:
     import numpy as np
@@ -81,9 +81,6 @@ class OracleBackbone(uisbench.Backbone):
         self._dataset: uisbench.Dataset | None = None
         self._class_vectors: dict[str, np.ndarray] = {}
 
-    def preprocess(self, image: Any) -> torch.Tensor:
-        return preprocess_image(image, self.preprocessing)
-
     def bind(self, dataset: uisbench.Dataset) -> None:
         if not getattr(dataset, "has_ground_truth", False):
             raise uisbench.DataError(
@@ -123,7 +120,7 @@ class OracleBackbone(uisbench.Backbone):
         prep = self.preprocessing
         rec = self._dataset.record(image_id)
         gts = self._dataset.ground_truth(image_id)
-        h, w = resized_geometry(rec.height, rec.width, prep)
+        h, w = prep.content_size(rec.height, rec.width)
         s, p = prep.size, prep.patch_size
         g = s // p
         # label map at the preprocessed resolution: 0 = background (or padding), i + 1 = instance i;

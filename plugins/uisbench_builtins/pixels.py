@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import uisbench
 
-from ._vit import RESIZE_POLICIES, check_size, preprocess_image, valid_patches
+from ._vit import RESIZE_POLICIES, check_size, valid_patches
 
 if TYPE_CHECKING:
     import torch
@@ -47,9 +47,6 @@ class PixelsBackbone(uisbench.Backbone):
             mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), size=size, patch_size=patch_size, resize=resize  # type: ignore[arg-type]
         )
         self._dataset: uisbench.Dataset | None = None
-
-    def preprocess(self, image: Any) -> torch.Tensor:
-        return preprocess_image(image, self.preprocessing)
 
     def bind(self, dataset: uisbench.Dataset) -> None:
         self._dataset = dataset
