@@ -172,8 +172,14 @@ class _Items:
         return image_id, self.transform(image), None
 
 
-def _collate(items: list[tuple[int, Any, str | None]]) -> list[tuple[int, Any, str | None]]:
-    return items
+def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
+    """Stack in the worker (into shared memory), so the main process only receives the batch."""
+    import torch
+
+    good = [(image_id, tensor) for image_id, tensor, error in items if error is None]
+    errors = [(image_id, error) for image_id, _, error in items if error is not None]
+    pixels = torch.stack([t for _, t in good]) if good else None
+    return [i for i, _ in good], pixels, errors  # type: ignore[return-value]
 
 
 def iter_batches(
@@ -183,6 +189,7 @@ def iter_batches(
     *,
     batch_size: int = 8,
     num_workers: int = 0,
+    pin_memory: bool = False,
 ) -> Iterator[tuple[list[int], torch.Tensor, list[ImageRecord]]]:
     """Decode and ``transform`` images in ``DataLoader`` workers; yield ``(ids, pixels, records)``.
 
@@ -190,10 +197,11 @@ def iter_batches(
     in the order of ``image_ids``. An image that fails to decode raises :class:`uisbench.DataError`
     unless the dataset was built with ``skip_bad_images``: then it is recorded in
     ``dataset.skipped`` and left out (a batch may come out smaller; an empty one is not yielded).
+    Batches are stacked in the workers; ``pin_memory=True`` (for CUDA) lets the caller copy them
+    with ``non_blocking=True``.
     """
     import multiprocessing
 
-    import torch
     from torch.utils.data import DataLoader
 
     ids = [int(i) for i in image_ids]
@@ -211,21 +219,17 @@ def iter_batches(
         shuffle=False,
         num_workers=max(0, int(num_workers)),
         collate_fn=_collate,
+        pin_memory=pin_memory,
         **kwargs,
     )
     skip = bool(getattr(dataset, "skip_bad_images", False))
-    for items in loader:
-        good_ids, tensors = [], []
-        for image_id, tensor, error in items:
-            if error is not None:
-                if not skip:
-                    raise DataError(error)
-                record_skip(dataset, image_id, error)
-                continue
-            good_ids.append(image_id)
-            tensors.append(tensor)
+    for good_ids, pixels, errors in loader:
+        for image_id, error in errors:
+            if not skip:
+                raise DataError(error)
+            record_skip(dataset, image_id, error)
         if good_ids:
-            yield good_ids, torch.stack(tensors), [dataset.record(i) for i in good_ids]
+            yield good_ids, pixels, [dataset.record(i) for i in good_ids]
 
 
 # ---------------------------------------------------------------------------------------------
