@@ -1,0 +1,334 @@
+"""``kmeans``: multi-K clustering candidates (Engstler et al. 2023; Deep Spectral Methods), batched.
+
+For every K in ``ks`` each image's patches are clustered with k-means (k-means++ seeding from a
+fixed seed, Lloyd iterations batched over images in torch on CPU or CUDA, best of ``n_init``), on:
+
+- ``space: features``: the L2-normalised patch features (cosine geometry, as the affinity);
+- ``space: spectral``: the first non-trivial eigenvectors of the normalised Laplacian of
+  ``W = max(f f^T, 0)`` (Deep Spectral Methods, REFERENCE.md sec. 3; dense batched ``eigh``), ``K``
+  of them for K clusters (or a fixed ``n_eigs``).
+
+Every cluster is split into its 4-connected components; each component with at least
+``min_area`` of the grid is a candidate. Candidates of all K are pooled, sorted by score, and
+duplicates removed by mask NMS (IoU > ``nms_iou`` with a kept one). ``foreground`` then filters:
+
+- ``none``: keep all;
+- ``border``: the K = 2 clustering's cluster touching the grid border least is the foreground;
+- ``ncut``: the foreground side of the first normalised cut (MaskCut's first bipartition, before
+  the seed component is taken);
+
+and a candidate is kept when at least ``fg_overlap`` of its area lies in the foreground.
+
+Score (documented, comparable with ``ncut``'s): on MaskCut's binarised graph (``tau``, ``eps``),
+``(1 - Ncut(S) / 2) * density(S)`` where ``density(S)`` is the share of patch pairs inside ``S`` that
+are graph edges. The Ncut term rewards candidates few edges leave; the density term penalises a
+candidate that merges dissimilar regions (e.g. two instances a coarse K put in one cluster), which
+Ncut alone does not see. Both lie in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+import uisbench
+
+from . import _spectral
+
+if TYPE_CHECKING:
+    import torch
+
+
+def kmeans_batch(
+    x: torch.Tensor, k: int, *, iters: int = 50, n_init: int = 1, seed: int = 0, init: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batched k-means: ``x`` (B, n, d) -> labels (B, n), centres (B, k, d), inertia (B,).
+
+    greedy k-means++ seeding (``2 + log k`` D^2 samples per step, the best kept, as scikit-learn) from ``torch.Generator(seed)``, then
+    Lloyd iterations until no label changes (or ``iters``); an emptied cluster takes the point
+    farthest from its centre. Best inertia of ``n_init`` runs per image. ``init`` (B, k, d) gives
+    the starting centres instead (one run).
+    """
+    import torch
+
+    B, n, _ = x.shape
+    k = max(1, min(int(k), n))
+    x = x.float()
+    gen = torch.Generator().manual_seed(int(seed))
+    x2 = (x * x).sum(-1)  # (B, n)
+    ar = torch.arange(B, device=x.device)
+    best = None
+    for _ in range(1 if init is not None else max(1, n_init)):
+        first = torch.randint(n, (B,), generator=gen).to(x.device)
+        centers = [x[ar, first]]
+        d2 = (x - centers[0][:, None, :]).pow(2).sum(-1)
+        trials = 2 + int(np.log(k))  # greedy k-means++ (as scikit-learn): best of a few D^2 samples
+        for _j in range(1, k):
+            p = d2.clamp_min(0).double().cpu()
+            p = torch.where(p.sum(-1, keepdim=True) > 0, p, torch.ones_like(p))
+            cand = torch.multinomial(p, trials, replacement=True, generator=gen).to(x.device)  # (B, L)
+            xc = x[ar[:, None], cand]  # (B, L, d)
+            dc = torch.minimum(d2[:, None, :], torch.cdist(xc, x).pow(2))  # (B, L, n)
+            pick = dc.sum(-1).argmin(-1)  # (B,)
+            centers.append(xc[ar, pick])
+            d2 = dc[ar, pick]
+        C = torch.stack(centers, dim=1) if init is None else init.to(x.device, x.dtype)  # (B, k, d)
+        labels = None
+        for _it in range(iters):
+            dist = x2[:, :, None] - 2 * x @ C.transpose(1, 2) + (C * C).sum(-1)[:, None, :]
+            new = dist.argmin(-1)
+            if labels is not None and bool((new == labels).all()):
+                break
+            labels = new
+            onehot = torch.nn.functional.one_hot(labels, k).to(x.dtype)  # (B, n, k)
+            counts = onehot.sum(1)  # (B, k)
+            sums = onehot.transpose(1, 2) @ x
+            C_new = sums / counts.clamp_min(1)[:, :, None]
+            empty = counts == 0
+            if bool(empty.any()):
+                far = dist.gather(-1, labels[:, :, None])[:, :, 0].argmax(-1)  # (B,)
+                C_new = torch.where(empty[:, :, None], x[ar, far][:, None, :], C_new)
+            C = C_new
+        dist = x2[:, :, None] - 2 * x @ C.transpose(1, 2) + (C * C).sum(-1)[:, None, :]
+        labels = dist.argmin(-1)
+        inertia = dist.gather(-1, labels[:, :, None])[:, :, 0].clamp_min(0).sum(-1)
+        if best is None:
+            best = (labels, C, inertia)
+        else:
+            better = inertia < best[2]
+            best = (
+                torch.where(better[:, None], labels, best[0]),
+                torch.where(better[:, None, None], C, best[1]),
+                torch.where(better, inertia, best[2]),
+            )
+    return best
+
+
+def _components(labels: np.ndarray, k: int, min_patches: int) -> list[np.ndarray]:
+    from scipy import ndimage
+
+    out = []
+    for c in range(k):
+        comp, num = ndimage.label(labels == c)
+        for j in range(1, num + 1):
+            m = comp == j
+            if m.sum() >= min_patches:
+                out.append(m)
+    return out
+
+
+def _border_fraction(mask: np.ndarray) -> float:
+    border = np.zeros_like(mask, dtype=bool)
+    border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
+    return float((mask & border).sum() / border.sum())
+
+
+def _nms(masks: list[np.ndarray], scores: list[float], thr: float) -> list[int]:
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    flat = np.stack([m.reshape(-1) for m in masks]).astype(np.float32) if masks else np.zeros((0, 0))
+    area = flat.sum(1)
+    keep: list[int] = []
+    for i in order:
+        if keep:
+            inter = flat[keep] @ flat[i]
+            iou = inter / (area[keep] + area[i] - inter)
+            if (iou > thr).any():
+                continue
+        keep.append(int(i))
+    return keep
+
+
+class KMeansMasker(uisbench.Masker):
+    """Multi-K k-means candidates; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        ks: Sequence[int] = (2, 3, 4, 5, 6),
+        space: str = "features",
+        n_eigs: int | None = None,
+        iters: int = 50,
+        n_init: int = 3,
+        seed: int = 0,
+        min_area: float = 0.01,
+        nms_iou: float = 0.5,
+        foreground: str = "none",
+        fg_overlap: float = 0.5,
+        tau: float | None = None,
+        eps: float = 1e-5,
+        memory_gb: float | None = None,
+    ) -> None:
+        where = "masker kmeans"
+        if not ks or any(int(k) < 1 for k in ks):
+            raise uisbench.ConfigError(f"{where}: ks must be a non-empty list of integers >= 1, got {ks!r}.")
+        if space not in ("features", "spectral"):
+            raise uisbench.ConfigError(f"{where}: space {space!r} is not features or spectral.")
+        if foreground not in ("none", "ncut", "border"):
+            raise uisbench.ConfigError(f"{where}: foreground {foreground!r} is not none, ncut or border.")
+        if iters < 1 or n_init < 1:
+            raise uisbench.ConfigError(f"{where}: iters and n_init must be >= 1.")
+        self.ks = sorted({int(k) for k in ks})
+        self.space = space
+        self.n_eigs = n_eigs
+        self.iters = int(iters)
+        self.n_init = int(n_init)
+        self.seed = int(seed)
+        self.min_area = float(min_area)
+        self.nms_iou = float(nms_iou)
+        self.foreground = foreground
+        self.fg_overlap = float(fg_overlap)
+        self.tau = tau
+        self.eps = float(eps)
+        self.memory_gb = memory_gb
+
+    # -- per chunk -----------------------------------------------------------------------------
+
+    def _chunk(self, feats: torch.Tensor, tau: float, ids: list[Any]) -> list[tuple[list[np.ndarray], list[float]]]:
+        import torch
+
+        B, C, h, w = feats.shape
+        n = h * w
+        _spectral.check_finite(feats, ids)
+        x = feats.reshape(B, C, n).transpose(1, 2).float()
+        if self.space == "spectral":
+            z = _spectral.normalized_laplacian_eigvecs(x, self.n_eigs or max(self.ks))
+        else:
+            z = torch.nn.functional.normalize(x, dim=-1)
+        labels = {}
+        for k in self.ks:
+            zk = z if self.space != "spectral" else z[..., : (self.n_eigs or k)]
+            labels[k] = kmeans_batch(zk, k, iters=self.iters, n_init=self.n_init, seed=self.seed)[0].cpu().numpy()
+        binary = _spectral.binary_affinity(x, tau)
+        Wt = torch.where(binary, torch.ones((), device=x.device), torch.full((), self.eps, device=x.device))
+        deg = Wt.sum(-1)
+        fg_masks = self._foreground(x, z, tau, (h, w)) if self.foreground != "none" else [None] * B
+        min_patches = max(1, int(np.ceil(self.min_area * n)))
+        out = []
+        for b in range(B):
+            cands = []
+            for k, lab in labels.items():
+                cands += _components(lab[b].reshape(h, w), k, min_patches)
+            if not cands:
+                out.append(([], []))
+                continue
+            S = torch.from_numpy(np.stack([c.reshape(-1) for c in cands], axis=1)).to(x.device, Wt.dtype)  # (n, m)
+            WS = Wt[b] @ S
+            assoc = (S * WS).sum(0)
+            vol_s = (S * deg[b][:, None]).sum(0)
+            vol_r = deg[b].sum() - vol_s
+            cut = (vol_s - assoc).clamp_min(0)
+            ncut = cut / vol_s.clamp_min(1e-12) + cut / vol_r.clamp_min(1e-12)
+            size = S.sum(0)
+            edges_in = ((binary[b].float() @ S) * S).sum(0)
+            density = edges_in / (size * size)
+            scores = ((1 - 0.5 * ncut).clamp(0, 1) * density.clamp(0, 1)).double().cpu().tolist()
+            keep = _nms(cands, scores, self.nms_iou)
+            masks = [cands[i] for i in keep]
+            sc = [scores[i] for i in keep]
+            fg = fg_masks[b]
+            if fg is not None:
+                ok = [(m & fg).sum() >= self.fg_overlap * m.sum() for m in masks]
+                masks = [m for m, o in zip(masks, ok, strict=False) if o]
+                sc = [s for s, o in zip(sc, ok, strict=False) if o]
+            out.append((masks, sc))
+        return out
+
+    def _foreground(self, x: torch.Tensor, z: torch.Tensor, tau: float, dims: tuple[int, int]) -> list[np.ndarray]:
+        B = x.shape[0]
+        h, w = dims
+        if self.foreground == "border":
+            z2 = z if self.space != "spectral" else z[..., : (self.n_eigs or 2)]
+            lab = kmeans_batch(z2, 2, iters=self.iters, n_init=self.n_init, seed=self.seed)[0].cpu().numpy()
+            fgs = []
+            for b in range(B):
+                parts = [lab[b].reshape(h, w) == c for c in (0, 1)]
+                fgs.append(min(parts, key=_border_fraction))
+            return fgs
+        # ncut: the foreground side of MaskCut's first cut
+        import torch
+
+        binary = _spectral.binary_affinity(x, tau)
+        alive = torch.ones(binary.shape[:2], dtype=torch.bool, device=x.device)
+        M, d = _spectral.normalized_affinity(binary, alive, tau, self.eps, torch.float64)
+        fied = _spectral._fiedler_torch(M, d)
+        return [_spectral.foreground_side(fied.vectors[b], dims) for b in range(B)]
+
+    # -- contract ------------------------------------------------------------------------------
+
+    def patch_masks(self, features: uisbench.FeatureMap) -> list[tuple[list[np.ndarray], list[float]]]:
+        """Per image ``(grid masks, scores)`` on the (valid) patch grid."""
+        tau = self.tau if self.tau is not None else _spectral.default_tau(features.patch_size)
+        budget = int(self.memory_gb * (1 << 30)) if self.memory_gb is not None else None
+        results: list = [None] * len(features.image_ids)
+        for idx, feats in _spectral.valid_groups(features):
+            feats = feats.to(self.device)
+            n = feats.shape[2] * feats.shape[3]
+            step = _spectral.chunk_size(n, self.device, budget)
+            for start in range(0, len(idx), step):
+                part = idx[start : start + step]
+                out = self._chunk(feats[start : start + step], tau, [features.image_ids[i] for i in part])
+                for i, r in zip(part, out, strict=False):
+                    results[i] = r
+        return results
+
+    def predict(
+        self, features: uisbench.FeatureMap, records: Sequence[uisbench.ImageRecord]
+    ) -> list[list[uisbench.Prediction]]:
+        if len(records) != len(features.image_ids):
+            raise uisbench.DataError(
+                f"masker kmeans: {len(records)} records for {len(features.image_ids)} feature maps; pass one record per image."
+            )
+        return [
+            _spectral.to_predictions(rec, masks, scores)
+            for rec, (masks, scores) in zip(records, self.patch_masks(features), strict=False)
+        ]
+
+
+PARAMS = (
+    uisbench.Param("ks", "list[int]", [2, 3, 4, 5, 6], "numbers of clusters; candidates of all are pooled"),
+    uisbench.Param(
+        "space",
+        "str",
+        "features",
+        "cluster L2-normalised features or spectral embeddings",
+        choices=("features", "spectral"),
+    ),
+    uisbench.Param("n_eigs", "int", None, "spectral space: eigenvectors used (null = K for K clusters)", nullable=True),
+    uisbench.Param("iters", "int", 50, "maximum Lloyd iterations"),
+    uisbench.Param("n_init", "int", 3, "k-means++ restarts; the lowest inertia wins"),
+    uisbench.Param("seed", "int", 0, "seed of the k-means++ sampling"),
+    uisbench.Param("min_area", "float", 0.01, "drop candidates smaller than this fraction of the grid"),
+    uisbench.Param("nms_iou", "float", 0.5, "mask NMS threshold across K"),
+    uisbench.Param(
+        "foreground",
+        "str",
+        "none",
+        "foreground filter: none, border (K=2 cluster touching the border least) or ncut",
+        choices=("none", "ncut", "border"),
+    ),
+    uisbench.Param("fg_overlap", "float", 0.5, "keep a candidate when this share of it lies in the foreground"),
+    uisbench.Param(
+        "tau", "float", None, "graph threshold for scores and the ncut filter; null = by patch size", nullable=True
+    ),
+    uisbench.Param("eps", "float", 1e-5, "weight of non-edges in the scoring graph"),
+    uisbench.Param(
+        "memory_gb",
+        "float",
+        None,
+        "memory per chunk of images; null = 2 GiB on CPU, 1/4 of free GPU memory",
+        nullable=True,
+    ),
+)
+
+
+@uisbench.hookimpl
+def uisbench_maskers():
+    yield uisbench.MaskerSpec(
+        name="kmeans",
+        description="Multi-K k-means (optionally spectral) clusters split into components, deduplicated by mask NMS.",
+        factory=KMeansMasker,
+        params=PARAMS,
+        version="1",
+    )
