@@ -15,7 +15,7 @@ from .. import __version__
 from ..errors import ConfigError, UisbenchError
 
 #: Sub-command modules, in help order. A new sub-command is one new module plus its name here.
-COMMANDS = ("plugins", "list", "validate")
+COMMANDS = ("plugins", "list", "validate", "data", "bench", "leaderboard")
 
 
 def _common_options() -> argparse.ArgumentParser:

@@ -1,0 +1,58 @@
+"""The bench engine behind ``platform bench`` and ``platform leaderboard``.
+
+Public surface::
+
+    from uisbench.bench import BenchOptions, run_bench, render_leaderboard, validate_results
+
+    outcome = run_bench(host, registry, BenchOptions(backbones=["pixels"], workdir=Path("runs/x")))
+    print(render_leaderboard(outcome, "markdown")); raise SystemExit(outcome.exit_code)
+
+Nothing heavy is imported here; torch loads when a run starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._engine import BenchOptions
+from ._run import BenchOutcome, run_bench
+
+__all__ = ["BenchOptions", "BenchOutcome", "run_bench", "render_leaderboard", "validate_results", "load_results", "FORMATS"]
+
+FORMATS = ("table", "markdown", "json", "csv")
+
+
+def render_leaderboard(results: dict[str, Any], fmt: str = "table") -> str:
+    """The leaderboard of a results dict as text (``table``, ``markdown``, ``json`` or ``csv``)."""
+    from ._report import render
+
+    return render(results, fmt)
+
+
+def validate_results(results: Any) -> list[str]:
+    """Problems of a results.json document against ``results.schema.json`` (empty list: valid)."""
+    from ._results import validate
+
+    return validate(results)
+
+
+def load_results(path: Any) -> dict[str, Any]:
+    """Read a results.json (a work directory or the file itself); ConfigError when absent or invalid."""
+    import json
+    from pathlib import Path
+
+    from ..errors import ConfigError
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ConfigError(f"{p}: no results.json here; run `platform bench --workdir {p.parent}` first.") from err
+    except ValueError as err:
+        raise ConfigError(f"{p}: not valid JSON ({err}); rerun `platform bench` to rewrite it.") from err
+    problems = validate_results(data)
+    if problems:
+        raise ConfigError(f"{p}: does not match results.schema.json; rerun `platform bench`.", [f"{p}: {x}" for x in problems])
+    return data

@@ -1,0 +1,251 @@
+"""results.json: every cell, every metric, and where the numbers came from.
+
+The layout is documented by ``results.schema.json`` next to this module (JSON Schema 2020-12);
+:func:`validate` checks a document against it with a small built-in validator (the subset of
+JSON Schema the file uses), so no extra dependency is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform as _stdlib_platform
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+
+SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
+SCHEMA_VERSION = 1
+PRIMARY_METRIC = ("coco", "AP50mask")
+
+
+def _git(root: Path) -> dict[str, Any] | None:
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10
+        )
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions(device: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"python": sys.version.split()[0], "platform": _stdlib_platform.platform()}
+    for module in ("torch", "torchvision", "timm", "numpy", "pycocotools"):
+        try:
+            from importlib.metadata import version
+
+            out[module] = version(module)
+        except Exception:
+            out[module] = None
+    try:
+        import torch
+
+        out["cuda"] = torch.version.cuda
+        out["cuda_available"] = bool(torch.cuda.is_available())
+        out["cudnn"] = torch.backends.cudnn.version() if torch.cuda.is_available() else None
+        out["gpu"] = torch.cuda.get_device_name(torch.device(device).index or 0) if device.startswith("cuda") else None
+    except Exception:  # pragma: no cover
+        out.update(cuda=None, cuda_available=False, cudnn=None, gpu=None)
+    return out
+
+
+def _sha256(path: str) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def primary_metric(cells: list[dict[str, Any]]) -> dict[str, str]:
+    """Student AP50mask when a student ran in some cell, else pseudo-mask AP50mask."""
+    student_ran = any((c.get("student_stage") or {}).get("status") == "ok" for c in cells)
+    return {"stage": "student" if student_ran else "pseudo-masks", "metric": PRIMARY_METRIC[0], "value": PRIMARY_METRIC[1]}
+
+
+def build_results(
+    engine: Any,
+    cells: list[dict[str, Any]],
+    backbones: dict[str, dict[str, Any]],
+    computed: dict[str, int],
+    started: datetime,
+    seconds: float,
+) -> dict[str, Any]:
+    from ._cost import hardware
+
+    ds_item = engine.items[("datasets", engine.dataset_name)]
+    splits = ["train", "val"] if engine.student_names else ["val"]
+    skipped: list[dict[str, Any]] = []
+    for split in splits:
+        for entry in engine.skipped.get(split, {}).values():
+            skipped.append({"split": split, **entry})
+    root = Path(__file__).resolve().parents[3]
+    metrics = {}
+    for name in engine.metric_names:
+        item = engine.items[("metrics", name)]
+        metrics[name] = {
+            **item.describe(),
+            "higher_is_better": {k: bool(v) for k, v in item.spec.higher_is_better.items()},
+            "needs": sorted(item.spec.needs),
+            "stages": sorted(item.spec.stages),
+        }
+    results = {
+        "kind": "uisbench-results",
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(started.tzinfo).isoformat(timespec="seconds"),
+        "run": {
+            "started": started.isoformat(timespec="seconds"),
+            "seconds": round(seconds, 3),
+            "argv": list(engine.opt.argv),
+            "device": engine.device,
+            "hardware": hardware(engine.device),
+            "world_size": engine.shard.world,
+            "seed": engine.seed,
+            "workdir": str(engine.workdir),
+            "options": {
+                "force": sorted(engine.force),
+                "limit": engine.opt.limit,
+                "skip_bad_images": bool(engine.opt.skip_bad_images),
+                "batch_size": int(engine.opt.batch_size),
+                "num_workers": int(engine.num_workers),
+            },
+            "computed": dict(computed),
+            "built": sorted(set(engine.built)),
+        },
+        "dataset": {
+            "name": engine.dataset_name,
+            **ds_item.describe(),
+            "has_ground_truth": engine.has_ground_truth,
+            "splits": {
+                split: {"images": len(engine.ids(split)), "fingerprint": engine.data_identity(split)["fingerprint"]}
+                for split in splits
+            },
+            "skipped_images": skipped,
+        },
+        "provenance": {
+            "uisbench": __version__,
+            **_versions(engine.device),
+            "git": _git(root),
+            "registry": {
+                "files": [{"path": str(p), "sha256": _sha256(p)} for p in engine.registry.files],
+                "sha256": engine.registry.sha256,
+            },
+            "plugins": [
+                {"name": p.name, "module": p.module, "distribution": p.distribution, "version": p.version, "builtin": p.builtin}
+                for p in engine.host.plugins.values()
+            ],
+            "plugin_failures": [
+                {"name": f.name, "distribution": f.distribution, "version": f.version, "error": f.error} for f in engine.host.failures
+            ],
+            "seeds": {"bench": engine.seed},
+        },
+        "primary_metric": primary_metric(cells),
+        "metrics": metrics,
+        "backbones": backbones,
+        "cells": cells,
+    }
+    # JSON round trip: plain types only (tuples -> lists, paths -> str), what a reader will see.
+    return json.loads(json.dumps(results, default=_plain))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+def load_schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# A small JSON Schema validator: type, enum, const, required, properties, additionalProperties,
+# items, minimum, allOf, anyOf, $ref (local "#/$defs/..."). Enough for results.schema.json.
+# ---------------------------------------------------------------------------------------------
+
+_TYPES = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+    "null": type(None),
+}
+
+
+def _is_type(value: Any, name: str) -> bool:
+    if name == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if name == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, _TYPES[name])
+
+
+def validate(instance: Any, schema: dict[str, Any] | None = None) -> list[str]:
+    """Problems of ``instance`` against ``schema`` (default: results.schema.json), as ``path: message``."""
+    root = load_schema() if schema is None else schema
+    problems: list[str] = []
+    _check(instance, root, root, "$", problems)
+    return problems
+
+
+def _check(value: Any, schema: dict[str, Any], root: dict[str, Any], path: str, problems: list[str]) -> None:
+    if "$ref" in schema:
+        ref = schema["$ref"]
+        if not ref.startswith("#/"):
+            raise ValueError(f"only local $ref supported, got {ref!r}")
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target[part]
+        _check(value, target, root, path, problems)
+        return
+    for option in schema.get("allOf", []):
+        _check(value, option, root, path, problems)
+    if "anyOf" in schema:
+        for option in schema["anyOf"]:
+            sub: list[str] = []
+            _check(value, option, root, path, sub)
+            if not sub:
+                break
+        else:
+            problems.append(f"{path}: matches none of the allowed forms")
+            return
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(_is_type(value, t) for t in types):
+            problems.append(f"{path}: expected {' or '.join(types)}, got {type(value).__name__}")
+            return
+    if "enum" in schema and value not in schema["enum"]:
+        problems.append(f"{path}: {value!r} not one of {schema['enum']}")
+    if "const" in schema and value != schema["const"]:
+        problems.append(f"{path}: expected {schema['const']!r}, got {value!r}")
+    if "minimum" in schema and isinstance(value, (int, float)) and not isinstance(value, bool) and value < schema["minimum"]:
+        problems.append(f"{path}: {value} < minimum {schema['minimum']}")
+    if isinstance(value, dict):
+        for key in schema.get("required", []):
+            if key not in value:
+                problems.append(f"{path}: missing required key {key!r}")
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        for key, item in value.items():
+            if key in props:
+                _check(item, props[key], root, f"{path}.{key}", problems)
+            elif extra is False:
+                problems.append(f"{path}: unexpected key {key!r}")
+            elif isinstance(extra, dict):
+                _check(item, extra, root, f"{path}.{key}", problems)
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            _check(item, schema["items"], root, f"{path}[{i}]", problems)

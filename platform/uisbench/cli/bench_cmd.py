@@ -1,0 +1,93 @@
+"""``platform bench``: score backbones through features -> pseudo-masks -> student -> metrics.
+
+Every stage is cached under ``--workdir``; a rerun computes only what changed. Exit status 1 when
+a cell failed; unavailable backbones (no weights offline) and skipped combinations are normal (0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+STAGES = ("features", "pseudo-masks", "student", "metrics")
+FORMATS = ("table", "markdown", "json", "csv")
+
+
+def _names(text: str) -> list[str]:
+    """``A,B`` -> ["A", "B"]; ``none`` or an empty string -> []."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        parents=[common],
+        help="run the benchmark matrix and print the leaderboard",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--all", action="store_true", help="every backbone entry of the registry (and installed backbone plugins)")
+    which.add_argument("--backbones", type=_names, metavar="A,B", help="backbone entries to score")
+    p.add_argument("--maskers", type=_names, metavar="A,B", help="masker entries (default: the registry's bench maskers)")
+    p.add_argument("--students", type=_names, metavar="A,B", help="student entries, or 'none' (default: the registry's bench students)")
+    p.add_argument("--metrics", type=_names, metavar="A,B", help="metric entries (default: the registry's bench metrics)")
+    p.add_argument("--dataset", metavar="NAME", help="dataset entry (default: the registry's bench dataset, synth-instances)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--workdir", default="runs/default", metavar="DIR", help="cache and outputs (default: runs/default)")
+    p.add_argument("--format", choices=FORMATS, default="table", help="how to print the leaderboard (default: table)")
+    p.add_argument("--force", action="append", choices=STAGES, default=[], metavar="STAGE",
+                   help=f"recompute STAGE and the stages after it ({', '.join(STAGES)}); repeatable")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (listed in results.json) instead of failing")
+    p.add_argument("--limit", type=int, metavar="N", help="use only the first N images of each split (smoke runs)")
+    p.add_argument("--seed", type=int, help="bench seed (default: the registry's bench seed)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch for features and pseudo-masks (default: 8)")
+    p.add_argument("--workers", type=int, metavar="N", help="data-loader workers (default: 0 on CPU, 4 on CUDA)")
+    p.add_argument("--no-report", action="store_true", help="do not render report.html and its PNGs")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..bench import BenchOptions, render_leaderboard, run_bench
+    from ._common import host_and_registry
+
+    host, registry = host_and_registry(args)
+    options = BenchOptions(
+        backbones=None if args.all else args.backbones,
+        maskers=args.maskers,
+        students=args.students,
+        metrics=args.metrics,
+        dataset=args.dataset,
+        device=args.device,
+        workdir=Path(args.workdir),
+        force=frozenset(args.force),
+        skip_bad_images=args.skip_bad_images,
+        limit=args.limit,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        report=not args.no_report,
+        argv=list(sys.argv),
+    )
+    if args.all:
+        options.backbones = list(registry.names("backbones"))
+    outcome = run_bench(host, registry, options)
+    if outcome["run"]["world_size"] > 1 and not _is_rank0():
+        return outcome.exit_code
+    sys.stdout.write(render_leaderboard(outcome, args.format))
+    sys.stdout.flush()
+    failed = [c for c in outcome["cells"] if c["status"] == "failed"]
+    if failed:
+        print(f"{len(failed)} cell(s) failed; tracebacks in {Path(args.workdir) / 'logs'}.", file=sys.stderr)
+    print(f"results: {Path(args.workdir) / 'results.json'}  report: {Path(args.workdir) / 'report.html'}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"

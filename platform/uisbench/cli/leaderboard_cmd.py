@@ -1,0 +1,30 @@
+"""``platform leaderboard``: re-render the leaderboard of a work directory from results.json (no computing)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+FORMATS = ("table", "markdown", "json", "csv")
+
+
+def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser("leaderboard", parents=[common], help="print the leaderboard of a finished bench run")
+    p.add_argument("--workdir", default="runs/default", metavar="DIR", help="work directory of `platform bench` (default: runs/default)")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    p.add_argument("--write", action="store_true", help="also rewrite leaderboard.md and leaderboard.csv in the work directory")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..bench import load_results, render_leaderboard
+    from ..io import atomic_write_text
+
+    results = load_results(args.workdir)
+    sys.stdout.write(render_leaderboard(results, args.format))
+    if args.write:
+        atomic_write_text(Path(args.workdir) / "leaderboard.md", render_leaderboard(results, "markdown"))
+        atomic_write_text(Path(args.workdir) / "leaderboard.csv", render_leaderboard(results, "csv"))
+    return 0

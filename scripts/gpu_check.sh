@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# GPU check of uisbench, run on the device machine from the repository root (`make gpu-check`).
+#
+# That machine has Python 3.12, torch, torchvision and timm, but no pycocotools and no internet:
+# the wheels carried in .whl/ are installed into a private folder put on PYTHONPATH, then this
+# checkout is installed editable without dependencies. Each step runs under `timeout` and the
+# script goes on when one fails; everything it produces goes under $OUT (default ./gpu-check-out):
+#   summary.txt         one line per step: status, exit code, seconds
+#   env.txt             versions, nvidia-smi
+#   <step>.log          the output of each step
+#   bench-cuda/         results.json, leaderboard.{md,csv}, report.html of a small CUDA bench run
+# Environment knobs: PYTHON (default python3), STEP_TIMEOUT (default 420 s), BENCH_LIMIT (default 24).
+set -u
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+OUT="${OUT:-$PWD/gpu-check-out}"
+STEP_TIMEOUT="${STEP_TIMEOUT:-420}"
+BENCH_LIMIT="${BENCH_LIMIT:-24}"
+mkdir -p "$OUT"
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/uisbench-gpu-check.XXXXXX")"
+SITE="$WORK/site"
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
+
+step() {  # step NAME TIMEOUT COMMAND...
+    local name="$1" limit="$2"; shift 2
+    local start end rc status
+    start=$(date +%s)
+    echo "==> $name: $*" | tee -a "$OUT/$name.log"
+    timeout --kill-after=20 "$limit" "$@" >> "$OUT/$name.log" 2>&1
+    rc=$?
+    end=$(date +%s)
+    case $rc in
+        0) status=ok ;;
+        124|137) status=timeout ;;
+        *) status=failed ;;
+    esac
+    printf '%-22s %-8s rc=%-4s %5ss\n' "$name" "$status" "$rc" "$((end - start))" | tee -a "$SUMMARY"
+    return 0
+}
+
+{
+    echo "date: $(date -u +%FT%TZ)"
+    echo "git: $(git rev-parse HEAD 2>/dev/null || echo n/a)"
+    "$PY" -c 'import sys, torch; print("python", sys.version.split()[0]); print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available()); print("gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)' 2>&1
+    nvidia-smi 2>&1 || true
+} > "$OUT/env.txt"
+
+if compgen -G ".whl/*.whl" > /dev/null; then
+    step install-wheels 300 "$PY" -m pip install --no-index --no-deps --target "$SITE" .whl/*.whl
+else
+    echo "install-wheels         skipped  (no .whl/*.whl carried)" | tee -a "$SUMMARY"
+fi
+step install-editable 300 "$PY" -m pip install --no-deps --no-build-isolation -e .
+step import-check 120 "$PY" -c 'import pycocotools.mask, uisbench, torch; assert torch.cuda.is_available(), "no CUDA"; print("ok", uisbench.__version__)'
+step pytest-gpu "$STEP_TIMEOUT" "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$OUT/pytest-gpu.xml"
+for bench in bench_backbone bench_ncut bench_student; do
+    if [ -f "benchmarks/$bench.py" ]; then
+        step "$bench" "$STEP_TIMEOUT" "$PY" "benchmarks/$bench.py" --device cuda
+    else
+        echo "$bench skipped  (benchmarks/$bench.py not found)" | tee -a "$SUMMARY"
+    fi
+done
+# A small bench on CUDA (calibration and baseline rows, a few images), cold then warm (all cached).
+BENCH_DIR="$WORK/bench-cuda"
+step bench-cuda-cold "$STEP_TIMEOUT" "$PY" -m uisbench bench --all --device cuda --limit "$BENCH_LIMIT" --workdir "$BENCH_DIR" --format markdown
+step bench-cuda-warm 180 "$PY" -m uisbench bench --all --device cuda --limit "$BENCH_LIMIT" --workdir "$BENCH_DIR" --format markdown
+mkdir -p "$OUT/bench-cuda"
+for f in results.json leaderboard.md leaderboard.csv report.html; do
+    [ -f "$BENCH_DIR/$f" ] && cp "$BENCH_DIR/$f" "$OUT/bench-cuda/"
+done
+[ -d "$BENCH_DIR/logs" ] && cp -r "$BENCH_DIR/logs" "$OUT/bench-cuda/"
+rm -rf "$WORK"
+echo "done; outputs in $OUT" | tee -a "$SUMMARY"

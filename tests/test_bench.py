@@ -1,0 +1,414 @@
+"""The bench engine with tiny fake plugins (test_bench_fakes.py): cache keys, statuses and exit
+codes, cached reruns, --force, interruption and resume, schema, leaderboard, torchrun shards."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import uisbench
+from uisbench.bench import BenchOptions, render_leaderboard, run_bench, validate_results
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def _load_fakes():
+    spec = importlib.util.spec_from_file_location("uisbench_bench_test_fakes", HERE / "test_bench_fakes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fakes = _load_fakes()
+
+
+def _setup(tmp_path, **registry_changes):
+    host = uisbench.get_plugin_manager(plugins=[("fakes", fakes)], load_entry_points=False, strict=True)
+    path = fakes.write_registry(tmp_path / "registry.yaml", **registry_changes)
+    return host, uisbench.load_registry([path], host, include_default=False)
+
+
+def _bench(tmp_path, workdir="w", registry=None, **options):
+    host, reg = _setup(tmp_path, **(registry or {}))
+    options.setdefault("report", False)
+    return run_bench(host, reg, BenchOptions(workdir=tmp_path / workdir, **options))
+
+
+def _cell(results, backbone, masker="groups", student="student"):
+    return next(c for c in results["cells"] if c["backbone"] == backbone and c["masker"] == masker and c["student"] == student)
+
+
+def _values(results):
+    """Every metric value of every cell (what must not change between equivalent runs)."""
+    out = {}
+    for c in results["cells"]:
+        for stage in ("pseudo_masks", "student_stage"):
+            for name, r in ((c.get(stage) or {}).get("metrics") or {}).items():
+                if name != "cost":
+                    out[(c["backbone"], c["masker"], c["student"], stage, name)] = (r["status"], r["values"])
+    return out
+
+
+def _tmp_files(root: Path):
+    return [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cache_keys_follow_what_a_stage_depends_on(tmp_path):
+    from uisbench.bench._engine import Engine
+
+    def keys(**changes):
+        host, reg = _setup(tmp_path, **changes)
+        e = Engine(host, reg, BenchOptions(workdir=tmp_path / "w"))
+        return e.features_key("pixels", "val"), e.masks_key("pixels", "groups", "val"), e.student_key("pixels", "groups", "student")
+
+    base = keys()
+    assert base == keys()  # deterministic
+    assert keys(backbones={"oracle": {"plugin": "fake-oracle", "scale": 3.0}}) == base  # another row's param
+    f, m, s = keys(backbones={"pixels": {"plugin": "fake-pixels", "scale": 2.0}})
+    assert f != base[0] and m != base[1] and s != base[2]
+    f, m, s = keys(maskers={"groups": {"plugin": "fake-groups", "decimals": 3}})
+    assert f == base[0] and m != base[1] and s != base[2]
+    f, m, s = keys(students={"student": {"plugin": "fake-student", "epochs": 3}})
+    assert (f, m) == base[:2] and s != base[2]
+    f, m, s = keys(datasets={"shapes": {"plugin": "fake-shapes", "images": 5}})
+    assert f != base[0]
+    assert keys(bench={**fakes.REGISTRY["bench"], "seed": 1})[0] != base[0]
+    # the weights file's content enters the key, without building the backbone
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"one")
+    with_file = keys(backbones={"pixels": {"plugin": "fake-pixels", "weights": str(weights)}})
+    time.sleep(0.01)
+    weights.write_bytes(b"two")
+    os.utime(weights, ns=(time.time_ns(), time.time_ns() + 10_000_000))
+    assert keys(backbones={"pixels": {"plugin": "fake-pixels", "weights": str(weights)}})[0] != with_file[0]
+
+
+def test_bench_ranks_oracle_first_and_rerun_computes_nothing(tmp_path):
+    first = _bench(tmp_path, report=True)
+    assert first.exit_code == 0
+    assert {c["status"] for c in first["cells"]} == {"ok"}
+    pm = {c["backbone"]: c["pseudo_masks"]["metrics"]["coco"]["values"]["AP50mask"] for c in first["cells"]}
+    assert pm["oracle"] == 1.0 and pm["oracle"] > pm["semantic"] and pm["oracle"] > pm["pixels"]
+    cell = _cell(first, "oracle")
+    assert cell["calibration"] is True and _cell(first, "pixels")["calibration"] is False
+    assert cell["pseudo_masks"]["metrics"]["feature-shape"]["values"] == {"channels": 4.0, "patches": 96.0}
+    assert cell["pseudo_masks"]["metrics"]["cost"]["values"]["stages_seen"] == 2.0  # features, pseudo-masks
+    assert cell["student_stage"]["metrics"]["cost"]["values"]["stages_seen"] == 3.0  # + student
+    assert cell["student_stage"]["provenance"] == {"epochs": 2, "trained_on": 6}
+    assert set(cell["timings"]) == {"features", "pseudo-masks", "student-train", "student-predict"}
+    assert first["run"]["computed"] == {"features": 36, "pseudo-masks": 36, "student": 3, "metrics": 15}
+    assert first["primary_metric"] == {"stage": "student", "metric": "coco", "value": "AP50mask"}
+    assert first["backbones"]["pixels"]["pretrained"] is False
+    w = tmp_path / "w"
+    for name in ("results.json", "leaderboard.md", "leaderboard.csv", "report.html", "report/leaderboard.png", "report/image-1000.png"):
+        assert (w / name).is_file(), name
+    assert "data:image/png;base64," in (w / "report.html").read_text()
+    assert validate_results(json.loads((w / "results.json").read_text())) == []
+
+    again = _bench(tmp_path, report=True)
+    assert again["run"]["computed"] == {"features": 0, "pseudo-masks": 0, "student": 0, "metrics": 0}
+    assert again["run"]["built"] == []  # no backbone, masker or student object was even built
+    assert _values(again) == _values(first)
+    assert again["cells"][0]["timings"] == first["cells"][0]["timings"]  # costs come back from the cache
+
+
+def test_statuses_unavailable_skipped_failed_and_exit_code(tmp_path):
+    registry = {
+        "backbones": {"missing": {"plugin": "fake-missing"}, "broken": {"plugin": "fake-pixels", "fail": True}},
+        "students": {"student": {"plugin": "fake-student", "mode": "frozen-ssl"}},
+    }
+    out = _bench(tmp_path, registry=registry, backbones=["oracle", "pixels", "missing", "broken"])
+    assert out.exit_code == 1
+    oracle, pixels = _cell(out, "oracle"), _cell(out, "pixels")
+    missing, broken = _cell(out, "missing"), _cell(out, "broken")
+    assert oracle["status"] == "skipped" and "calibration" in oracle["reason"]
+    assert oracle["pseudo_masks"]["status"] == "ok"  # the pseudo-mask results still count
+    assert oracle["pseudo_masks"]["metrics"]["coco"]["values"]["AP50mask"] == 1.0
+    assert out["backbones"]["oracle"]["features"]["train"] is None  # refused before any train-split work
+    assert pixels["status"] == "ok"
+    assert missing["status"] == "unavailable" and "/nowhere/fake.pth" in missing["reason"]
+    assert out["backbones"]["missing"]["status"] == "unavailable"
+    assert broken["status"] == "failed" and "boom" in broken["reason"]
+    log = (tmp_path / "w" / "logs" / "bench.log").read_text()
+    assert "Traceback" in log and "RuntimeError: boom" in log
+    table = render_leaderboard(out, "table")
+    assert "unavailable: fake-missing" in table and "failed: broken features" in table
+    assert validate_results(out) == []
+    # The skip decision is cached too: a rerun neither builds the student nor the calibration backbone.
+    again = _bench(tmp_path, registry=registry, backbones=["oracle", "pixels", "missing"])
+    assert again.exit_code == 0
+    assert not [b for b in again["run"]["built"] if b != "backbone:missing"]
+    assert _cell(again, "oracle")["status"] == "skipped"
+
+
+def test_failing_metric_fails_the_cell_but_keeps_the_others(tmp_path):
+    registry = {"metrics": {"exploding": {"plugin": "fake-exploding"}}}
+    out = _bench(tmp_path, registry=registry, backbones=["pixels"], students=[], metrics=["coco", "exploding"])
+    cell = _cell(out, "pixels", student=None)
+    assert out.exit_code == 1 and cell["status"] == "failed" and "exploding metric" in cell["reason"]
+    assert cell["pseudo_masks"]["metrics"]["coco"]["status"] == "ok"
+    assert out["primary_metric"]["stage"] == "pseudo-masks"
+
+
+def test_force_redoes_a_stage_and_the_ones_after_it(tmp_path):
+    _bench(tmp_path, backbones=["pixels"])
+    assert _bench(tmp_path, backbones=["pixels"], force=frozenset({"metrics"}))["run"]["computed"] == {
+        "features": 0, "pseudo-masks": 0, "student": 0, "metrics": 5}
+    assert _bench(tmp_path, backbones=["pixels"], force=frozenset({"pseudo-masks"}))["run"]["computed"] == {
+        "features": 0, "pseudo-masks": 12, "student": 1, "metrics": 5}
+    assert _bench(tmp_path, backbones=["pixels"], force=frozenset({"features"}))["run"]["computed"]["features"] == 12
+
+
+def test_interrupted_run_leaves_no_partial_entry_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_BENCH_INTERRUPT_AFTER", "4")  # KeyboardInterrupt from the third batch on
+    with pytest.raises(KeyboardInterrupt):
+        _bench(tmp_path, backbones=["oracle"], students=[], batch_size=2)
+    cache = tmp_path / "w" / "cache"
+    assert _tmp_files(cache) == []
+    done = sorted(p.name for p in cache.glob("features/*/*.pt"))
+    assert done == ["1000.pt", "1001.pt", "1002.pt", "1003.pt"]
+    assert not list(cache.glob("features/*/summary-*.json"))
+    monkeypatch.delenv("FAKE_BENCH_INTERRUPT_AFTER")
+    out = _bench(tmp_path, backbones=["oracle"], students=[], batch_size=2)
+    assert out["run"]["computed"]["features"] == 2
+    reference = _bench(tmp_path, "ref", backbones=["oracle"], students=[], batch_size=2)
+    assert _values(out) == _values(reference)
+
+
+def test_dataset_without_ground_truth_skips_those_metrics(tmp_path):
+    registry = {"datasets": {"shapes": {"plugin": "fake-shapes", "images": 4, "ground_truth": False}}}
+    out = _bench(tmp_path, registry=registry, backbones=["pixels"], students=[])
+    metrics = _cell(out, "pixels", student=None)["pseudo_masks"]["metrics"]
+    assert metrics["coco"]["status"] == "skipped" and "no ground truth" in metrics["coco"]["reason"]
+    assert metrics["cost"]["status"] == "ok"
+    assert out.exit_code == 0 and out["dataset"]["has_ground_truth"] is False
+
+
+def test_results_schema_catches_problems(tmp_path):
+    out = _bench(tmp_path, backbones=["pixels"], students=[])
+    assert validate_results(out) == []
+    broken = json.loads(json.dumps(out))
+    broken["cells"][0]["status"] = "great"
+    del broken["provenance"]["registry"]
+    broken["run"]["computed"]["features"] = -1
+    problems = validate_results(broken)
+    assert any("status" in p for p in problems) and any("registry" in p for p in problems)
+    assert any("minimum" in p for p in problems)
+    try:
+        import jsonschema
+    except ImportError:
+        return
+    schema = json.loads((REPO / "platform/uisbench/bench/results.schema.json").read_text())
+    jsonschema.validate(out, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
+class _EntryPoint:
+    name, value = "fakes", "uisbench_bench_test_fakes"
+
+    class dist:  # noqa: N801 - mimics importlib.metadata.Distribution
+        metadata = {"Name": "uisbench-fakes"}
+        version = "0.1"
+
+    @staticmethod
+    def load():
+        return fakes
+
+
+def test_cli_bench_and_leaderboard_rerender(tmp_path, monkeypatch, capsys, fake_entry_points):
+    from uisbench.cli import main
+
+    fake_entry_points([_EntryPoint()], keep_real=False)
+    monkeypatch.setenv("UISBENCH_REGISTRY", fakes.write_registry(tmp_path / "registry.yaml"))
+    w = str(tmp_path / "w")
+    assert main(["bench", "--all", "--students", "none", "--workdir", w, "--no-report", "--format", "csv"]) == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader(io.StringIO(printed)))
+    # --all adds installed backbone plugins no entry uses (fake-missing: unavailable, still exit 0);
+    # contenders first, then calibration rows
+    assert [r["backbone"] for r in rows] == ["pixels", "fake-missing", "oracle", "semantic"]
+    assert [r["calibration"] for r in rows] == ["False", "False", "True", "True"]
+    assert rows[1]["status"].startswith("unavailable: fake-missing: weights /nowhere/fake.pth not found")
+    for fmt in ("table", "markdown", "json", "csv"):
+        assert main(["leaderboard", "--workdir", w, "--format", fmt]) == 0
+        text = capsys.readouterr().out
+        if fmt == "csv":
+            assert text == printed
+        if fmt == "json":
+            board = json.loads(text)
+            assert [r["backbone"] for r in board["calibration"]] == ["oracle", "semantic"]
+        if fmt == "markdown":
+            assert "| backbone" in text and "## Calibration" in text
+    assert (Path(w) / "leaderboard.md").read_text() == render_leaderboard(json.loads((Path(w) / "results.json").read_text()), "markdown")
+    assert main(["leaderboard", "--workdir", str(tmp_path / "nothing")]) == 2
+    assert "no results.json" in capsys.readouterr().err
+
+
+def test_bench_help_does_not_import_torch():
+    code = "import sys\nfrom uisbench.cli import main\ntry:\n    main(['bench', '--help'])\nexcept SystemExit:\n    pass\nmain(['leaderboard', '--help']) if False else None\nassert 'torch' not in sys.modules, 'torch imported'\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--force" in proc.stdout and "--skip-bad-images" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Subprocess runs: fakes installed as a distribution on PYTHONPATH, the CLI as users run it.
+# ---------------------------------------------------------------------------------------------
+
+
+def _env(tmp_path, **registry):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir(exist_ok=True)
+    fakes.install_as_distribution(plugins)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(plugins), env.get("PYTHONPATH", "")])
+    env["UISBENCH_REGISTRY"] = fakes.write_registry(tmp_path / "registry.yaml", **registry)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_ranks_match_one_process(tmp_path):
+    env = _env(tmp_path)
+    common = ["bench", "--backbones", "oracle,semantic,pixels", "--device", "cpu", "--no-report", "--batch-size", "2", "--format", "json"]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "uisbench", *common,
+                          "--workdir", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    r1 = _bench(tmp_path, "one", backbones=["oracle", "semantic", "pixels"], batch_size=2)  # one process
+    r2 = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert r2["run"]["world_size"] == 2 and r1["run"]["world_size"] == 1
+    assert _values(r1) == _values(r2)
+    assert r2["run"]["computed"] == r1["run"]["computed"]
+    assert (tmp_path / "two" / "logs").exists() is False or not list((tmp_path / "two" / "logs").glob("*.log"))
+
+
+@pytest.mark.slow
+def test_killed_during_student_resumes_with_the_same_results(tmp_path):
+    students = {"student": {"plugin": "fake-student", "epochs": 4, "sleep": 0.5}}
+    env = _env(tmp_path, students=students)
+    cmd = [sys.executable, "-m", "uisbench", "bench", "--backbones", "pixels", "--no-report", "--workdir", str(tmp_path / "w")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((tmp_path / "w" / "cache" / "student").glob("*/ckpt-0.json")):
+            assert proc.poll() is None, "bench ended before the student checkpointed"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    cache = tmp_path / "w" / "cache"
+    assert _tmp_files(cache) == []
+    assert not list(cache.glob("student/*/predictions.json")) and not (tmp_path / "w" / "results.json").exists()
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    r = json.loads((tmp_path / "w" / "results.json").read_text())
+    assert r["run"]["computed"]["features"] == 0 and r["run"]["computed"]["student"] == 1
+    assert _values(r) == _values(_bench(tmp_path, "ref", registry={"students": students}, backbones=["pixels"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Acceptance: the real built-in plugins end to end on a tiny synthetic set (CPU): the shipped
+# registry's oracle-instance, oracle-semantic, pixels, ncut and kmeans entries, a tiny Mask R-CNN.
+# ---------------------------------------------------------------------------------------------
+
+ACCEPTANCE_REGISTRY = """\
+version: 1
+datasets:
+  tiny-synth: {plugin: synth-instances, train_images: 8, val_images: 6}
+students:
+  tiny-maskrcnn: {plugin: maskrcnn, iterations: 6, batch_size: 2, warmup_iters: 2, checkpoint_every: 2, fpn_channels: 32,
+                  representation_size: 64, mask_head_channels: 32, rpn_post_nms_top_n_train: 200,
+                  box_batch_size_per_image: 64, predict_batch_size: 4}
+bench:
+  backbones: [oracle-instance, oracle-semantic, pixels]
+  maskers: [ncut, kmeans]
+  students: [tiny-maskrcnn]
+  metrics: [coco, instance-awareness, cost, count-error]
+  dataset: tiny-synth
+"""
+
+
+@pytest.mark.slow
+def test_acceptance_real_plugins_rank_cache_schema_and_kill_resume(tmp_path):
+    import shutil
+
+    registry = tmp_path / "acceptance.yaml"
+    registry.write_text(ACCEPTANCE_REGISTRY)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "uisbench", "bench", "--registry", str(registry), "--device", "cpu", "--no-report"]
+    a = tmp_path / "a"
+    first = subprocess.run([*cmd, "--workdir", str(a)], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((a / "results.json").read_text())
+    assert validate_results(results) == []
+    cells = {(c["backbone"], c["masker"]): c for c in results["cells"]}
+    for masker in ("ncut", "kmeans"):
+        def pm(backbone, metric, value, masker=masker):
+            return cells[(backbone, masker)]["pseudo_masks"]["metrics"][metric]["values"][value]
+
+        for other in ("oracle-semantic", "pixels"):
+            assert pm("oracle-instance", "coco", "AP50mask") > pm(other, "coco", "AP50mask"), (masker, other)
+            assert pm("oracle-instance", "instance-awareness", "recall_multi") > pm(other, "instance-awareness", "recall_multi"), (masker, other)
+    # frozen-ssl students refuse calibration backbones: skipped, pseudo-mask numbers kept; pixels trains one
+    assert cells[("oracle-instance", "ncut")]["status"] == "skipped"
+    assert cells[("pixels", "ncut")]["student_stage"]["status"] == "ok"
+    assert results["primary_metric"]["stage"] == "student"
+
+    again = subprocess.run([*cmd, "--workdir", str(a)], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads((a / "results.json").read_text())
+    assert rerun["run"]["computed"] == {"features": 0, "pseudo-masks": 0, "student": 0, "metrics": 0}
+    assert rerun["run"]["built"] == []
+    assert _values(rerun) == _values(results)
+
+    # Kill during the student stage (at its first checkpoint), rerun: same results as uninterrupted.
+    b = tmp_path / "b"
+    shutil.copytree(a / "cache", b / "cache", ignore=lambda d, names: ["student", "metrics"] if d.endswith("cache") else [])
+    proc = subprocess.Popen([*cmd, "--workdir", str(b)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list((b / "cache" / "student").glob("*/maskrcnn-checkpoint.pt")):
+            assert proc.poll() is None, "bench ended before the student checkpointed"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert _tmp_files(b / "cache") == [] and not (b / "results.json").exists()
+    resumed = subprocess.run([*cmd, "--workdir", str(b)], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = json.loads((b / "results.json").read_text())
+    assert final["run"]["computed"]["features"] == 0 and final["run"]["computed"]["pseudo-masks"] == 0
+    assert _values(final) == _values(results)
+
+
+@pytest.mark.gpu
+def test_bench_on_cuda_matches_cpu(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    cpu = _bench(tmp_path, "cpu", device="cpu")
+    cuda = _bench(tmp_path, "cuda", device="cuda", report=True)
+    assert cuda["run"]["device"] == "cuda" and cuda["provenance"]["gpu"]
+    assert _values(cuda) == _values(cpu)
+    timings = _cell(cuda, "pixels")["timings"]["features"]
+    assert timings["device"] == "cuda" and timings["peak_gpu_mb"] is not None
+    assert validate_results(cuda) == []
