@@ -6,9 +6,9 @@ import importlib.util
 import json
 
 import pytest
-from helpers import REPO_ROOT, FakeEntryPoint
 
 import uisbench
+from helpers import REPO_ROOT, FakeEntryPoint
 from uisbench.cli import main
 
 EXAMPLE_SRC = REPO_ROOT / "examples" / "uisbench-example-plugin"

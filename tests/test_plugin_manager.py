@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from helpers import FakeEntryPoint
 
 import uisbench
+from helpers import FakeEntryPoint
 from uisbench import _manager
 
 

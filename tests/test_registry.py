@@ -7,9 +7,9 @@ import sys
 import textwrap
 
 import pytest
-from helpers import REPO_ROOT
 
 import uisbench
+from helpers import REPO_ROOT
 from uisbench.registry import load_registry
 
 
