@@ -100,6 +100,20 @@ class SkipPolicy:
     def is_bad(self, image_id: int) -> bool:
         return image_id in self._bad
 
+    def load_image(self, image_id: int) -> Any:
+        """Decode one image of ``self.record(image_id)``; a decoding problem is raised either way
+        (with the skip policy it is also recorded, so the image leaves :meth:`image_ids`)."""
+        rec = self.record(image_id)  # type: ignore[attr-defined]
+        try:
+            return uisbench.data.load_rgb(rec.file, expected_size=(rec.width, rec.height), what=f"image id {image_id}")
+        except uisbench.DataError as err:
+            if self.skip_bad_images:
+                self.problem(image_id, rec.file, str(err))
+                raise
+            raise uisbench.DataError(
+                f"{err} Fix or remove it, or pass --skip-bad-images (skip_bad_images: true) to skip such images."
+            ) from err
+
 
 def sorted_image_files(root: Path, recursive: bool = True) -> list[Path]:
     """Image files under ``root`` (by suffix, case-insensitive), sorted by relative path."""

@@ -615,3 +615,25 @@ def grid_to_image(grid_mask: np.ndarray, height: int, width: int, valid: np.ndar
         cols = np.nonzero(valid.any(axis=0))[0]
         grid_mask = grid_mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     return uisbench.masks.resize_mask(grid_mask, height, width)
+
+
+class GridMasker(uisbench.Masker):
+    """A masker that computes masks on the patch grid (:meth:`patch_masks`) and upsamples them."""
+
+    name = "masker"
+
+    def patch_masks(self, features: uisbench.FeatureMap) -> list[tuple[list[np.ndarray], list[float]]]:
+        raise NotImplementedError
+
+    def predict(
+        self, features: uisbench.FeatureMap, records: Sequence[uisbench.ImageRecord]
+    ) -> list[list[uisbench.Prediction]]:
+        if len(records) != len(features.image_ids):
+            raise uisbench.DataError(
+                f"masker {self.name}: {len(records)} records for {len(features.image_ids)} feature maps; "
+                "pass one record per image."
+            )
+        return [
+            to_predictions(rec, masks, scores)
+            for rec, (masks, scores) in zip(records, self.patch_masks(features), strict=True)
+        ]

@@ -301,18 +301,6 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
         except KeyError:
             raise uisbench.DataError(f"{self.annotations_path}: no image id {image_id} in this dataset.") from None
 
-    def load_image(self, image_id: int):
-        rec = self.record(image_id)
-        try:
-            return uisbench.data.load_rgb(rec.file, expected_size=(rec.width, rec.height), what=f"image id {image_id}")
-        except uisbench.DataError as err:
-            if self.skip_bad_images:
-                self.problem(image_id, rec.file, str(err))
-                raise
-            raise uisbench.DataError(
-                f"{err} Fix or remove it, or pass --skip-bad-images (skip_bad_images: true) to skip such images."
-            ) from err
-
     def ground_truth(self, image_id: int) -> list[uisbench.GroundTruth]:
         self.record(image_id)
         return list(self._gt.get(image_id, ()))

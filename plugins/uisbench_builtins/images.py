@@ -80,18 +80,6 @@ class ImageFolder(SkipPolicy, uisbench.Dataset):
         except KeyError:
             raise uisbench.DataError(f"{self.root}: no image id {image_id} (ids are 1..{len(self._records)}).") from None
 
-    def load_image(self, image_id: int):
-        rec = self.record(image_id)
-        try:
-            return uisbench.data.load_rgb(rec.file, expected_size=(rec.width, rec.height), what=f"image id {image_id}")
-        except uisbench.DataError as err:
-            if self.skip_bad_images:
-                self.problem(image_id, rec.file, str(err))
-                raise
-            raise uisbench.DataError(
-                f"{err} Fix or remove it, or pass --skip-bad-images (skip_bad_images: true) to skip such images."
-            ) from err
-
     def fingerprint(self) -> str:
         # fixed at construction: images found bad while decoding later do not change cache keys
         return self._fingerprint

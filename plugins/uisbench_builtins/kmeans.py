@@ -140,8 +140,10 @@ def _nms(masks: list[np.ndarray], scores: list[float], thr: float) -> list[int]:
     return keep
 
 
-class KMeansMasker(uisbench.Masker):
+class KMeansMasker(_spectral.GridMasker):
     """Multi-K k-means candidates; see the module docstring."""
+
+    name = "kmeans"
 
     def __init__(
         self,
@@ -273,17 +275,6 @@ class KMeansMasker(uisbench.Masker):
                     results[i] = r
         return results
 
-    def predict(
-        self, features: uisbench.FeatureMap, records: Sequence[uisbench.ImageRecord]
-    ) -> list[list[uisbench.Prediction]]:
-        if len(records) != len(features.image_ids):
-            raise uisbench.DataError(
-                f"masker kmeans: {len(records)} records for {len(features.image_ids)} feature maps; pass one record per image."
-            )
-        return [
-            _spectral.to_predictions(rec, masks, scores)
-            for rec, (masks, scores) in zip(records, self.patch_masks(features), strict=False)
-        ]
 
 
 PARAMS = (

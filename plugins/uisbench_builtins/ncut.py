@@ -25,15 +25,15 @@ the free memory on CUDA) at ~40 bytes per graph entry: 3600-token graphs go ~16 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import uisbench
 
 from . import _spectral
 
 
-class NCutMasker(uisbench.Masker):
+class NCutMasker(_spectral.GridMasker):
     """MaskCut pseudo-masks; see the module docstring."""
+
+    name = "ncut"
 
     def __init__(
         self,
@@ -90,17 +90,6 @@ class NCutMasker(uisbench.Masker):
                     results[i] = r
         return results
 
-    def predict(
-        self, features: uisbench.FeatureMap, records: Sequence[uisbench.ImageRecord]
-    ) -> list[list[uisbench.Prediction]]:
-        if len(records) != len(features.image_ids):
-            raise uisbench.DataError(
-                f"masker ncut: {len(records)} records for {len(features.image_ids)} feature maps; pass one record per image."
-            )
-        return [
-            _spectral.to_predictions(rec, masks, scores)
-            for rec, (masks, scores) in zip(records, self.patch_masks(features), strict=False)
-        ]
 
 
 PARAMS = (
