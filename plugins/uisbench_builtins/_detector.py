@@ -1,0 +1,352 @@
+"""Model pieces of the ``maskrcnn`` student: torchvision's Mask R-CNN with either a frozen SSL
+backbone under a ViTDet-style simple feature pyramid, or a ResNet-FPN; DropLoss RoI heads.
+
+Private helper of :mod:`uisbench_builtins.maskrcnn`. It imports torch at module level, so it is only
+ever imported *inside* that plugin's functions (``platform --help`` stays torch-free).
+
+Geometry (``frozen-ssl``): the detector works in the backbone's input frame. Every image goes through
+``backbone.preprocess`` (``S x S``; with ``resize: pad`` the content fills the top-left ``h x w``),
+targets are resized into that frame, the pyramid levels have sizes ``S/4, S/8, S/16, S/32`` (exact
+when ``S`` is a multiple of 32) and predictions are mapped back by torchvision's own
+``GeneralizedRCNNTransform.postprocess`` from the content size ``(h, w)`` to the original
+``(height, width)``: boxes are scaled per axis and masks pasted at full image resolution.
+With ``resnet*-fpn`` torchvision's transform does the usual resizing (``min_size``/``max_size``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_loss
+from torchvision.ops import box_iou
+
+__all__ = [
+    "SimpleFeaturePyramid",
+    "DropLossRoIHeads",
+    "classification_loss",
+    "build_maskrcnn",
+    "Detector",
+]
+
+PYRAMID_STRIDES = (4, 8, 16, 32)
+
+
+def _groups(channels: int) -> int:
+    for g in (32, 16, 8, 4, 2):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+def _power_of_two(x: float) -> bool:
+    return x > 0 and float(x).is_integer() and (int(x) & (int(x) - 1)) == 0
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet-style simple feature pyramid (Li et al. 2022) over one stride-``patch_size`` map.
+
+    Per level: deconvolutions (upsampling by powers of two), identity or max-pooling, then
+    ``1x1`` and ``3x3`` convolutions with GroupNorm to ``out_channels``. A patch size that is not a
+    power of two (14) is bridged by bilinear resampling to the exact level size. Input channels are
+    layer-normalised first, so features of any scale (keys, tokens, pixels) train alike.
+    Output: ``OrderedDict`` ``"0".."3"`` (strides 4..32) and ``"pool"`` (stride 64), what torchvision's
+    RPN and ``MultiScaleRoIAlign`` expect of a ``BackboneWithFPN``.
+    """
+
+    def __init__(self, in_channels: int, patch_size: int, out_channels: int = 256, strides=PYRAMID_STRIDES) -> None:
+        super().__init__()
+        self.patch_size = int(patch_size)
+        self.strides = tuple(strides)
+        self.out_channels = int(out_channels)
+        self.input_norm = nn.LayerNorm(in_channels)
+        self.resample = nn.ModuleList()
+        self.heads = nn.ModuleList()
+        for stride in self.strides:
+            factor = self.patch_size / stride
+            layers: list[nn.Module] = []
+            ch = in_channels
+            if factor >= 2 and _power_of_two(factor):
+                n = int(math.log2(factor))
+                for i in range(n):
+                    out = max(ch // 2, 16)
+                    layers.append(nn.ConvTranspose2d(ch, out, 2, stride=2))
+                    if i < n - 1:
+                        layers += [nn.GroupNorm(_groups(out), out), nn.GELU()]
+                    ch = out
+            elif factor < 1 and _power_of_two(1 / factor):
+                layers.append(nn.MaxPool2d(int(1 / factor)))
+            self.resample.append(nn.Sequential(*layers))
+            c = self.out_channels
+            self.heads.append(
+                nn.Sequential(
+                    nn.Conv2d(ch, c, 1, bias=False),
+                    nn.GroupNorm(_groups(c), c),
+                    nn.Conv2d(c, c, 3, padding=1, bias=False),
+                    nn.GroupNorm(_groups(c), c),
+                )
+            )
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        x = self.input_norm(x.float().permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        frame_h, frame_w = x.shape[-2] * self.patch_size, x.shape[-1] * self.patch_size
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        for i, (stride, resample, head) in enumerate(zip(self.strides, self.resample, self.heads, strict=True)):
+            y = resample(x)
+            size = (max(1, round(frame_h / stride)), max(1, round(frame_w / stride)))
+            if tuple(y.shape[-2:]) != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            out[str(i)] = head(y)
+        out["pool"] = F.max_pool2d(out[str(len(self.strides) - 1)], 1, 2, 0)
+        return out
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy of the box classifier; ``weights`` (per sampled proposal) as in CutLER's
+    ``FastRCNNOutputLayers.losses``: ``mean(weights * CE)``. ``None`` is torchvision's plain mean."""
+    ce = F.cross_entropy(logits.float(), labels, reduction="none")
+    if weights is None:
+        return ce.mean()
+    return (weights.to(ce.dtype) * ce).mean()
+
+
+class DropLossRoIHeads(RoIHeads):
+    """torchvision ``RoIHeads`` whose box-classification loss ignores proposals far from every
+    pseudo-mask (CutLER's DropLoss).
+
+    A sampled proposal's box is regressed (deltas applied, object class); when its best IoU with any
+    target box of its image is ``<= drop_iou`` (0.01) its classification loss gets weight 0, so
+    objects missing from the pseudo-masks are not taught as background. Box-regression and mask
+    losses are torchvision's. ``drop_iou=None`` turns DropLoss off (then identical to ``RoIHeads``).
+    Inference is the parent's.
+    """
+
+    def __init__(self, *args: Any, drop_iou: float | None = 0.01, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.drop_iou = drop_iou
+
+    @classmethod
+    def from_roi_heads(cls, heads: RoIHeads, drop_iou: float | None) -> DropLossRoIHeads:
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.__dict__.update(heads.__dict__)
+        new.drop_iou = drop_iou
+        return new
+
+    @torch.no_grad()
+    def droploss_weights(self, box_regression: torch.Tensor, proposals: list[torch.Tensor], targets) -> torch.Tensor:
+        """1 for proposals whose regressed box overlaps some target box by IoU > ``drop_iou``, else 0."""
+        pred = self.box_coder.decode(box_regression.float(), [p.float() for p in proposals])
+        pred = pred[:, -1]  # the object class (two classes: background, object)
+        weights = []
+        for boxes, target in zip(pred.split([len(p) for p in proposals]), targets, strict=True):
+            gt = target["boxes"].float()
+            if gt.numel() == 0 or boxes.numel() == 0:
+                weights.append(boxes.new_zeros(len(boxes)))
+                continue
+            best = box_iou(boxes, gt).max(dim=1).values
+            weights.append((best > self.drop_iou).float())
+        return torch.cat(weights)
+
+    def forward(self, features, proposals, image_shapes, targets=None):  # type: ignore[override]
+        if not self.training or self.drop_iou is None:
+            return super().forward(features, proposals, image_shapes, targets)
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+        _, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+        weights = self.droploss_weights(box_regression.detach(), proposals, targets)
+        losses = {
+            "loss_classifier": classification_loss(class_logits, torch.cat(labels), weights),
+            "loss_box_reg": loss_box_reg,
+        }
+        mask_proposals, pos_matched = [], []
+        for props, lab, matched in zip(proposals, labels, matched_idxs, strict=True):
+            pos = torch.where(lab > 0)[0]
+            mask_proposals.append(props[pos])
+            pos_matched.append(matched[pos])
+        mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, mask_proposals, image_shapes)))
+        losses["loss_mask"] = maskrcnn_loss(
+            mask_logits, mask_proposals, [t["masks"] for t in targets], [t["labels"] for t in targets], pos_matched
+        )
+        return [], losses
+
+
+def _resnet_fpn(name: str, weights_path: str | None) -> tuple[nn.Module, dict[str, Any]]:
+    """torchvision ResNet-FPN, every layer trainable (CutLER ``FREEZE_AT 0``), BatchNorm trainable.
+
+    ``weights_path``: a local file holding a ResNet state dict (torchvision or DINO layout, optionally
+    under ``state_dict``/``model``/``teacher``, ``module.``/``backbone.`` prefixes) or a full
+    torchvision Mask R-CNN state dict. ``None``: random init, stated in provenance.
+    """
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    import uisbench
+
+    backbone = resnet_fpn_backbone(backbone_name=name, weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5)
+    info: dict[str, Any] = {"init": "random", "weights": None}
+    if weights_path is None:
+        return backbone, info
+    import hashlib
+    from pathlib import Path
+
+    path = Path(weights_path).expanduser()
+    if not path.is_file():
+        raise uisbench.ConfigError(
+            f"detector_weights {str(path)!r} does not exist; give the path of a local ResNet ({name}) state dict "
+            "(e.g. DINO ResNet-50) or leave detector_weights null for a random init."
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "teacher"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    body_state = {}
+    for k, v in state.items():
+        for prefix in ("module.", "backbone.body.", "backbone.", "body."):
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+        body_state[k] = v
+    result = backbone.body.load_state_dict(body_state, strict=False)
+    loaded = len(backbone.body.state_dict()) - len(result.missing_keys)
+    if loaded == 0:
+        raise uisbench.ConfigError(
+            f"detector_weights {str(path)!r}: no key matches a torchvision {name} (e.g. 'layer1.0.conv1.weight'); "
+            "give a ResNet state dict."
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    info = {"init": "file", "weights": str(path), "weights_sha256": digest, "loaded_tensors": loaded,
+            "missing_keys": len(result.missing_keys)}
+    return backbone, info
+
+
+def build_maskrcnn(
+    *,
+    detector_backbone: str,
+    in_channels: int | None = None,
+    patch_size: int | None = None,
+    fpn_channels: int = 256,
+    representation_size: int = 1024,
+    mask_head_channels: int = 256,
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
+    min_size: int = 800,
+    max_size: int = 1333,
+    rpn_pre_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_train: int = 2000,
+    rpn_nms_thresh: float = 0.7,
+    rpn_batch_size_per_image: int = 256,
+    box_batch_size_per_image: int = 512,
+    box_positive_fraction: float = 0.25,
+    score_thresh: float = 0.0,
+    detections_per_img: int = 100,
+    drop_iou: float | None = 0.01,
+    weights_path: str | None = None,
+) -> tuple[MaskRCNN, dict[str, Any]]:
+    """A two-class torchvision ``MaskRCNN`` with DropLoss RoI heads; returns ``(model, init_info)``."""
+    if detector_backbone == "frozen-ssl":
+        assert in_channels is not None and patch_size is not None
+        backbone: nn.Module = SimpleFeaturePyramid(in_channels, patch_size, fpn_channels)
+        info: dict[str, Any] = {"init": "random (pyramid and heads); backbone frozen"}
+        image_mean, image_std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]  # unused: pixels come normalised
+    else:
+        backbone, info = _resnet_fpn(detector_backbone.split("-")[0], weights_path)
+        if fpn_channels != backbone.out_channels:
+            info["fpn_channels"] = backbone.out_channels
+        image_mean, image_std = None, None
+    out = backbone.out_channels
+    anchors = AnchorGenerator(sizes=tuple((int(s),) for s in anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * len(anchor_sizes))
+    model = MaskRCNN(
+        backbone,
+        num_classes=None,
+        min_size=min_size,
+        max_size=max_size,
+        image_mean=image_mean,
+        image_std=image_std,
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=1000,
+        rpn_post_nms_top_n_test=1000,
+        rpn_nms_thresh=rpn_nms_thresh,
+        rpn_batch_size_per_image=rpn_batch_size_per_image,
+        box_head=TwoMLPHead(out * 7 * 7, representation_size),
+        box_predictor=FastRCNNPredictor(representation_size, 2),
+        box_score_thresh=score_thresh,
+        box_detections_per_img=detections_per_img,
+        box_batch_size_per_image=box_batch_size_per_image,
+        box_positive_fraction=box_positive_fraction,
+        mask_head=MaskRCNNHeads(out, [mask_head_channels] * 4, 1),
+        mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, 2),
+    )
+    model.roi_heads = DropLossRoIHeads.from_roi_heads(model.roi_heads, drop_iou)
+    return model, info
+
+
+class Detector:
+    """Runs a torchvision ``MaskRCNN`` on batches in a given frame (see the module docstring).
+
+    ``ssl`` is the frozen ``uisbench.Backbone`` (``frozen-ssl``) or ``None`` (ResNet-FPN: torchvision's
+    transform resizes and normalises raw ``[0, 1]`` images).
+    """
+
+    def __init__(self, model: MaskRCNN, ssl: Any | None, cache: dict | None = None, cache_bytes: int = 0) -> None:
+        self.model = model
+        self.ssl = ssl
+        self.cache = cache if cache is not None else {}
+        self.cache_bytes = cache_bytes
+        self._cached = 0
+
+    @torch.no_grad()
+    def ssl_features(self, pixels: torch.Tensor, ids: list[int], keys: list[Any] | None = None) -> torch.Tensor:
+        """Frozen backbone features; with a cache budget, those of unaltered training images
+        (key ``(id, flipped)``) are computed once and reused."""
+        keys = keys or [None] * len(ids)
+        if not self.cache_bytes or all(k is None for k in keys):
+            return self.ssl.extract(pixels, ids).features
+        missing = [i for i, k in enumerate(keys) if k is None or k not in self.cache]
+        fresh = self.ssl.extract(pixels[missing], [ids[i] for i in missing]).features if missing else None
+        out: list[torch.Tensor | None] = [None] * len(ids)
+        for j, i in enumerate(missing):
+            out[i] = fresh[j]
+            size = fresh[j].numel() * fresh[j].element_size()
+            if keys[i] is not None and self._cached + size <= self.cache_bytes:
+                self.cache[keys[i]] = fresh[j].clone()
+                self._cached += size
+        for i, k in enumerate(keys):
+            if out[i] is None:
+                out[i] = self.cache[k]
+        return torch.stack(out)  # type: ignore[arg-type]
+
+    def _features(self, batch: dict[str, Any], targets):
+        model = self.model
+        if self.ssl is not None:
+            pixels = batch["pixels"]
+            feats = self.ssl_features(pixels, batch["ids"], batch.get("cache_keys") if targets is not None else None)
+            images = ImageList(pixels, [tuple(s) for s in batch["sizes"]])
+            return images, model.backbone(feats.detach()), targets
+        images, targets = model.transform(list(batch["images"]), targets)
+        return images, model.backbone(images.tensors), targets
+
+    def losses(self, batch: dict[str, Any], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        images, features, targets = self._features(batch, targets)
+        proposals, rpn_losses = self.model.rpn(images, features, targets)
+        _, roi_losses = self.model.roi_heads(features, proposals, images.image_sizes, targets)
+        return {**rpn_losses, **roi_losses}
+
+    @torch.no_grad()
+    def detect(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+        """Detections with boxes (x1, y1, x2, y2) and mask probabilities at original image size."""
+        images, features, _ = self._features(batch, None)
+        proposals, _ = self.model.rpn(images, features, None)
+        detections, _ = self.model.roi_heads(features, proposals, images.image_sizes, None)
+        original = [tuple(s) for s in batch["original_sizes"]]
+        detections = [{k: v.float() if v.is_floating_point() else v for k, v in d.items()} for d in detections]
+        return self.model.transform.postprocess(detections, images.image_sizes, original)
