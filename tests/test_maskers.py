@@ -4,7 +4,6 @@ degenerate inputs and the masker contract (conformance over every registered mas
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +58,9 @@ def test_maskcut_parity_with_cutler(solver, names):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.environ.get("UISBENCH_FULL_PARITY"), reason="scipy at 3600 tokens takes ~30 s; set UISBENCH_FULL_PARITY=1"
-)
 def test_maskcut_parity_scipy_3600():
+    # ~30 s on 2 cores (dense scipy eigh on 3600x3600 graphs): the reference solver's parity at /8 is
+    # part of the acceptance, so it runs in the suite.
     ious = _parity("scipy", LARGE)
     assert ious.mean() >= 0.98 and ious.min() >= 0.9, ious
 
