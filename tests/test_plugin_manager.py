@@ -182,3 +182,16 @@ def test_entry_points_reached_through_one_function():
     # Tests (and tools) monkeypatch this single door to importlib.metadata.
     assert callable(_manager._entry_points)
     assert all(hasattr(ep, "load") for ep in _manager._entry_points())
+
+
+def test_plugins_command_lists_builtins_and_specs(capsys):
+    from uisbench.cli import main
+
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    for builtin in ("synth-instances", "dino", "ncut", "maskrcnn", "coco-metric"):
+        assert builtin in out
+    assert "built-in" in out
+    assert main(["plugins", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "masker" in out and "kmeans" in out and "instance-awareness" in out

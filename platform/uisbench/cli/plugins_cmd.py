@@ -9,7 +9,7 @@ from ._common import print_json, table
 
 def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("plugins", parents=[common], help="list installed plugins and load failures")
-    p.add_argument("--all", action="store_true", help="include the built-in plugins")
+    p.add_argument("--all", action="store_true", help="one row per registered backbone, masker, ... with its version")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--requirements", action="store_true", help="print name==version lines of third-party plugins")
     p.set_defaults(run=run)
@@ -21,12 +21,23 @@ def run(args: argparse.Namespace) -> int:
 
     host = get_plugin_manager(strict=args.strict_plugins)
     provides: dict[str, list[str]] = {}
+    specs = []
     for kind in KINDS:
-        for name in host.specs(kind):
+        for name, spec in host.specs(kind).items():
             info = host.provider(kind, name)
-            if info is not None:
-                provides.setdefault(info.name, []).append(f"{kind[:-1]}:{name}")
-    plugins = [p for p in host.plugins.values() if args.all or not p.builtin]
+            owner = info.name if info else "local"
+            provides.setdefault(owner, []).append(f"{kind[:-1]}:{name}")
+            specs.append(
+                {
+                    "kind": kind[:-1],
+                    "name": name,
+                    "version": spec.version,
+                    "plugin": owner,
+                    "distribution": info.distribution if info else "local",
+                    "description": spec.description,
+                }
+            )
+    plugins = sorted(host.plugins.values(), key=lambda p: (p.builtin, p.name))  # third-party first
     if args.requirements:
         for dist in sorted({(p.distribution, p.version) for p in plugins if not p.builtin}):
             print(f"{dist[0]}=={dist[1]}")
@@ -34,20 +45,27 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(
             {
-                "plugins": [
-                    {**vars(p), "builtin": p.builtin, "provides": provides.get(p.name, [])} for p in plugins
-                ],
+                "plugins": [{**vars(p), "builtin": p.builtin, "provides": provides.get(p.name, [])} for p in plugins],
+                "specs": specs,
                 "failures": [vars(f) for f in host.failures],
             }
         )
         return 0
-    rows = [[p.name, p.distribution, p.version, ", ".join(provides.get(p.name, []))] for p in plugins]
-    if rows:
-        print(table(rows, ["plugin", "distribution", "version", "provides"]))
+    if args.all:
+        rows = [[s["kind"], s["name"], s["version"], s["plugin"], s["distribution"], s["description"]] for s in specs]
+        print(table(rows, ["kind", "name", "version", "plugin", "distribution", "description"]))
     else:
-        hidden = sum(p.builtin for p in host.plugins.values())
-        print(f"No third-party plugins installed ({hidden} built-in; `platform plugins --all` shows them).")
+        rows = [
+            [p.name, p.distribution, p.version, "built-in" if p.builtin else "third-party", ", ".join(provides.get(p.name, []))]
+            for p in plugins
+        ]
+        print(table(rows, ["plugin", "distribution", "version", "origin", "provides"]) if rows else "No plugins installed.")
     if host.failures:
-        print("\nFailed to load:")
-        print(table([[f.name, f.distribution, f.version, f.error] for f in host.failures], ["plugin", "distribution", "version", "error"]))
+        print("\nFailed to load (the rest works; --strict-plugins makes this an error):")
+        print(
+            table(
+                [[f.name, f.distribution, f.version, f.error] for f in host.failures],
+                ["plugin", "distribution", "version", "error"],
+            )
+        )
     return 0
