@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 import os
+import sys
+import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -65,6 +67,7 @@ class PluginHost:
 
     pm: pluggy.PluginManager
     strict: bool = False
+    trace: bool = False
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
     _specs: dict[str, dict[str, tuple[PluginSpec, str]]] = field(default_factory=dict)
@@ -153,7 +156,12 @@ class PluginHost:
             info = self.plugins.get(impl.plugin_name)
             dist, version = (info.distribution, info.version) if info else ("local", "0")
             try:
+                started = time.perf_counter()
                 items = list(impl.function() or ())
+                if self.trace:
+                    ms = (time.perf_counter() - started) * 1000
+                    names = ", ".join(getattr(i, "name", "?") for i in items)
+                    print(f"uisbench trace: {impl.plugin_name}.{_HOOKS[kind]}() -> [{names}] in {ms:.1f} ms", file=sys.stderr)
                 for item in items:
                     if not isinstance(item, expected):
                         raise PluginError(f"{_HOOKS[kind]} yielded {type(item).__name__}, expected {expected.__name__}")
@@ -193,9 +201,7 @@ def get_plugin_manager(
     pm = pluggy.PluginManager("uisbench")
     pm.add_hookspecs(hookspecs)
     host = PluginHost(pm, strict=_env_flag("UISBENCH_STRICT_PLUGINS") if strict is None else strict)
-    if _env_flag("UISBENCH_TRACE_PLUGINS"):
-        pm.trace.root.setwriter(lambda msg: warnings.warn(msg.rstrip(), stacklevel=2))
-        pm.enable_tracing()
+    host.trace = _env_flag("UISBENCH_TRACE_PLUGINS")
     raw = os.environ.get("UISBENCH_LOAD_PLUGINS")
     allowed = None if raw is None else {p.strip() for p in raw.split(",") if p.strip()}
     if load_entry_points:
