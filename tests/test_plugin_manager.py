@@ -195,3 +195,10 @@ def test_plugins_command_lists_builtins_and_specs(capsys):
     assert main(["plugins", "--all"]) == 0
     out = capsys.readouterr().out
     assert "masker" in out and "kmeans" in out and "instance-awareness" in out
+
+
+def test_trace_env_reports_hook_calls(monkeypatch, capsys):
+    monkeypatch.setenv("UISBENCH_TRACE_PLUGINS", "1")
+    host = uisbench.get_plugin_manager(strict=True, load_entry_points=False, plugins=[("traced", _metric_plugin("m-traced"))])
+    host.specs("metrics")
+    assert "uisbench trace: traced.uisbench_metrics() -> [m-traced]" in capsys.readouterr().err
