@@ -259,6 +259,26 @@ def test_cli_bench_and_leaderboard_rerender(tmp_path, monkeypatch, capsys, fake_
     assert "no results.json" in capsys.readouterr().err
 
 
+def test_plugin_load_failures_head_the_leaderboard(tmp_path, monkeypatch, capsys, fake_entry_points):
+    from helpers import FakeEntryPoint
+
+    from uisbench.cli import main
+
+    monkeypatch.delenv("UISBENCH_STRICT_PLUGINS", raising=False)
+    broken = FakeEntryPoint("vendor-vit", error=ImportError("no module named vendor_kernels"), dist="uisbench-vendor")
+    fake_entry_points([_EntryPoint(), broken], keep_real=False)
+    monkeypatch.setenv("UISBENCH_REGISTRY", fakes.write_registry(tmp_path / "registry.yaml"))
+    w = tmp_path / "w"
+    with pytest.warns(UserWarning, match="vendor-vit"):
+        assert main(["bench", "--all", "--students", "none", "--workdir", str(w), "--no-report"]) == 0
+    printed = capsys.readouterr().out
+    header = printed.split("backbone")[0]
+    assert "vendor-vit" in header and "vendor_kernels" in header
+    results = json.loads((w / "results.json").read_text())
+    assert [f["name"] for f in results["provenance"]["plugin_failures"]] == ["vendor-vit"]
+    assert "vendor-vit" in (w / "leaderboard.md").read_text().split("| backbone")[0]
+
+
 def test_bench_help_does_not_import_torch():
     code = "import sys\nfrom uisbench.cli import main\ntry:\n    main(['bench', '--help'])\nexcept SystemExit:\n    pass\nmain(['leaderboard', '--help']) if False else None\nassert 'torch' not in sys.modules, 'torch imported'\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
