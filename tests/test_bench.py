@@ -261,7 +261,6 @@ def test_cli_bench_and_leaderboard_rerender(tmp_path, monkeypatch, capsys, fake_
 
 def test_plugin_load_failures_head_the_leaderboard(tmp_path, monkeypatch, capsys, fake_entry_points):
     from helpers import FakeEntryPoint
-
     from uisbench.cli import main
 
     monkeypatch.delenv("UISBENCH_STRICT_PLUGINS", raising=False)
