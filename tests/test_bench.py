@@ -108,7 +108,7 @@ def test_bench_ranks_oracle_first_and_rerun_computes_nothing(tmp_path):
     assert cell["pseudo_masks"]["metrics"]["feature-shape"]["values"] == {"channels": 4.0, "patches": 96.0}
     assert cell["pseudo_masks"]["metrics"]["cost"]["values"]["stages_seen"] == 2.0  # features, pseudo-masks
     assert cell["student_stage"]["metrics"]["cost"]["values"]["stages_seen"] == 3.0  # + student
-    assert cell["student_stage"]["provenance"] == {"epochs": 2, "trained_on": 6}
+    assert cell["student_stage"]["provenance"] == {"epochs": 2, "trained_on": 6, "epochs_run": 2}
     assert set(cell["timings"]) == {"features", "pseudo-masks", "student-train", "student-predict"}
     assert first["run"]["computed"] == {"features": 36, "pseudo-masks": 36, "student": 3, "metrics": 15}
     assert first["primary_metric"] == {"stage": "student", "metric": "coco", "value": "AP50mask"}
@@ -164,10 +164,24 @@ def test_failing_metric_fails_the_cell_but_keeps_the_others(tmp_path):
     assert out["primary_metric"]["stage"] == "pseudo-masks"
 
 
+def test_failing_backbone_level_metric_sets_the_exit_code(tmp_path):
+    registry = {"metrics": {"exploding": {"plugin": "fake-exploding-features"}}}
+    out = _bench(tmp_path, registry=registry, backbones=["pixels"], students=[], metrics=["coco", "exploding"])
+    row = out["backbones"]["pixels"]
+    assert row["metrics"]["exploding"]["status"] == "failed"
+    assert row["status"] == "failed" and "exploding metric" in row["reason"]
+    assert _cell(out, "pixels", student=None)["status"] == "ok"
+    assert out.exit_code == 1 and validate_results(out) == []
+
+
 def test_force_redoes_a_stage_and_the_ones_after_it(tmp_path):
     _bench(tmp_path, backbones=["pixels"])
     assert _bench(tmp_path, backbones=["pixels"], force=frozenset({"metrics"}))["run"]["computed"] == {
         "features": 0, "pseudo-masks": 0, "student": 0, "metrics": 5}
+    # --force student trains afresh: the old checkpoints must not be resumed from
+    forced = _bench(tmp_path, backbones=["pixels"], force=frozenset({"student"}))
+    assert forced["run"]["computed"] == {"features": 0, "pseudo-masks": 0, "student": 1, "metrics": 5}
+    assert _cell(forced, "pixels")["student_stage"]["provenance"]["epochs_run"] == 2
     assert _bench(tmp_path, backbones=["pixels"], force=frozenset({"pseudo-masks"}))["run"]["computed"] == {
         "features": 0, "pseudo-masks": 12, "student": 1, "metrics": 5}
     assert _bench(tmp_path, backbones=["pixels"], force=frozenset({"features"}))["run"]["computed"]["features"] == 12
@@ -187,6 +201,24 @@ def test_interrupted_run_leaves_no_partial_entry_and_resumes(tmp_path, monkeypat
     assert out["run"]["computed"]["features"] == 2
     reference = _bench(tmp_path, "ref", backbones=["oracle"], students=[], batch_size=2)
     assert _values(out) == _values(reference)
+
+
+def test_resumed_features_draw_the_same_random_numbers(tmp_path, monkeypatch):
+    import torch
+
+    registry = {"backbones": {"noisy": {"plugin": "fake-oracle", "noise": 0.5}}}
+    run = {"registry": registry, "backbones": ["noisy"], "students": [], "metrics": [], "batch_size": 2}
+    monkeypatch.setenv("FAKE_BENCH_INTERRUPT_AFTER", "4")
+    with pytest.raises(KeyboardInterrupt):
+        _bench(tmp_path, **run)
+    monkeypatch.delenv("FAKE_BENCH_INTERRUPT_AFTER")
+    _bench(tmp_path, **run)  # computes the last batch only
+    _bench(tmp_path, "ref", **run)  # uninterrupted
+    resumed = sorted((tmp_path / "w" / "cache" / "features").glob("*/1005.pt"))
+    reference = sorted((tmp_path / "ref" / "cache" / "features").glob("*/1005.pt"))
+    assert len(resumed) == len(reference) == 1
+    a, b = (torch.load(p, weights_only=True)["features"] for p in (resumed[0], reference[0]))
+    assert torch.equal(a, b)
 
 
 def test_dataset_without_ground_truth_skips_those_metrics(tmp_path):
@@ -279,7 +311,7 @@ def test_plugin_load_failures_head_the_leaderboard(tmp_path, monkeypatch, capsys
 
 
 def test_bench_help_does_not_import_torch():
-    code = "import sys\nfrom uisbench.cli import main\ntry:\n    main(['bench', '--help'])\nexcept SystemExit:\n    pass\nmain(['leaderboard', '--help']) if False else None\nassert 'torch' not in sys.modules, 'torch imported'\n"
+    code = "import sys\nfrom uisbench.cli import main\ntry:\n    main(['bench', '--help'])\nexcept SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--force" in proc.stdout and "--skip-bad-images" in proc.stdout

@@ -81,11 +81,12 @@ class _Base(uisbench.Backbone):
     facet = "token"
     layer = 0
 
-    def __init__(self, scale: float = 1.0, weights: str | None = None, fail: bool = False) -> None:
+    def __init__(self, scale: float = 1.0, weights: str | None = None, fail: bool = False, noise: float = 0.0) -> None:
         self.preprocessing = uisbench.Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=SIZE, patch_size=CELL)
         self.scale = scale
         self.weights = weights
         self.fail = fail
+        self.noise = noise  # > 0: draws from the global torch RNG, which the engine seeds per batch
         self.dataset = None
 
     def bind(self, dataset):
@@ -113,6 +114,8 @@ class _Base(uisbench.Backbone):
         if os.environ.get("FAKE_BENCH_INTERRUPT_AFTER") and int(image_ids[0]) % 1000 >= int(os.environ["FAKE_BENCH_INTERRUPT_AFTER"]):
             raise KeyboardInterrupt
         feats = torch.stack([self._grid(i, self.per_instance) for i in image_ids]) * self.scale
+        if self.noise:
+            feats = feats + self.noise * torch.rand(feats.shape)
         return uisbench.FeatureMap(feats, list(image_ids), CELL, self.facet, self.layer)
 
 
@@ -181,6 +184,7 @@ class Student(uisbench.Student):
         self.epochs = epochs
         self.sleep = sleep
         self.trained_on = 0
+        self.epochs_run = 0  # epochs trained by this fit call (not resumed from a checkpoint)
 
     def fit(self, dataset, pseudo_masks, *, workdir, seed=0):
         for epoch in range(self.epochs):
@@ -188,6 +192,7 @@ class Student(uisbench.Student):
             if ckpt.exists():
                 continue
             time.sleep(self.sleep)
+            self.epochs_run += 1
             uisbench.atomic_write_json(ckpt, {"epoch": epoch, "images": len(pseudo_masks)})
         self.trained_on = len(pseudo_masks)
 
@@ -207,7 +212,7 @@ class Student(uisbench.Student):
         return out
 
     def provenance(self):
-        return {"epochs": self.epochs, "trained_on": self.trained_on}
+        return {"epochs": self.epochs, "trained_on": self.trained_on, "epochs_run": self.epochs_run}
 
 
 class Recall(uisbench.Metric):
@@ -295,7 +300,7 @@ def uisbench_datasets():
 
 @uisbench.hookimpl
 def uisbench_backbones():
-    common = (P("scale", "float", 1.0), P("weights", "path", None, nullable=True), P("fail", "bool", False))
+    common = (P("scale", "float", 1.0), P("weights", "path", None, nullable=True), P("fail", "bool", False), P("noise", "float", 0.0))
     yield uisbench.BackboneSpec(name="fake-oracle", description="Fake instance oracle.", factory=Oracle, params=common, calibration=True)
     yield uisbench.BackboneSpec(name="fake-semantic", description="Fake semantic oracle.", factory=Semantic, params=common, calibration=True)
     yield uisbench.BackboneSpec(name="fake-pixels", description="Fake pixels.", factory=Pixels, params=common)
@@ -337,6 +342,14 @@ def uisbench_metrics():
         stages=frozenset({"pseudo-masks", "student"}),
     )
     yield uisbench.MetricSpec(name="fake-exploding", description="Fake failing metric.", factory=Exploding, higher_is_better={"x": True})
+    yield uisbench.MetricSpec(
+        name="fake-exploding-features",
+        description="Fake failing features-stage metric.",
+        factory=Exploding,
+        higher_is_better={"x": True},
+        needs=frozenset({"features"}),
+        stages=frozenset({"features"}),
+    )
 
 
 REGISTRY = {

@@ -29,9 +29,10 @@ def test_help_does_not_import_torch():
         "import sys\n"
         "from uisbench.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "for cmd in ['bench', 'list', 'plugins', 'validate']:\n"
+        "for cmd in ['bench', 'list', 'plugins', 'validate', 'data', 'leaderboard']:\n"
         "    try:\n        main([cmd, '--help'])\n    except SystemExit:\n        pass\n"
-        "heavy = [m for m in ('torch', 'timm', 'torchvision', 'scipy', 'pycocotools') if m in sys.modules]\n"
+        "heavy = ('torch', 'timm', 'torchvision', 'scipy', 'pycocotools', 'sklearn', 'numpy', 'PIL', 'matplotlib')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
         "print('HEAVY=' + ','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)

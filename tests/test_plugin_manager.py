@@ -202,3 +202,44 @@ def test_trace_env_reports_hook_calls(monkeypatch, capsys):
     host = uisbench.get_plugin_manager(strict=True, load_entry_points=False, plugins=[("traced", _metric_plugin("m-traced"))])
     host.specs("metrics")
     assert "uisbench trace: traced.uisbench_metrics() -> [m-traced]" in capsys.readouterr().err
+
+
+def test_entry_point_name_clash_between_distributions_is_not_silent(fake_entry_points, monkeypatch):
+    monkeypatch.delenv("UISBENCH_STRICT_PLUGINS", raising=False)
+    fake_entry_points(
+        [
+            FakeEntryPoint("vit", obj=_metric_plugin("metric-a"), dist="uisbench-a"),
+            FakeEntryPoint("vit", obj=_metric_plugin("metric-b"), dist="uisbench-b"),
+        ],
+        keep_real=False,
+    )
+    with pytest.raises(uisbench.PluginError, match="'vit'.*uisbench-b.*also declared by distribution uisbench-a"):
+        uisbench.get_plugin_manager(strict=True)
+    with pytest.warns(UserWarning, match="uisbench-a"):
+        host = uisbench.get_plugin_manager()
+    assert [(f.name, f.distribution) for f in host.failures] == [("vit", "uisbench-b")]
+    assert "metric-a" in host.specs("metrics")
+
+
+def test_typo_message_names_only_that_plugins_hooks(fake_entry_points, monkeypatch):
+    monkeypatch.delenv("UISBENCH_STRICT_PLUGINS", raising=False)
+
+    class First:
+        @uisbench.hookimpl
+        def uisbench_metricz(self):
+            return []
+
+    class Second:
+        @uisbench.hookimpl
+        def uisbench_datasetz(self):
+            return []
+
+    fake_entry_points(
+        [FakeEntryPoint("first", obj=First(), dist="uisbench-1"), FakeEntryPoint("second", obj=Second(), dist="uisbench-2")],
+        keep_real=False,
+    )
+    with pytest.warns(UserWarning):
+        host = uisbench.get_plugin_manager()
+    errors = {f.name: f.error for f in host.failures}
+    assert "uisbench_metricz" in errors["first"] and "uisbench_datasetz" in errors["second"]
+    assert "uisbench_metricz" not in errors["second"], errors["second"]

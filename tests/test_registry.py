@@ -188,3 +188,14 @@ def test_validate_cli_lists_all_problems(tmp_path):
     assert f"{bad}:3:" in err and "unknown plugin 'nocut'" in err
     assert f"{bad}:4:" in err and "unknown parameter 'n_maskz'" in err
     assert f"{bad}:5:" in err and "parameter 'tau' expected float" in err
+
+
+def test_validate_names_the_shipped_file_once_even_by_a_relative_path(tmp_path, monkeypatch, capsys):
+    from uisbench.cli import main
+
+    bad = _write(tmp_path, "version: 1\nmaskerz: {}\n")
+    monkeypatch.setenv("UISBENCH_REGISTRY", str(bad))
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", bad.name]) == 1
+    err = capsys.readouterr().err
+    assert err.count("unknown top-level key 'maskerz'") == 1, err

@@ -88,14 +88,20 @@ class PluginHost:
         self.failures.append(failure)
 
     def load_entry_points(self, allowed: set[str] | None) -> None:
-        seen: set[str] = set()
+        seen: dict[str, str] = {}  # entry-point name -> distribution
         for ep in _entry_points():
-            if ep.name in seen:  # the same distribution found twice on sys.path (editable + cwd)
-                continue
-            seen.add(ep.name)
             dist = getattr(ep, "dist", None)
             dist_name = (dist.metadata["Name"] if dist is not None else None) or "unknown"
             version = (dist.version if dist is not None else None) or "unknown"
+            if ep.name in seen:
+                if seen[ep.name] != dist_name:  # never settled silently by load order
+                    clash = PluginError(
+                        f"entry point {ep.name!r} is also declared by distribution {seen[ep.name]}; "
+                        "rename the entry point of one of them or uninstall one"
+                    )
+                    self._fail(ep.name, dist_name, version, clash, "load")
+                continue  # else the same distribution found twice on sys.path (editable + cwd)
+            seen[ep.name] = dist_name
             builtin = dist_name == BUILTIN_DISTRIBUTION
             if allowed is not None and not builtin and dist_name not in allowed:
                 continue
@@ -115,9 +121,10 @@ class PluginHost:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as err:
+            callers = self.pm.get_hookcallers(self.pm.get_plugin(plugin_name)) or []
+            bad = [c.name for c in callers if not c.has_spec()]  # this plugin's, not earlier failures'
             self.pm.unregister(name=plugin_name)
             known = list(_HOOKS.values())
-            bad = [n for n in vars(self.pm.hook) if n.startswith("uisbench") and n not in known]
             hints = [f"{n!r} -> did you mean {difflib.get_close_matches(n, known, 1, 0.5) or known}?" for n in bad]
             raise PluginError(f"unknown hook name(s) in plugin {plugin_name!r}: {'; '.join(hints) or err}") from err
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -511,8 +512,9 @@ class Engine:
         bar = _progress(len(flat), f"{lazy.item.name} features ({split})", self.show_progress)
         try:
             with meter:
-                for index, (batch_ids, pixels) in enumerate(_iter_batches(dataset, flat, backbone.preprocess, bs, self.num_workers)):
-                    _seed_everything(self.seed + index)
+                for batch_ids, pixels in _iter_batches(dataset, flat, backbone.preprocess, bs, self.num_workers):
+                    # seeded by content, not position: a resumed or sharded run draws the same numbers
+                    _seed_everything(self.seed + batch_ids[0])
                     with torch.inference_mode():
                         fm = backbone.extract(pixels.to(backbone.device), batch_ids)
                     feats = fm.features.detach().float().cpu()
@@ -725,8 +727,8 @@ class Engine:
             raise StageError("skipped", state["skipped"])
         if state is None:
             if forced and self.shard.main:
-                pred_path.unlink(missing_ok=True)
-                skip_path.unlink(missing_ok=True)
+                # the whole folder: a student resumes from checkpoints it finds there (Student.fit)
+                shutil.rmtree(self.cache.student_dir(key), ignore_errors=True)
             # Build the student first: a refused combination (IncompatibleError) costs no train-split work.
             student = self.collective(f"{b} / {m} / {s} student", lambda: self._build_student(b, s, key) if self.shard.main else None)
             self.pseudo_masks(b, m, "train")

@@ -14,11 +14,12 @@ __all__ = ["run_bench", "BenchOutcome"]
 
 
 class BenchOutcome(dict):
-    """The results dict, plus ``exit_code`` (1 when a cell failed, else 0)."""
+    """The results dict, plus ``exit_code`` (1 when a cell or a backbone's own metrics failed, else 0)."""
 
     @property
     def exit_code(self) -> int:
-        return 1 if any(c["status"] == "failed" for c in self["cells"]) else 0
+        parts = [*self["cells"], *self.get("backbones", {}).values()]
+        return 1 if any(p["status"] == "failed" for p in parts) else 0
 
 
 def _say(engine: Engine, text: str) -> None:
@@ -171,6 +172,9 @@ def _cells(engine: Engine) -> tuple[list[dict[str, Any]], dict[str, dict[str, An
                     lambda b=b: [c for c in [_features_cost(engine, b, ["val"])] if c],
                     ensure_features=lambda b=b: engine.features(b, "val"),
                 )
+                failed = [f"metric {n}: {r['reason']}" for n, r in binfo["metrics"].items() if r.get("status") == "failed"]
+                if failed:
+                    binfo["status"], binfo["reason"] = "failed", "; ".join(failed)
             except StageError as err:
                 if err.status == "unavailable":
                     unavailable = err.reason

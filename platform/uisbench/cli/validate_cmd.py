@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -18,11 +19,12 @@ def run(args: argparse.Namespace) -> int:
     from ..registry import default_registry_path, load_registry
 
     host = get_plugin_manager(strict=args.strict_plugins)
-    files = list(args.files) or [str(default_registry_path())]
+    default = default_registry_path().resolve()
+    files = list(args.files) or [str(default)]
     status = 0
     for path in files:
         # A user file extends the shipped one, so its bench section may name shipped entries.
-        is_default = str(path) == str(default_registry_path())
+        is_default = Path(path).resolve() == default
         try:
             load_registry([*args.registry, path] if not is_default else args.registry, host, include_default=True)
         except ConfigError as err:
