@@ -23,12 +23,15 @@ def preprocess_image(image: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     import torch
     from PIL import Image
 
-    from .errors import DataError
+    from .errors import ConfigError, DataError
 
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise DataError(f"preprocess: expected a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}.")
     if prep.size % prep.patch_size:
-        raise ValueError(f"size {prep.size} is not a multiple of patch size {prep.patch_size}")
+        raise ConfigError(
+            f"preprocessing size {prep.size} is not a multiple of the patch size {prep.patch_size}; "
+            f"set the backbone entry's size to {prep.size // prep.patch_size * prep.patch_size or prep.patch_size}."
+        )
     h, w = prep.content_size(image.shape[0], image.shape[1])
     resized = np.asarray(Image.fromarray(image).resize((w, h), Image.LANCZOS))
     out = np.zeros((3, prep.size, prep.size), dtype=np.float32)

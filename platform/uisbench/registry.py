@@ -114,6 +114,8 @@ class Registry:
     bench: BenchDefaults = field(default_factory=BenchDefaults)
     files: list[str] = field(default_factory=list)
     sha256: str = ""
+    #: where each bench key was last set: key -> (file, line), for error messages
+    bench_lines: dict[str, tuple[str, int]] = field(default_factory=dict, repr=False)
 
     def entry(self, kind: str, name: str) -> Entry:
         if name not in self.entries[kind]:
@@ -271,11 +273,13 @@ def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problem
                 values[key] = tuple(value)
         current = registry.bench.__dict__
         registry.bench = BenchDefaults(**{**current, **values})
-        registry._bench_lines = {**getattr(registry, "_bench_lines", {}), **{k: (where, bench.key_lines.get(k, bench.line)) for k in values}}  # type: ignore[attr-defined]
+        registry.bench_lines.update({k: (where, bench.key_lines.get(k, bench.line)) for k in values})
 
 
 def _check_bench(registry: Registry, problems: list[str]) -> None:
-    lines: dict[str, tuple[str, int]] = getattr(registry, "_bench_lines", {})
+    lines = registry.bench_lines
+    # a default nobody wrote (e.g. the dataset synth-instances) is blamed on the last file read
+    unset = (registry.files[-1] if registry.files else "<registry>", 1)
     b = registry.bench
     named = {"maskers": b.maskers, "students": b.students, "metrics": b.metrics}
     if b.backbones != "all":
@@ -283,10 +287,10 @@ def _check_bench(registry: Registry, problems: list[str]) -> None:
     for kind, names in named.items():
         for name in names:
             if name not in registry.entries[kind]:
-                src, line = lines.get(kind, ("<registry>", 0))
+                src, line = lines.get(kind, unset)
                 problems.append(f"{src}:{line}: bench {kind} names unknown entry {name!r}.{_suggest(name, registry.entries[kind])}")
     if b.dataset not in registry.entries["datasets"]:
-        src, line = lines.get("dataset", ("<registry>", 0))
+        src, line = lines.get("dataset", unset)
         problems.append(f"{src}:{line}: bench dataset {b.dataset!r} is not a datasets entry.{_suggest(b.dataset, registry.entries['datasets'])}")
 
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._cache import STAGES
 from ._engine import BenchOptions
+from ._report import FORMATS
 from ._run import BenchOutcome, run_bench
 
-__all__ = ["BenchOptions", "BenchOutcome", "run_bench", "render_leaderboard", "validate_results", "load_results", "FORMATS"]
+__all__ = ["BenchOptions", "BenchOutcome", "run_bench", "render_leaderboard", "validate_results", "load_results", "FORMATS", "STAGES"]
 
-FORMATS = ("table", "markdown", "json", "csv")
 
 
 def render_leaderboard(results: dict[str, Any], fmt: str = "table") -> str:

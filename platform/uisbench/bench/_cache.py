@@ -54,6 +54,17 @@ def ids_digest(ids: Iterable[int]) -> str:
     return hashlib.sha256(",".join(str(int(i)) for i in ids).encode()).hexdigest()[:12]
 
 
+def folder_digest(path: str | os.PathLike[str]) -> str:
+    """Digest of a folder's listing (relative name, size, mtime of every file below it): a path
+    parameter naming a folder (images, a weights directory) changes the key when its content does."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in root.rglob("*") if p.is_file()):
+        st = item.stat()
+        digest.update(f"{item.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return "dir:" + digest.hexdigest()
+
+
 def file_sha256(path: str | os.PathLike[str], memo: Path | None = None) -> str:
     """SHA-256 of a file; with ``memo`` (a JSON file) reuse the hash while size and mtime match."""
     path = Path(path).resolve()

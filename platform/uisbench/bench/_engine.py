@@ -33,7 +33,7 @@ from .. import __version__
 from ..contracts import EvalSample, FeatureMap, Prediction
 from ..errors import BackboneUnavailable, ConfigError, IncompatibleError
 from ..io import atomic_path, atomic_write_json
-from ._cache import STAGES, Cache, file_sha256, ids_digest, make_key
+from ._cache import STAGES, Cache, file_sha256, folder_digest, ids_digest, make_key
 from ._cost import Meter, cost_record, to_stage_cost
 from ._shard import Shard, detect_shard
 
@@ -298,7 +298,10 @@ class Engine:
             value = params.get(param.name)
             if param.type == "path" and isinstance(value, str) and value:
                 path = Path(os.path.expanduser(value))
-                files[param.name] = file_sha256(path, self.cache.hash_memo()) if path.is_file() else ("dir" if path.is_dir() else "missing")
+                if path.is_file():
+                    files[param.name] = file_sha256(path, self.cache.hash_memo())
+                else:
+                    files[param.name] = folder_digest(path) if path.is_dir() else "missing"
         info = self.host.provider(kind, entry.plugin)
         identity = {
             "plugin": entry.plugin,

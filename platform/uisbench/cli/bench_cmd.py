@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-STAGES = ("features", "pseudo-masks", "student", "metrics")
-FORMATS = ("table", "markdown", "json", "csv")
+from ..bench import FORMATS, STAGES
 
 
 def _names(text: str) -> list[str]:
