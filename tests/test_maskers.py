@@ -301,6 +301,31 @@ def test_pad_policy_only_valid_region_enters():
     assert [p.segmentation for p in a] == [p.segmentation for p in b]
 
 
+@pytest.mark.parametrize("masker", ["ncut", "kmeans"])
+def test_pad_policy_masks_line_up_with_partly_filled_patches(masker):
+    """A 60x100 image padded into a 96 px frame with patch 16: content 58x96 px, so the 4th valid
+    patch row holds only 10 px of image. A mask on that row covers image rows 50..59, not 45..59."""
+    import torch
+
+    from uisbench_builtins.kmeans import KMeansMasker
+    from uisbench_builtins.ncut import NCutMasker
+
+    feats = torch.zeros(1, 8, 6, 6)
+    feats[0, 0] = 1.0
+    feats[0, :2, 3, :] = torch.tensor([0.0, 1.0])[:, None]  # the last valid row: an orthogonal "object"
+    valid = torch.zeros(1, 6, 6, dtype=torch.bool)
+    valid[0, :4, :] = True
+    fm = uisbench.FeatureMap(feats, [1], 16, "key", -1, valid)
+    rec = uisbench.ImageRecord(1, None, 100, 60)
+    m = KMeansMasker(ks=[2]) if masker == "kmeans" else NCutMasker(n_masks=1)
+    preds = m.predict(fm, [rec])[0]
+    masks = [uisbench.masks.decode(p.segmentation) for p in preds]
+    bottom = [x for x in masks if x[59, 50] and not x[0, 50]]
+    assert bottom, [x.sum() for x in masks]
+    rows = np.nonzero(bottom[0].any(axis=1))[0]
+    assert (rows[0], rows[-1]) == (50, 59)
+
+
 def test_chunking_is_memory_bounded_and_equal():
     import torch
 

@@ -189,6 +189,25 @@ def test_droploss_drops_classification_loss_of_proposals_far_from_every_pseudo_m
     assert weights.tolist() == [1.0, 1.0, 0.0]
 
 
+class InferenceModeBackbone(PixelBackbone):
+    """Extracts under ``torch.inference_mode`` (as the backbone contract asks), returning inference tensors."""
+
+    def extract(self, pixels, image_ids):
+        import torch
+
+        with torch.inference_mode():
+            fm = super().extract(pixels, image_ids)
+        assert fm.features.is_inference()
+        return fm
+
+
+def test_frozen_ssl_trains_on_features_extracted_in_inference_mode(host, synth, tmp_path):
+    train, _ = synth
+    student = _student(host, InferenceModeBackbone(96), iterations=1)
+    student.fit(train, _gt_masks(train, train.image_ids()[:2]), workdir=tmp_path)
+    assert student.provenance()["history"]["rounds"][0]["training"]["iterations"] == 1
+
+
 def test_droploss_switch_reaches_the_model(host, synth, tmp_path):
     train, _ = synth
     masks = _gt_masks(train, train.image_ids()[:4])

@@ -331,7 +331,10 @@ class Detector:
             pixels = batch["pixels"]
             feats = self.ssl_features(pixels, batch["ids"], batch.get("cache_keys") if targets is not None else None)
             images = ImageList(pixels, [tuple(s) for s in batch["sizes"]])
-            return images, model.backbone(feats.detach()), targets
+            # a backbone that extracts under torch.inference_mode (as the contract asks) may return
+            # inference tensors, which autograd refuses to save for the pyramid's backward: copy them
+            feats = feats.clone() if feats.is_inference() else feats.detach()
+            return images, model.backbone(feats), targets
         images, targets = model.transform(list(batch["images"]), targets)
         return images, model.backbone(images.tensors), targets
 

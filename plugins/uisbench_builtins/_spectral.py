@@ -42,11 +42,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 import uisbench
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 __all__ = [
@@ -60,7 +59,7 @@ __all__ = [
     "chunk_size",
     "check_finite",
     "normalized_laplacian_eigvecs",
-    "grid_to_image",
+    "content_crop",
     "valid_groups",
     "valid_rect",
     "to_predictions",
@@ -186,6 +185,7 @@ class Fiedler:
 
 
 def _fiedler_scipy(W: torch.Tensor) -> Fiedler:
+    import numpy as np
     import torch
     from scipy.linalg import eigh
 
@@ -261,6 +261,7 @@ def _fiedler_torch(
     angle error) or ``r <= atol`` (default ``sqrt(n) * 10 * machine eps``), or when ``r`` stagnates.
     ``X0`` (B, n, block) warm-starts the block.
     """
+    import numpy as np
     import torch
 
     B, n, _ = M.shape
@@ -361,6 +362,7 @@ def orient_and_select(v: np.ndarray, dims: tuple[int, int]) -> np.ndarray:
     The vector is oriented first so that its largest-magnitude entry is positive (see module doc);
     the result is therefore the same for ``v`` and ``-v``.
     """
+    import numpy as np
     from scipy import ndimage
 
     h, w = dims
@@ -388,6 +390,8 @@ def orient_and_select(v: np.ndarray, dims: tuple[int, int]) -> np.ndarray:
 
 def foreground_side(v: np.ndarray, dims: tuple[int, int]) -> np.ndarray:
     """The whole foreground side of one cut (``orient_and_select`` before the seed component)."""
+    import numpy as np
+
     v = np.asarray(v, dtype=np.float64)
     seed = int(np.argmax(np.abs(v)))
     if v[seed] < 0:
@@ -398,6 +402,8 @@ def foreground_side(v: np.ndarray, dims: tuple[int, int]) -> np.ndarray:
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    import numpy as np
+
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
@@ -419,6 +425,7 @@ def maskcut_batch(
     was rejected or emptied by the earlier masks, as the reference), ``scores`` float ``(n_masks,)``.
     ``dtype`` is the torch solver's working precision (float32 or float64; default float32).
     """
+    import numpy as np
     import torch
 
     if feats.dim() != 4:
@@ -506,6 +513,7 @@ def maskcut_patch_masks(
     ``feats``: ``(C, N)`` with ``N = h * w`` row-major (the fixture layout; ``dims`` required) or
     ``(C, h, w)``; numpy or torch. Returns uint8 ``(n_masks, h, w)`` (and the scores if asked).
     """
+    import numpy as np
     import torch
 
     t = torch.as_tensor(np.asarray(feats, dtype=np.float32) if not isinstance(feats, torch.Tensor) else feats)
@@ -578,6 +586,8 @@ def valid_groups(fm: uisbench.FeatureMap) -> list[tuple[list[int], torch.Tensor]
 
 def valid_rect(valid: np.ndarray) -> tuple[int, int, int, int]:
     """``(row0, row1, col0, col1)`` bounding rectangle of the True entries (the whole grid if none)."""
+    import numpy as np
+
     if not valid.any():
         return (0, valid.shape[0], 0, valid.shape[1])
     rows = np.nonzero(valid.any(axis=1))[0]
@@ -586,17 +596,29 @@ def valid_rect(valid: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def to_predictions(
-    record: uisbench.ImageRecord, grid_masks: Sequence[np.ndarray], scores: Sequence[float]
+    record: uisbench.ImageRecord,
+    grid_masks: Sequence[np.ndarray],
+    scores: Sequence[float],
+    content: tuple[int, int, int] | None = None,
 ) -> list[uisbench.Prediction]:
     """Grid masks (already cropped to the valid region) -> predictions at ``record``'s resolution.
 
+    ``content`` ``(patch_size, rows, cols)``: with a padded input the last row/column of valid
+    patches is only partly image; each grid cell is then expanded to ``patch_size`` pixels and cut
+    to the ``rows x cols`` pixels of content before the resize, so masks do not stretch.
     Masks that are empty on the grid or after resizing are dropped; the rest are sorted by score.
     """
+    import numpy as np
+
     preds = []
     for m, sc in zip(grid_masks, scores, strict=False):
         if not m.any():
             continue
-        full = uisbench.masks.resize_mask(m.astype(np.uint8), record.height, record.width)
+        m = m.astype(np.uint8)
+        if content is not None:
+            p, rows, cols = content
+            m = np.repeat(np.repeat(m, p, axis=0), p, axis=1)[:rows, :cols]
+        full = uisbench.masks.resize_mask(m, record.height, record.width)
         if not full.any():
             continue
         rle = uisbench.masks.encode(full)
@@ -605,16 +627,22 @@ def to_predictions(
     return preds
 
 
-def grid_to_image(grid_mask: np.ndarray, height: int, width: int, valid: np.ndarray | None = None) -> np.ndarray:
-    """Patch-grid mask ``(h, w)`` -> ``uint8`` mask at ``height x width`` (nearest).
-
-    With ``valid`` (bool ``(h, w)``, padded inputs), only its bounding rectangle is upsampled.
-    """
-    if valid is not None and valid.any() and not valid.all():
-        rows = np.nonzero(valid.any(axis=1))[0]
-        cols = np.nonzero(valid.any(axis=0))[0]
-        grid_mask = grid_mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    return uisbench.masks.resize_mask(grid_mask, height, width)
+def content_crop(fm: uisbench.FeatureMap, index: int, record: uisbench.ImageRecord) -> tuple[int, int, int] | None:
+    """``(patch_size, rows, cols)`` of image content inside image ``index``'s valid patches, for
+    :func:`to_predictions`; ``None`` without padding or when ``valid`` does not follow the ``pad``
+    policy of :class:`uisbench.Preprocessing` (content at the top left of a square frame)."""
+    if fm.valid is None:
+        return None
+    p = int(fm.patch_size)
+    g_h, g_w = fm.features.shape[-2:]
+    if g_h != g_w:
+        return None
+    r0, r1, c0, c1 = valid_rect(fm.valid[index].detach().cpu().numpy())
+    prep = uisbench.Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), size=g_h * p, patch_size=p, resize="pad")
+    rows, cols = prep.content_size(record.height, record.width)
+    if (r0, c0) != (0, 0) or -(-rows // p) != r1 or -(-cols // p) != c1:
+        return None
+    return p, rows, cols
 
 
 class GridMasker(uisbench.Masker):
@@ -634,6 +662,6 @@ class GridMasker(uisbench.Masker):
                 "pass one record per image."
             )
         return [
-            to_predictions(rec, masks, scores)
-            for rec, (masks, scores) in zip(records, self.patch_masks(features), strict=True)
+            to_predictions(rec, masks, scores, content_crop(features, b, rec))
+            for b, (rec, (masks, scores)) in enumerate(zip(records, self.patch_masks(features), strict=True))
         ]

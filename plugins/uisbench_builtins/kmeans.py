@@ -31,13 +31,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 import uisbench
 
 from . import _spectral
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 
@@ -51,6 +50,7 @@ def kmeans_batch(
     farthest from its centre. Best inertia of ``n_init`` runs per image. ``init`` (B, k, d) gives
     the starting centres instead (one run).
     """
+    import numpy as np
     import torch
 
     B, n, _ = x.shape
@@ -120,12 +120,16 @@ def _components(labels: np.ndarray, k: int, min_patches: int) -> list[np.ndarray
 
 
 def _border_fraction(mask: np.ndarray) -> float:
+    import numpy as np
+
     border = np.zeros_like(mask, dtype=bool)
     border[0, :] = border[-1, :] = border[:, 0] = border[:, -1] = True
     return float((mask & border).sum() / border.sum())
 
 
 def _nms(masks: list[np.ndarray], scores: list[float], thr: float) -> list[int]:
+    import numpy as np
+
     order = np.argsort(-np.asarray(scores), kind="stable")
     flat = np.stack([m.reshape(-1) for m in masks]).astype(np.float32) if masks else np.zeros((0, 0))
     area = flat.sum(1)
@@ -188,6 +192,7 @@ class KMeansMasker(_spectral.GridMasker):
     # -- per chunk -----------------------------------------------------------------------------
 
     def _chunk(self, feats: torch.Tensor, tau: float, ids: list[Any]) -> list[tuple[list[np.ndarray], list[float]]]:
+        import numpy as np
         import torch
 
         B, C, h, w = feats.shape
