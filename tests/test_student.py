@@ -303,6 +303,16 @@ def test_killed_run_resumes_to_the_same_weights(host, synth, tmp_path):
     assert torch.load(tmp_path / "killed" / "maskrcnn-checkpoint.pt", weights_only=False)["iteration"] == 1
 
 
+def test_resume_key_ignores_how_but_not_what_is_computed(host, synth):
+    synth = synth[0]
+    pseudo = _gt_masks(synth)
+    key = _student(host, PixelBackbone())._run_key(synth, pseudo, 0)
+    for how in ({"num_workers": 2}, {"checkpoint_every": 7}, {"predict_batch_size": 3}):
+        assert _student(host, PixelBackbone(), **how)._run_key(synth, pseudo, 0) == key, how
+    assert _student(host, PixelBackbone(), lr=0.5)._run_key(synth, pseudo, 0) != key
+    assert _student(host, PixelBackbone())._run_key(synth, pseudo, 1) != key
+
+
 def test_feature_cache_computes_frozen_features_once_without_changing_training(host, synth, tmp_path):
     import torch
 

@@ -113,6 +113,9 @@ def _iteration_seed(seed: int, round_index: int, it: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+_NOT_IN_RUN_KEY = frozenset({"num_workers", "checkpoint_every", "predict_batch_size", "feature_cache_mb"})
+
+
 class MaskRCNNStudent(uisbench.Student):
     """Class-agnostic torchvision Mask R-CNN trained on pseudo-masks (see the module docstring)."""
 
@@ -214,8 +217,11 @@ class MaskRCNNStudent(uisbench.Student):
         return Detector(self.model, self.backbone, cache={}, cache_bytes=budget)
 
     def _run_key(self, dataset: uisbench.Dataset, pseudo: Mapping[int, Sequence[uisbench.Prediction]], seed: int) -> str:
+        # Parameters that change how, not what, is computed stay out: a run killed with 4 loader
+        # workers may resume with 8 (batches depend only on seed, round and iteration).
+        training = {k: v for k, v in self.params.items() if k not in _NOT_IN_RUN_KEY}
         h = hashlib.sha256()
-        h.update(json.dumps(_jsonable(self.params), sort_keys=True).encode())
+        h.update(json.dumps(_jsonable(training), sort_keys=True).encode())
         h.update(f"seed={seed}/fp={dataset.fingerprint()}".encode())
         if self.backbone is not None:
             h.update(json.dumps(_jsonable(self.backbone.provenance()), sort_keys=True).encode())
