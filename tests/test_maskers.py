@@ -143,6 +143,25 @@ def test_batched_equals_single_and_deterministic():
         np.testing.assert_allclose(s, s2)
 
 
+@pytest.mark.parametrize("masker", ["ncut", "kmeans"])
+def test_masks_do_not_depend_on_batch_composition(host, masker):
+    """A cached image's masks must not change with batch size, shards or a resumed run."""
+    import torch
+
+    import uisbench
+
+    fs = torch.stack([torch.from_numpy(_load(n)[0]).reshape(-1, 30, 30) for n in SMALL[5:9]])
+    ids = [11, 12, 13, 14]
+    records = [uisbench.ImageRecord(i, None, 60, 60) for i in ids]
+    m = host.spec("maskers", masker).build()
+    whole = m.predict(uisbench.FeatureMap(fs, ids, 16, "key", -1), records)
+    for start, stop in ((0, 1), (1, 3), (3, 4)):
+        part = m.predict(uisbench.FeatureMap(fs[start:stop], ids[start:stop], 16, "key", -1), records[start:stop])
+        for a, b in zip(whole[start:stop], part, strict=True):
+            assert [p.segmentation for p in a] == [p.segmentation for p in b]
+            np.testing.assert_allclose([p.score for p in a], [p.score for p in b], rtol=1e-5)
+
+
 # ---- degenerate inputs ------------------------------------------------------------------------
 
 

@@ -41,11 +41,20 @@ if TYPE_CHECKING:
 
 
 def kmeans_batch(
-    x: torch.Tensor, k: int, *, iters: int = 50, n_init: int = 1, seed: int = 0, init: torch.Tensor | None = None
+    x: torch.Tensor,
+    k: int,
+    *,
+    iters: int = 50,
+    n_init: int = 1,
+    seed: int | Sequence[int] = 0,
+    init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batched k-means: ``x`` (B, n, d) -> labels (B, n), centres (B, k, d), inertia (B,).
 
-    greedy k-means++ seeding (``2 + log k`` D^2 samples per step, the best kept, as scikit-learn) from ``torch.Generator(seed)``, then
+    ``seed`` is one seed per image (or one for all): each image draws from its own
+    ``torch.Generator``, so its clusters do not depend on which images share its batch (batch size,
+    shards and resumed runs give the same masks).
+    Greedy k-means++ seeding (``2 + log k`` D^2 samples per step, the best kept, as scikit-learn), then
     Lloyd iterations until no label changes (or ``iters``); an emptied cluster takes the point
     farthest from its centre. Best inertia of ``n_init`` runs per image. ``init`` (B, k, d) gives
     the starting centres instead (one run).
@@ -56,19 +65,24 @@ def kmeans_batch(
     B, n, _ = x.shape
     k = max(1, min(int(k), n))
     x = x.float()
-    gen = torch.Generator().manual_seed(int(seed))
+    seeds = [int(seed)] * B if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != B:
+        raise ValueError(f"kmeans_batch: {len(seeds)} seeds for {B} images")
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
     x2 = (x * x).sum(-1)  # (B, n)
     ar = torch.arange(B, device=x.device)
     best = None
     for _ in range(1 if init is not None else max(1, n_init)):
-        first = torch.randint(n, (B,), generator=gen).to(x.device)
+        first = torch.stack([torch.randint(n, (), generator=g) for g in gens]).to(x.device)
         centers = [x[ar, first]]
         d2 = (x - centers[0][:, None, :]).pow(2).sum(-1)
         trials = 2 + int(np.log(k))  # greedy k-means++ (as scikit-learn): best of a few D^2 samples
         for _j in range(1, k):
             p = d2.clamp_min(0).double().cpu()
             p = torch.where(p.sum(-1, keepdim=True) > 0, p, torch.ones_like(p))
-            cand = torch.multinomial(p, trials, replacement=True, generator=gen).to(x.device)  # (B, L)
+            cand = torch.stack(
+                [torch.multinomial(p[b], trials, replacement=True, generator=gens[b]) for b in range(B)]
+            ).to(x.device)  # (B, L)
             xc = x[ar[:, None], cand]  # (B, L, d)
             dc = torch.minimum(d2[:, None, :], torch.cdist(xc, x).pow(2))  # (B, L, n)
             pick = dc.sum(-1).argmin(-1)  # (B,)
@@ -198,6 +212,7 @@ class KMeansMasker(_spectral.GridMasker):
         B, C, h, w = feats.shape
         n = h * w
         _spectral.check_finite(feats, ids)
+        seeds = self._seeds(ids)
         x = feats.reshape(B, C, n).transpose(1, 2).float()
         if self.space == "spectral":
             z = _spectral.normalized_laplacian_eigvecs(x, self.n_eigs or max(self.ks))
@@ -206,11 +221,11 @@ class KMeansMasker(_spectral.GridMasker):
         labels = {}
         for k in self.ks:
             zk = z if self.space != "spectral" else z[..., : (self.n_eigs or k)]
-            labels[k] = kmeans_batch(zk, k, iters=self.iters, n_init=self.n_init, seed=self.seed)[0].cpu().numpy()
+            labels[k] = kmeans_batch(zk, k, iters=self.iters, n_init=self.n_init, seed=seeds)[0].cpu().numpy()
         binary = _spectral.binary_affinity(x, tau)
         Wt = torch.where(binary, torch.ones((), device=x.device), torch.full((), self.eps, device=x.device))
         deg = Wt.sum(-1)
-        fg_masks = self._foreground(x, z, tau, (h, w)) if self.foreground != "none" else [None] * B
+        fg_masks = self._foreground(x, z, tau, (h, w), seeds) if self.foreground != "none" else [None] * B
         min_patches = max(1, int(np.ceil(self.min_area * n)))
         out = []
         for b in range(B):
@@ -242,12 +257,18 @@ class KMeansMasker(_spectral.GridMasker):
             out.append((masks, sc))
         return out
 
-    def _foreground(self, x: torch.Tensor, z: torch.Tensor, tau: float, dims: tuple[int, int]) -> list[np.ndarray]:
+    def _seeds(self, ids: Sequence[Any]) -> list[int]:
+        """One seed per image from the masker's seed and the image id (not its place in the batch)."""
+        return [(self.seed * 1_000_003 + int(i)) % (2**63 - 1) if isinstance(i, int) else self.seed for i in ids]
+
+    def _foreground(
+        self, x: torch.Tensor, z: torch.Tensor, tau: float, dims: tuple[int, int], seeds: list[int]
+    ) -> list[np.ndarray]:
         B = x.shape[0]
         h, w = dims
         if self.foreground == "border":
             z2 = z if self.space != "spectral" else z[..., : (self.n_eigs or 2)]
-            lab = kmeans_batch(z2, 2, iters=self.iters, n_init=self.n_init, seed=self.seed)[0].cpu().numpy()
+            lab = kmeans_batch(z2, 2, iters=self.iters, n_init=self.n_init, seed=seeds)[0].cpu().numpy()
             fgs = []
             for b in range(B):
                 parts = [lab[b].reshape(h, w) == c for c in (0, 1)]
@@ -326,5 +347,5 @@ def uisbench_maskers():
         description="Multi-K k-means (optionally spectral) clusters split into components, deduplicated by mask NMS.",
         factory=KMeansMasker,
         params=PARAMS,
-        version="1",
+        version="2",
     )
