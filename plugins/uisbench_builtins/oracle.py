@@ -5,7 +5,7 @@ background pixels get a background vector of their own; pixel features are avera
 and per-patch Gaussian noise of standard deviation ``noise`` is added. The vectors are drawn, then made
 orthonormal per image (QR, in a fixed order: background, the image's classes sorted by name, its
 instances), so that unrelated regions have cosine 0 and two instances of one class exactly
-``1 / (1 + instance_weight**2)``; with raw random vectors unrelated regions reach cosines of +-0.3 at
+``1 / (1 + instance_weight**2)``. With raw random vectors unrelated regions reach cosines of +-0.3 at
 64 channels, above MaskCut's tau (0.15/0.2), and the calibration would measure the draw, not the idea.
 
 - a class vector is drawn per class name (seeded hash of ``seed`` and the name);
