@@ -463,3 +463,18 @@ def test_bench_on_cuda_matches_cpu(tmp_path):
     timings = _cell(cuda, "pixels")["timings"]["features"]
     assert timings["device"] == "cuda" and timings["peak_gpu_mb"] is not None
     assert validate_results(cuda) == []
+
+
+def test_feature_coverage_of_padded_grids():
+    import torch
+
+    from uisbench.bench._engine import _coverage
+
+    class _Padded:
+        preprocessing = uisbench.Preprocessing((0, 0, 0), (1, 1, 1), 64, 16, "pad")
+
+    record = uisbench.ImageRecord(1, None, 100, 70)  # content 64 x 45 px in the 64 px frame
+    valid = torch.zeros(4, 4, dtype=torch.bool)
+    valid[:3, :] = True  # 3 patch rows = 48 px hold the 45 px of content
+    assert _coverage(_Padded(), record, valid) == (45 / 48, 1.0)
+    assert _coverage(_Padded(), record, None) == (1.0, 1.0)

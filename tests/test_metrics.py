@@ -300,6 +300,18 @@ def test_patch_labels_majority_rule():
     np.testing.assert_array_equal(labels, expected)
 
 
+def test_patch_labels_follow_partly_padded_edge_patches():
+    # A 28 x 32 image in a padded frame: the 4 x 4 valid grid of 8-pixel patches spans 32 x 32
+    # pixels, so the image covers 28/32 of its height. A mask on the image's bottom 4 rows sits in the
+    # last patch row's top half; stretched over the grid it would wrongly own that whole row.
+    H, W = 28, 32
+    bottom = box_mask(H, W, 0, 24, 32, 28)
+    stretched = patch_labels([uisbench.masks.encode(bottom)], H, W, (4, 4))
+    aligned = patch_labels([uisbench.masks.encode(bottom)], H, W, (4, 4), coverage=(28 / 32, 1.0))
+    assert (stretched[3] == 0).all()  # the bug this guards against
+    assert (aligned == -1).all()  # 4 of 8 rows of the last patch: no majority
+
+
 def _two_instances_sample(image_id, separation):
     """Two same-class instances (left and right halves of a 64x64 image, 8x8 grid) and features whose
     instance-specific part has weight ``separation`` (0: identical features, only noise)."""

@@ -147,6 +147,9 @@ class EvalSample:
     ground_truth: list[GroundTruth] | None
     predictions: list[Prediction]
     features: torch.Tensor | None = None  # (C, h, w) patch features, when the metric needs them
+    #: share of the feature grid's height and width that the image covers: 1 unless the backbone
+    #: padded (``resize: pad``) and the last patch row/column is partly padding
+    coverage: tuple[float, float] = (1.0, 1.0)
 
 
 @dataclass(frozen=True)

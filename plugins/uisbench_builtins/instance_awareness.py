@@ -59,11 +59,13 @@ def auroc(positive, negative) -> float:
     return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def patch_labels(masks, height: int, width: int, grid: tuple[int, int]):
+def patch_labels(masks, height: int, width: int, grid: tuple[int, int], coverage: tuple[float, float] = (1.0, 1.0)):
     """Instance index per patch of an ``(h, w)`` grid (-1: none) from full-resolution masks.
 
     ``masks`` are COCO RLEs at ``height x width``; a patch takes an instance when more than half of
-    its pixels belong to it (area pooling, torch ``adaptive_avg_pool2d``).
+    its pixels belong to it (area pooling, torch ``adaptive_avg_pool2d``). ``coverage`` is the share
+    of the grid the image covers (below 1 when the backbone padded the last patch row/column): the
+    masks are padded to the grid's extent first, so patches line up with the pixels they saw.
     """
     import numpy as np
     import torch
@@ -79,6 +81,10 @@ def patch_labels(masks, height: int, width: int, grid: tuple[int, int]):
             f"metric instance-awareness: mask size {stack.shape[1:]} differs from the image size "
             f"{(height, width)}; ground truth must be at image resolution."
         )
+    ch, cw = coverage
+    if ch < 1.0 or cw < 1.0:
+        full_h, full_w = max(height, round(height / ch)), max(width, round(width / cw))
+        stack = np.pad(stack, ((0, 0), (0, full_h - height), (0, full_w - width)))
     fraction = F.adaptive_avg_pool2d(torch.from_numpy(stack)[None], (h, w))[0].numpy()
     owned = fraction > 0.5
     single = owned.sum(0) == 1  # patches claimed by two overlapping instances are dropped
@@ -143,7 +149,7 @@ class InstanceAwareness(uisbench.Metric):
         feats = sample.features.detach().float().cpu().numpy()  # (C, h, w)
         c, h, w = feats.shape
         rec = sample.record
-        labels = patch_labels([g.segmentation for g in gts], rec.height, rec.width, (h, w)).ravel()
+        labels = patch_labels([g.segmentation for g in gts], rec.height, rec.width, (h, w), sample.coverage).ravel()
         idx = np.flatnonzero(labels >= 0)
         if idx.size > self.max_patches:  # a fixed subset per image, independent of order and shards
             rng = np.random.default_rng([self.seed, rec.id])

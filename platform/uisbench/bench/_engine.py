@@ -528,6 +528,7 @@ class Engine:
                         record = {
                             "features": feats[j].to(torch.float16).clone(),
                             "valid": None if valid is None else valid[j].clone(),
+                            "coverage": _coverage(backbone, dataset.record(image_id), None if valid is None else valid[j]),
                             "patch_size": int(fm.patch_size),
                             "facet": str(fm.facet),
                             "layer": int(fm.layer),
@@ -873,6 +874,7 @@ class Engine:
                     ground_truth=dataset.ground_truth(image_id) if need_gt else None,
                     predictions=[Prediction.from_coco(p) for p in preds.get(str(image_id), [])],
                     features=None,
+                    coverage=tuple(loaded.get("coverage", (1.0, 1.0))) if need_feats else (1.0, 1.0),
                 )
                 for name in per_sample:
                     if name in errors:
@@ -954,6 +956,16 @@ def _skipped_of(summary: dict[str, Any] | None) -> list[dict[str, Any]] | None:
     if summary is None:
         return None
     return list(summary.get("skipped") or [])
+
+
+def _coverage(backbone: Any, record: Any, valid: Any) -> tuple[float, float]:
+    """Share of the valid patch grid's height and width that the image's content covers."""
+    if valid is None:
+        return (1.0, 1.0)
+    p = backbone.preprocessing.patch_size
+    rows, cols = int(valid.any(dim=1).sum()), int(valid.any(dim=0).sum())
+    ch, cw = backbone.preprocessing.content_size(record.height, record.width)
+    return (min(1.0, ch / max(1, rows * p)), min(1.0, cw / max(1, cols * p)))
 
 
 def _valid_region(features: Any, valid: Any) -> Any:
