@@ -645,6 +645,12 @@ def content_crop(fm: uisbench.FeatureMap, index: int, record: uisbench.ImageReco
     return p, rows, cols
 
 
+#: Shared by the grid maskers: how much memory one chunk of images may take.
+MEMORY_PARAM = uisbench.Param(
+    "memory_gb", "float", None, "memory per chunk of images; null = 2 GiB on CPU, 1/4 of free GPU memory", nullable=True
+)
+
+
 class GridMasker(uisbench.Masker):
     """A masker that computes masks on the patch grid (:meth:`patch_masks`) and upsamples them."""
 

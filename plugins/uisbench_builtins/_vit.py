@@ -38,6 +38,15 @@ if TYPE_CHECKING:
 FACETS = ("key", "query", "value", "token")
 _QKV_INDEX = {"query": 0, "key": 1, "value": 2}
 RESIZE_POLICIES = ("square", "pad")
+
+#: Input geometry of the hand-built backbones (oracle, pixels), sized for synth-instances on CPU.
+GRID_PARAMS = (
+    uisbench.Param("size", "int", 128, "square input side in pixels (a multiple of patch_size)"),
+    uisbench.Param("patch_size", "int", 8, "patch side in pixels"),
+    uisbench.Param(
+        "resize", "str", "square", "square: stretch to size x size; pad: keep aspect ratio, pad", choices=RESIZE_POLICIES
+    ),
+)
 PRECISIONS = ("auto", "fp32", "bf16")
 #: Keys under which published checkpoints wrap their state dict, in the order we look for them:
 #: DINO's full checkpoints hold ``teacher`` (the network DINO evaluates) and ``student``; MAE's hold

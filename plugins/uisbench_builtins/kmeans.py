@@ -330,13 +330,7 @@ PARAMS = (
         "tau", "float", None, "graph threshold for scores and the ncut filter; null = by patch size", nullable=True
     ),
     uisbench.Param("eps", "float", 1e-5, "weight of non-edges in the scoring graph"),
-    uisbench.Param(
-        "memory_gb",
-        "float",
-        None,
-        "memory per chunk of images; null = 2 GiB on CPU, 1/4 of free GPU memory",
-        nullable=True,
-    ),
+    _spectral.MEMORY_PARAM,
 )
 
 

@@ -112,13 +112,7 @@ PARAMS = (
         "torch solver precision (float64 redo for near-degenerate cases)",
         choices=("float32", "float64"),
     ),
-    uisbench.Param(
-        "memory_gb",
-        "float",
-        None,
-        "memory per chunk of images; null = 2 GiB on CPU, 1/4 of free GPU memory",
-        nullable=True,
-    ),
+    _spectral.MEMORY_PARAM,
 )
 
 

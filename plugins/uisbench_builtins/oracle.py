@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import uisbench
 
-from ._vit import RESIZE_POLICIES, check_size, valid_patches
+from ._vit import GRID_PARAMS, RESIZE_POLICIES, check_size, valid_patches
 
 if TYPE_CHECKING:
     import numpy as np
@@ -197,9 +197,7 @@ def uisbench_backbones():
             P("instance_weight", "float", 1.0, "weight b of the instance vector relative to the class vector (0 = semantic only)"),
             P("noise", "float", 0.05, "standard deviation of the Gaussian noise added to each patch feature"),
             P("dim", "int", 64, "feature channels"),
-            P("size", "int", 128, "square input side in pixels (a multiple of patch_size)"),
-            P("patch_size", "int", 8, "patch side in pixels"),
-            P("resize", "str", "square", "square: stretch to size x size; pad: keep aspect ratio, pad", choices=RESIZE_POLICIES),
+            *GRID_PARAMS,
             P("seed", "int", 0, "seed of the class, instance and noise vectors"),
         ),
         version="2",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import uisbench
 
-from ._vit import RESIZE_POLICIES, check_size, valid_patches
+from ._vit import GRID_PARAMS, RESIZE_POLICIES, check_size, valid_patches
 
 if TYPE_CHECKING:
     import torch
@@ -95,9 +95,7 @@ def uisbench_backbones():
         description="Baseline without learning: mean colour and position of each patch (optionally a colour histogram).",
         factory=PixelsBackbone,
         params=(
-            P("size", "int", 128, "square input side in pixels (a multiple of patch_size)"),
-            P("patch_size", "int", 8, "patch side in pixels"),
-            P("resize", "str", "square", "square: stretch to size x size; pad: keep aspect ratio, pad", choices=RESIZE_POLICIES),
+            *GRID_PARAMS,
             P("position_weight", "float", 1.0, "scale of the x, y channels relative to colour"),
             P("histogram_bins", "int", 0, "bins per channel of a colour histogram per patch (0 = none)"),
         ),
