@@ -205,17 +205,31 @@ def _resnet_fpn(name: str, weights_path: str | None) -> tuple[nn.Module, dict[st
             f"detector_weights {str(path)!r} does not exist; give the path of a local ResNet ({name}) state dict "
             "(e.g. DINO ResNet-50) or leave detector_weights null for a random init."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from ._vit import read_checkpoint
+
+    state = read_checkpoint(path, "detector_weights")  # weights-only: a shared file must not run code
     for key in ("state_dict", "model", "teacher"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
+    if not isinstance(state, dict):
+        raise uisbench.DataError(
+            f"detector_weights {str(path)!r}: holds a {type(state).__name__}, not a state dict; give a ResNet state dict."
+        )
     body_state = {}
     for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):  # e.g. an "epoch" counter beside the weights
+            continue
         for prefix in ("module.", "backbone.body.", "backbone.", "body."):
             if k.startswith(prefix):
                 k = k[len(prefix) :]
         body_state[k] = v
-    result = backbone.body.load_state_dict(body_state, strict=False)
+    try:
+        result = backbone.body.load_state_dict(body_state, strict=False)
+    except RuntimeError as err:  # shapes that do not fit (another ResNet depth or width)
+        raise uisbench.ConfigError(
+            f"detector_weights {str(path)!r}: does not fit a torchvision {name} ({str(err).splitlines()[-1].strip()}); "
+            "give weights of that architecture or change detector_backbone."
+        ) from err
     loaded = len(backbone.body.state_dict()) - len(result.missing_keys)
     if loaded == 0:
         raise uisbench.ConfigError(

@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import math
 import os
+import re
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -148,11 +149,22 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_checkpoint(path: Path) -> Any:
-    """Load a ``.safetensors`` file or a torch pickle with ``weights_only=True``.
+#: How torch.save files begin: its zip format, and its legacy format (the magic number pickled with protocol 2).
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 
-    ``argparse.Namespace`` (DINO's full checkpoints store their ``args``) is allowed; anything else
-    that torch refuses to unpickle safely is an error saying how to re-save the weights alone.
+
+def read_checkpoint(path: Path, param: str = "weights") -> Any:
+    """Load a ``.safetensors`` file or a ``torch.save`` file with torch's weights-only unpickler.
+
+    Weights files are downloaded and shared, so nothing in one may run code: only tensors and plain
+    containers are rebuilt, plus ``argparse.Namespace`` (DINO's full checkpoints store their
+    ``args``). Everything else is a :class:`uisbench.DataError` that says which case it is and what
+    to do, ``param`` naming the registry parameter that points at the file:
+
+    - empty, or not a torch or safetensors file at all (a plain pickle, an HTML error page, ...);
+    - a torch file that is damaged (truncated zip, broken pickle);
+    - a torch file holding Python objects the weights-only loader refuses (named in the message).
     """
     import argparse
 
@@ -164,7 +176,24 @@ def read_checkpoint(path: Path) -> Any:
         try:
             return load_file(str(path), device="cpu")
         except Exception as err:
-            raise uisbench.DataError(f"weights file {path}: not a readable safetensors file ({err}); re-download it.") from err
+            raise uisbench.DataError(f"{param} file {path}: not a readable safetensors file ({err}); re-download it.") from err
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_LEGACY_MAGIC))
+    except OSError as err:
+        raise uisbench.DataError(f"{param} file {path}: cannot be read ({err.strerror}); check the path.") from err
+    if not head:
+        raise uisbench.DataError(f"{param} file {path}: the file is empty; re-download it.")
+    if head[:1] == b"\x80" and not head.startswith(_LEGACY_MAGIC):
+        raise uisbench.DataError(
+            f"{param} file {path}: a plain Python pickle, not a torch checkpoint; uisbench never unpickles those "
+            "(unpickling can run code). Save the weights with torch.save(state_dict, ...) or as '.safetensors'."
+        )
+    if not head.startswith((_ZIP_MAGIC, _LEGACY_MAGIC)):
+        raise uisbench.DataError(
+            f"{param} file {path}: not a torch checkpoint (it starts with bytes {head[:8].hex(' ')}); expected a file "
+            "written by torch.save or a '.safetensors' file. Check the path, and re-download the file if it is a damaged copy."
+        )
     safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     if safe_globals is not None:
         allow = safe_globals([argparse.Namespace])
@@ -175,15 +204,46 @@ def read_checkpoint(path: Path) -> Any:
         with allow:
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
-        text = str(err)
-        if "weights_only" in text or "Unsupported global" in text or "Unpickl" in type(err).__name__:
+        refused = _refused_globals(path, err)
+        # Not chained: torch's own message recommends turning the safe loader off, which is exactly
+        # what must not be done with a file of unknown origin; ours names what matters.
+        if refused:
             raise uisbench.DataError(
-                f"weights file {path}: holds Python objects that torch will not unpickle safely ({text.splitlines()[0]}). "
-                "If you trust the file, save its weights alone and point `weights:` to that file: "
-                f"python -c \"import torch; c = torch.load('{path}', weights_only=False); "
-                "torch.save(c.get('teacher', c.get('model', c)), 'weights_only.pth')\""
-            ) from err
-        raise uisbench.DataError(f"weights file {path}: cannot be read as a torch checkpoint ({text}); re-download it.") from err
+                f"{param} file {path}: besides weights it holds Python objects ({', '.join(refused)}) that the safe "
+                "(weights-only) loader refuses to rebuild, because rebuilding them can run code. Get a "
+                "'.safetensors' or state-dict-only version from its publisher; or, only for a file from a source "
+                "you trust, load it once as its authors document, save the state dict alone with "
+                f"torch.save(checkpoint['model'], 'weights_only.pth') and set `{param}:` to weights_only.pth."
+            ) from None
+        raise uisbench.DataError(
+            f"{param} file {path}: damaged torch checkpoint ({_torch_reason(err)}); it is truncated or corrupt: "
+            "re-download it."
+        ) from None
+
+
+def _refused_globals(path: Path, err: Exception) -> list[str]:
+    """The Python globals (``module.name``) a torch file needs beyond what the weights-only loader
+    accepts: listed from the zip's pickle without running it where torch can, else from the error."""
+    import torch
+
+    names = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+    if scan is not None:
+        try:
+            names = [n for n in scan(str(path)) if n != "argparse.Namespace"] or names
+        except Exception:  # a legacy (non-zip) or damaged file: keep what the error said
+            pass
+    return sorted(set(names))
+
+
+def _torch_reason(err: Exception) -> str:
+    """The informative part of a torch.load error: the unpickler's own complaint when there is one
+    (torch wraps it in advice to disable the safe loader), else the first line."""
+    text = str(err)
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if found:
+        return found.group(1).strip()
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -12,6 +12,11 @@ Two classes (background, object). The detector's backbone is chosen by ``detecto
 The CutLER recipe, each part switchable and recorded: DropLoss, copy-paste, self-training rounds.
 Training checkpoints go to ``workdir/maskrcnn-checkpoint.pt`` (atomically, every
 ``checkpoint_every`` iterations); calling ``fit`` again with the same inputs resumes from it.
+Work directories get copied and shared, so the checkpoint is read with torch's weights-only
+unpickler (it holds only tensors and plain containers: the RNG states are stored as lists and
+numbers), and checked against the freshly built model before anything is restored. A checkpoint
+that is unreadable, of an older format, of another run or damaged means starting afresh, with a
+warning naming the file.
 """
 
 from __future__ import annotations
@@ -31,7 +36,10 @@ P = uisbench.Param
 
 DETECTOR_BACKBONES = ("frozen-ssl", "resnet50-fpn", "resnet18-fpn")
 CHECKPOINT = "maskrcnn-checkpoint.pt"
-_FORMAT = 1
+#: 2: RNG states as lists and numbers, so that the weights-only unpickler reads the file
+_FORMAT = 2
+#: How every file torch.save writes (zip format) begins; anything else is not ours and is not unpickled at all.
+_ZIP_MAGIC = b"PK\x03\x04"
 
 PARAMS: tuple[uisbench.Param, ...] = (
     P("detector_backbone", "str", "frozen-ssl", "frozen-ssl: the evaluated backbone, frozen, under a simple feature pyramid; resnet50-fpn / resnet18-fpn: torchvision ResNet-FPN", choices=DETECTOR_BACKBONES),
@@ -84,28 +92,115 @@ def _jsonable(value: Any) -> Any:
 
 
 def _rng_state() -> dict[str, Any]:
+    """The RNG states of torch, numpy and python in forms torch's weights-only unpickler accepts:
+    numpy's ``(name, uint32 keys, pos, has_gauss, gauss)`` and python's ``(version, internal, gauss)``
+    tuples become dicts of str, int, float and lists of ints."""
     import random
 
     import numpy as np
     import torch
 
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": str(name), "keys": [int(k) for k in keys], "pos": int(pos), "has_gauss": int(has_gauss),
+                  "gauss": float(gauss)},
+        "python": {"version": int(version), "internal": list(internal), "gauss_next": gauss_next},
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`_rng_state` saved, bit for bit."""
     import random
 
     import numpy as np
     import torch
 
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _restore_rng(state: Any) -> str | None:
+    """Set the saved RNG states; if they are malformed, put the current ones back and say why."""
+    current = _rng_state()
+    try:
+        _set_rng_state(state)
+    except Exception as err:  # whatever numpy, torch or random raise on a malformed state
+        _set_rng_state(current)
+        return f"holds a malformed RNG state ({type(err).__name__}: {err})"
+    return None
+
+
+def _same_layout(saved: Any, fresh: Any) -> bool:
+    """``saved`` has ``fresh``'s types, keys and lengths all the way down (values may differ)."""
+    if type(saved) is not type(fresh):
+        return False
+    if isinstance(fresh, dict):
+        return saved.keys() == fresh.keys() and all(_same_layout(saved[k], fresh[k]) for k in fresh)
+    if isinstance(fresh, (list, tuple)):
+        return len(saved) == len(fresh) and all(_same_layout(a, b) for a, b in zip(saved, fresh, strict=True))
+    return True
+
+
+def _unpickle_checkpoint(path: Path) -> tuple[Any, str | None]:
+    """``(contents, None)``, or ``(None, why it cannot be read)``.
+
+    Only torch's weights-only unpickler ever sees the file (a crafted one must not run code), and only
+    when it starts like a torch.save file: a plain pickle or random bytes are not unpickled at all.
+    """
+    import torch
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_ZIP_MAGIC))
+    except OSError as err:
+        return None, f"cannot be read ({err.strerror})"
+    if head != _ZIP_MAGIC:
+        return None, "is not a torch checkpoint (not written by uisbench, or damaged)"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), None
+    except Exception as err:  # damaged, or holding objects the safe loader refuses: all the same here
+        return None, (f"cannot be read by torch's weights-only loader ({type(err).__name__}): a checkpoint of an "
+                      "older uisbench, a damaged file, or not written by uisbench")
+
+
+def _checkpoint_problem(state: Any, key: str) -> str | None:
+    """Why unpickled ``state`` is not a usable checkpoint of the run ``key``, or ``None``."""
+    fields = {"round": int, "iteration": int, "model": dict, "optimizer": dict, "scheduler": dict, "rng": dict,
+              "history": dict}
+    if not isinstance(state, dict):
+        return "is not a maskrcnn training checkpoint"
+    if state.get("format") != _FORMAT:
+        return f"has checkpoint format {state.get('format')!r:.40}; this version writes format {_FORMAT}"
+    if state.get("key") != key:
+        return "belongs to another run (other data, seed or parameters)"
+    if any(not isinstance(state.get(k), t) or isinstance(state.get(k), bool) for k, t in fields.items()):
+        return "is damaged (fields missing or of the wrong type)"
+    rounds = state["history"].get("rounds")
+    if not (state["round"] >= 0 and state["iteration"] >= 0 and isinstance(rounds, list)
+            and len(rounds) > state["round"] and all(isinstance(r, dict) for r in rounds)):
+        return "is damaged (its round, iteration and history do not fit together)"
+    return None
+
+
+def _read_checkpoint(path: Path, key: str) -> dict[str, Any] | None:
+    """The training state in ``path`` if it is this run's and well-formed, else ``None`` with a warning
+    naming the file: anything unusable means starting afresh (the next checkpoint overwrites it)."""
+    state, problem = _unpickle_checkpoint(path)
+    problem = problem or _checkpoint_problem(state, key)
+    if problem is not None:
+        warnings.warn(f"maskrcnn: {path} {problem}; starting afresh.", stacklevel=3)
+        return None
+    return state
 
 
 def _iteration_seed(seed: int, round_index: int, it: int) -> int:
@@ -261,17 +356,14 @@ class MaskRCNNStudent(uisbench.Student):
             self.backbone.bind(dataset)
         key = self._key = self._run_key(dataset, targets, seed)
         ckpt_path = workdir / CHECKPOINT
-        state = None
-        if ckpt_path.exists():
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            if state.get("format") != _FORMAT or state.get("key") != key:
-                warnings.warn(
-                    f"maskrcnn: {ckpt_path} belongs to another run (other data, seed or parameters); starting afresh.",
-                    stacklevel=2,
-                )
-                state = None
+        state = _read_checkpoint(ckpt_path, key) if ckpt_path.exists() else None
         torch.manual_seed(seed)
         self._build(dataset, trainable[0])
+        if state is not None:
+            problem = self._resume_problem(state, workdir) or _restore_rng(state["rng"])
+            if problem is not None:
+                warnings.warn(f"maskrcnn: {ckpt_path} {problem}; starting afresh.", stacklevel=2)
+                state = None
         rounds = 1 + int(p["self_training_rounds"])
         history: dict[str, Any] = {
             "resumed_from": None,
@@ -280,12 +372,11 @@ class MaskRCNNStudent(uisbench.Student):
             "images_without_pseudo_masks": len(known) - len(trainable),
         }
         start_round, start_it = 0, 0
-        if state is not None:
+        if state is not None:  # checked by _resume_problem, RNG already restored
             self.model.load_state_dict(state["model"])
             start_round, start_it = state["round"], state["iteration"]
             history = state["history"]
             history["resumed_from"] = {"round": start_round, "iteration": start_it}
-            _set_rng_state(state["rng"])
         for r in range(start_round, rounds):
             iters = self._round_iterations(r)
             resume = state if (state is not None and r == start_round) else None
@@ -301,6 +392,41 @@ class MaskRCNNStudent(uisbench.Student):
             self._train_round(dataset, targets, r, iters, seed, workdir, key, history, resume)
         self._history = history
 
+    def _resume_problem(self, state: dict[str, Any], workdir: Path) -> str | None:
+        """Why this run's checkpoint cannot be restored into the freshly built model, or ``None``.
+
+        Checked before anything is restored, so a damaged file means starting afresh rather than a
+        crash halfway through loading (or, worse, in the middle of training).
+        """
+        import torch
+
+        expected, saved = self.model.state_dict(), state["model"]
+        if saved.keys() != expected.keys() or any(
+            not isinstance(saved[k], torch.Tensor) or saved[k].shape != v.shape or saved[k].dtype != v.dtype
+            for k, v in expected.items()
+        ):
+            return "holds model weights that do not fit this model"
+        r = state["round"]
+        opt, sched, _ = self._optimizer(r, self._round_iterations(r))
+        fresh_opt, fresh_sched = opt.state_dict(), sched.state_dict()
+        saved_opt = state["optimizer"]
+        params = [q for q in self.model.parameters() if q.requires_grad]
+        groups = saved_opt.get("param_groups")
+        if not (_same_layout(groups, fresh_opt["param_groups"])
+                and [g["params"] for g in groups] == [g["params"] for g in fresh_opt["param_groups"]]
+                and isinstance(saved_opt.get("state"), dict) and set(saved_opt["state"]) <= set(range(len(params)))):
+            return "holds an optimizer state that does not fit this model"
+        for index, slots in saved_opt["state"].items():  # momentum / Adam moments: the parameter's shape, or a scalar
+            if not isinstance(slots, dict) or any(
+                not isinstance(v, torch.Tensor) or (v.dim() > 0 and v.shape != params[index].shape) for v in slots.values()
+            ):
+                return "holds an optimizer state that does not fit this model"
+        if not _same_layout(state["scheduler"], fresh_sched):
+            return "holds a malformed learning-rate schedule"
+        if r > 0 and self._read_targets(workdir, r) is None:
+            return f"needs {self._targets_file(workdir, r).name} (round {r}'s targets), which is missing or unreadable"
+        return None
+
     def _round_iterations(self, r: int) -> int:
         p = self.params
         if r == 0:
@@ -310,9 +436,27 @@ class MaskRCNNStudent(uisbench.Student):
     def _targets_file(self, workdir: Path, r: int) -> Path:
         return workdir / f"maskrcnn-targets-round{r}.json"
 
+    def _read_targets(self, workdir: Path, r: int) -> tuple[dict[int, list[uisbench.Prediction]], dict[str, Any]] | None:
+        """Round ``r``'s saved targets and their info if the file is this run's and well-formed, else ``None``
+        (a work directory may come from elsewhere: its files are checked, not trusted)."""
+        path = self._targets_file(workdir, r)
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved.get("key") != self._key:
+                return None
+            targets = {int(k): [uisbench.Prediction.from_coco(x) for x in v] for k, v in saved["targets"].items()}
+            return targets, dict(saved["info"])
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):  # missing, not json, malformed
+            return None
+
     def _load_targets(self, workdir: Path, r: int) -> dict[int, list[uisbench.Prediction]]:
-        data = json.loads(self._targets_file(workdir, r).read_text(encoding="utf-8"))
-        return {int(k): [uisbench.Prediction.from_coco(x) for x in v] for k, v in data["targets"].items()}
+        saved = self._read_targets(workdir, r)
+        if saved is None:  # checked by _resume_problem; only a file changed since then gets here
+            raise uisbench.DataError(
+                f"maskrcnn: {self._targets_file(workdir, r)} is missing or unreadable; delete {workdir / CHECKPOINT} "
+                "to train afresh."
+            )
+        return saved[0]
 
     def _self_training_targets(self, dataset, previous, r: int, workdir: Path):
         """Round ``r``'s targets: the current model's confident predictions on the training images
@@ -323,10 +467,9 @@ class MaskRCNNStudent(uisbench.Student):
         path = self._targets_file(workdir, r)
         thresholds = list(p["self_training_thresholds"]) or [0.7]
         threshold = float(thresholds[min(r - 1, len(thresholds) - 1)])
-        if path.exists():  # made by this run before it was killed (same key), else stale
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved.get("key") == self._key:
-                return self._load_targets(workdir, r), saved["info"]
+        saved = self._read_targets(workdir, r)  # made by this run before it was killed (same key); else remade
+        if saved is not None:
+            return saved
         ids = sorted(previous)
         preds = self._predict(dataset, ids, max_detections=int(p["self_training_max_detections"]))
         merged = {
