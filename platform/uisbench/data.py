@@ -10,6 +10,17 @@
 - :func:`write_coco` writes any dataset as a standard COCO folder (``images/`` + ``annotations.json``),
   byte-identical across runs.
 
+Image files are untrusted input (datasets get shared and downloaded), so :func:`load_rgb` and
+:func:`image_size`:
+
+- open only the formats in :data:`IMAGE_FORMATS`, whatever the file is called: PIL's other
+  formats include EPS, which PIL renders by running Ghostscript on the file;
+- refuse an image whose header claims more than ``max_pixels`` pixels (default
+  :data:`DEFAULT_MAX_IMAGE_PIXELS`) before a single pixel is decoded, with a
+  :class:`uisbench.DataError` naming the file (a decompression bomb: a few bytes of PNG can claim
+  100000 x 100000 pixels, 30 GB decoded). Datasets take the limit from their
+  ``max_image_pixels`` parameter; ``skip_bad_images`` skips such images like any other bad one.
+
 torch and PIL are imported inside the functions: importing this module is free.
 """
 
@@ -17,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,30 +42,78 @@ if TYPE_CHECKING:
 
     from .contracts import Dataset, ImageRecord
 
-__all__ = ["load_rgb", "image_size", "iter_batches", "write_coco", "record_skip"]
+__all__ = [
+    "load_rgb",
+    "image_size",
+    "iter_batches",
+    "write_coco",
+    "record_skip",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "IMAGE_FORMATS",
+]
+
+#: Largest image decoded unless a dataset entry sets ``max_image_pixels``: the size at which PIL
+#: itself refuses to open a file (twice its ``Image.MAX_IMAGE_PIXELS`` warning threshold), e.g.
+#: 13377 x 13377. Decoded to RGB that is 537 MB, and the conversions in :func:`load_rgb` briefly need
+#: about twice that; a 100-megapixel camera frame still fits.
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+
+#: PIL formats that are opened (``Image.open(..., formats=...)``); anything else is "not a readable image".
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
+
+#: Serialises our header reads while PIL's global bomb check is lifted (see :func:`_open`).
+_PIL_LIMIT_LOCK = threading.Lock()
 
 #: EXIF orientations that swap width and height (rotations by 90/270 degrees, transposes).
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
 
 
-def _open(path: Path, what: str = "image"):
+def _open(path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, tag: str = ""):
+    """``Image.open`` (header only) with every failure a DataError naming the file.
+
+    PIL's own bomb check (a warning above ``Image.MAX_IMAGE_PIXELS``, an error above twice that) is
+    lifted while the header is read, so that ``max_pixels`` alone decides, before any pixel is
+    decoded. The global is restored at once; the lock keeps two of our reads from restoring each
+    other's value.
+    """
     from PIL import Image, UnidentifiedImageError
 
-    try:
-        return Image.open(path)
-    except FileNotFoundError as err:
-        raise DataError(f"{path}: {what} file not found.") from err
-    except UnidentifiedImageError as err:
-        raise DataError(f"{path}: not a readable image (unknown or corrupt format).") from err
-    except OSError as err:
-        raise DataError(f"{path}: cannot open {what} ({err}).") from err
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            img = Image.open(path, formats=IMAGE_FORMATS)
+        except FileNotFoundError as err:
+            raise DataError(f"{path}{tag}: image file not found.") from err
+        except UnidentifiedImageError as err:
+            raise DataError(
+                f"{path}{tag}: not a readable image (unknown or corrupt format; uisbench reads {', '.join(IMAGE_FORMATS)})."
+            ) from err
+        except OSError as err:
+            raise DataError(f"{path}{tag}: cannot open image ({err}).") from err
+        except Exception as err:  # e.g. ValueError "Decompressed data too large" from a PNG text chunk
+            raise DataError(f"{path}{tag}: cannot open image ({type(err).__name__}: {err}); the file is corrupt.") from err
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        raise DataError(
+            f"{path}{tag}: the header claims {width} x {height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (max_image_pixels); not decoded. A corrupt file or a decompression bomb; if the image "
+            "is real, raise `max_image_pixels` in the dataset's registry entry."
+        )
+    return img
 
 
-def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """``(width, height)`` of an image after EXIF orientation, read from its header (no decoding)."""
+def image_size(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` of an image after EXIF orientation, read from its header (no decoding).
+
+    An image of more than ``max_pixels`` pixels raises :class:`uisbench.DataError`, as in :func:`load_rgb`.
+    """
     path = Path(path)
-    with _open(path) as img:
+    with _open(path, max_pixels=max_pixels) as img:
         width, height = img.size
         try:
             orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
@@ -95,18 +155,20 @@ def load_rgb(
     *,
     expected_size: tuple[int, int] | None = None,
     what: str = "",
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> np.ndarray:
     """Decode ``path`` to ``uint8`` RGB ``(H, W, 3)`` with EXIF orientation applied.
 
     ``expected_size`` ``(width, height)`` (e.g. from an annotation file) is checked against the
     decoded image; ``what`` names the entry (``"image id 42"``) in error messages.
-    Raises :class:`uisbench.DataError` for missing, unreadable or truncated files and size mismatches.
+    Raises :class:`uisbench.DataError` for missing, unreadable or truncated files, formats outside
+    :data:`IMAGE_FORMATS`, headers claiming more than ``max_pixels`` pixels and size mismatches.
     """
     from PIL import ImageOps
 
     path = Path(path)
     tag = f" ({what})" if what else ""
-    with _open(path) as img:
+    with _open(path, max_pixels=max_pixels, tag=tag) as img:
         try:
             img.load()
         except OSError as err:  # "image file is truncated", broken data stream, ...

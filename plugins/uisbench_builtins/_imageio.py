@@ -17,6 +17,20 @@ import uisbench
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
+#: Parameters of the file-backed datasets (coco, images) that keep hostile files in check.
+SAFETY_PARAMS = (
+    uisbench.Param(
+        "allow_outside_root", "bool", False,
+        "read image files that lead outside the image folder (absolute or ../ names, symbolic links); "
+        "off, a shared annotation file or folder cannot make the bench read other files of the machine",
+    ),
+    uisbench.Param(
+        "max_image_pixels", "int", uisbench.data.DEFAULT_MAX_IMAGE_PIXELS,
+        "refuse images whose header claims more pixels, before decoding (decompression bombs); "
+        "raise it for genuinely larger images",
+    ),
+)
+
 
 def apply_preset(spec_name: str, presets: Mapping[str, Mapping[str, Any]], defaults: Mapping[str, Any],
                  params: dict[str, Any]) -> dict[str, Any]:
@@ -59,12 +73,18 @@ class SkipPolicy:
     Strict (default): a problem raises :class:`uisbench.DataError` naming the file and the id.
     ``skip_bad_images=True``: the problem is appended to ``self.skipped`` as
     ``{"image_id", "file", "reason"}`` and the image leaves :meth:`image_ids`.
+    Images are decoded with the pixel limit ``max_image_pixels`` (see :mod:`uisbench.data`).
     """
 
     skip_bad_images: bool = False
+    max_image_pixels: int = uisbench.data.DEFAULT_MAX_IMAGE_PIXELS
 
-    def _init_skip(self, skip_bad_images: bool) -> None:
+    def _init_skip(self, skip_bad_images: bool, max_image_pixels: int = uisbench.data.DEFAULT_MAX_IMAGE_PIXELS) -> None:
+        if max_image_pixels < 1:
+            raise uisbench.ConfigError(f"max_image_pixels must be >= 1 (got {max_image_pixels}); the default is "
+                                       f"{uisbench.data.DEFAULT_MAX_IMAGE_PIXELS}.")
         self.skip_bad_images = bool(skip_bad_images)
+        self.max_image_pixels = int(max_image_pixels)
         self.skipped: list[dict[str, Any]] = []
         self._bad: set[int] = set()
 
@@ -105,7 +125,8 @@ class SkipPolicy:
         (with the skip policy it is also recorded, so the image leaves :meth:`image_ids`)."""
         rec = self.record(image_id)  # type: ignore[attr-defined]
         try:
-            return uisbench.data.load_rgb(rec.file, expected_size=(rec.width, rec.height), what=f"image id {image_id}")
+            return uisbench.data.load_rgb(rec.file, expected_size=(rec.width, rec.height), what=f"image id {image_id}",
+                                          max_pixels=self.max_image_pixels)
         except uisbench.DataError as err:
             if self.skip_bad_images:
                 self.problem(image_id, rec.file, str(err))
@@ -113,6 +134,13 @@ class SkipPolicy:
             raise uisbench.DataError(
                 f"{err} Fix or remove it, or pass --skip-bad-images (skip_bad_images: true) to skip such images."
             ) from err
+
+
+def outside(folder: Path, path: Path) -> Path | None:
+    """Where ``path`` really leads when that is outside ``folder`` (absolute names, ``..`` and symbolic
+    links all resolved), else ``None``. Only names and links are looked at: no file is opened."""
+    real = Path(os.path.realpath(path))
+    return None if real.is_relative_to(os.path.realpath(folder)) else real
 
 
 def sorted_image_files(root: Path, recursive: bool = True) -> list[Path]:

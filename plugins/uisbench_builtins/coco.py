@@ -17,19 +17,38 @@ annotations pointing at missing images or image files that are absent, polygons 
 found when an image is loaded. Strict by default (a :class:`uisbench.DataError` naming the file
 and the ids); ``skip_bad_images: true`` records each problem in ``dataset.skipped`` and leaves the
 image out.
+
+An annotation file is untrusted input, so it is held to the COCO format rather than interpreted:
+
+- image file names stay inside the image folder: an absolute ``file_name``, one that climbs out
+  with ``..``, or a symbolic link in the folder that points elsewhere is a problem of that image
+  (nothing outside is opened), unless the entry sets ``allow_outside_root: true``;
+- ``width x height`` (from the json and from the file's header) above ``max_image_pixels`` is a
+  problem of that image (see :data:`uisbench.data.DEFAULT_MAX_IMAGE_PIXELS`);
+- ids (``images[].id``, ``annotations[].id``, ``image_id``) are integers, never booleans or floats
+  (``true`` and ``3.0`` would silently stand for images 1 and 3);
+- ``bbox`` and polygons hold finite numbers; RLE counts cover exactly ``height x width`` pixels;
+  ``iscrowd`` is 0 or 1 (``false``/``true`` accepted); ``area`` is a finite number >= 0.
+
+The stated ``area`` is kept when valid, the mask's pixel count used only when it is absent: COCOeval
+sorts objects into small / medium / large (and ignores those outside a range) by the stated area,
+which for COCO is the polygon's area, not the rasterised mask's; keeping it is what makes the
+numbers comparable with published ones.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import uisbench
 
-from ._imageio import SkipPolicy, apply_preset, digest, expand, first
+from ._imageio import SAFETY_PARAMS, SkipPolicy, apply_preset, digest, expand, first, outside
 
 DEFAULT_ROOT = "~/datasets/coco"
 ROOT_ENV = "UISBENCH_COCO_ROOT"
@@ -78,6 +97,7 @@ PARAMS = (
                    "'coco20k' = the shipped COCO20K list", nullable=True),
     uisbench.Param("max_dets", "int", 100, "detections per image the evaluation keeps (LVIS: 300)"),
     uisbench.Param("skip_bad_images", "bool", False, "record bad images in dataset.skipped and go on instead of failing"),
+    *SAFETY_PARAMS,
 )
 
 
@@ -99,6 +119,8 @@ def read_json(path: Path) -> Any:
         raise uisbench.DataError(f"{path}: cannot read annotation file ({err.strerror}).") from err
     try:
         return json.loads(text)
+    except RecursionError as err:  # "[[[[..." thousands deep: the parser's recursion runs out
+        raise uisbench.DataError(f"{path}: JSON nested too deeply to be an annotation file.") from err
     except json.JSONDecodeError as err:
         # an unterminated string runs to the end of the file, so it also means "cut short"
         truncated = err.pos >= len(text.rstrip()) - 1 or err.msg.startswith("Unterminated string")
@@ -119,16 +141,61 @@ def _file_name(image: dict[str, Any]) -> str | None:
     return None
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _number_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    """A list of finite numbers (json's NaN and Infinity, and booleans, excluded)."""
+    return isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    )
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def rle_pixels(counts: str) -> int | None:
+    """Pixels covered by a compressed COCO RLE string (pycocotools' ``rleFrString``, all runs summed),
+    or ``None`` when it does not decode: a character out of range, a run of negative length, a number
+    cut short or longer than 64 bits.
+
+    pycocotools trusts the string: runs that add up to more than ``height x width`` make its IoU and
+    area silently wrong, so the total is checked before the mask is used.
+    """
+    total = previous = earlier = 0
+    runs = value = shift = 0
+    for char in counts:
+        c = ord(char) - 48
+        if not 0 <= c < 64 or shift > 60:
+            return None
+        value |= (c & 0x1F) << shift
+        shift += 5
+        if c & 0x20:  # more 5-bit groups of this number follow
+            continue
+        if c & 0x10:  # negative: sign-extend
+            value -= 1 << shift
+        if runs > 2:  # from the fourth run on, each is stored as the difference to the run two back
+            value += earlier
+        if value < 0:
+            return None
+        total += value
+        earlier, previous = previous, value
+        runs += 1
+        value = shift = 0
+    return None if shift else total
 
 
 class CocoDataset(SkipPolicy, uisbench.Dataset):
     """One split of a COCO-format dataset, class-agnostic."""
 
     def __init__(self, *, split: str, images_dir: Path, annotations: Path, file_list: Path | None,
-                 max_dets: int, skip_bad_images: bool, label: str) -> None:
-        self._init_skip(skip_bad_images)
+                 max_dets: int, skip_bad_images: bool, label: str, allow_outside_root: bool = False,
+                 max_image_pixels: int = uisbench.data.DEFAULT_MAX_IMAGE_PIXELS) -> None:
+        self._init_skip(skip_bad_images, max_image_pixels)
+        self.allow_outside_root = bool(allow_outside_root)
         self.split = split
         self.images_dir = images_dir
         self.annotations_path = annotations
@@ -154,8 +221,9 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
         if anns is not None and not isinstance(anns, list):
             raise uisbench.DataError(f"{where}: 'annotations' must be a list.")
         self.categories = {}
-        for cat in data.get("categories") or []:
-            if isinstance(cat, dict) and "id" in cat:
+        categories = data.get("categories")
+        for cat in categories if isinstance(categories, list) else []:
+            if isinstance(cat, dict) and _is_int(cat.get("id")):
                 self.categories[cat["id"]] = str(cat.get("name", cat["id"]))
 
         problems: list[tuple[int | None, str | None, str]] = []
@@ -163,35 +231,29 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
         stats: list[tuple[int, str, int]] = []
         self._listed: set[int] = set()
         for index, image in enumerate(data["images"]):
-            if not isinstance(image, dict) or not isinstance(image.get("id"), int):
-                problems.append((None, None, f"images[{index}] has no integer 'id'"))
+            if not isinstance(image, dict) or not _is_int(image.get("id")):
+                got = _show(image.get("id")) if isinstance(image, dict) else "not an object"
+                problems.append((None, None, f"images[{index}]: 'id' must be an integer (got {got})"))
                 continue
             image_id = image["id"]
             self._listed.add(image_id)
-            name = _file_name(image)
-            width, height = image.get("width"), image.get("height")
-            if name is None:
-                problems.append((image_id, None, f"image id {image_id}: no 'file_name' (or 'coco_url')"))
-                continue
-            path = self.images_dir / name
-            if image_id in self._records:
-                problems.append((image_id, str(path), f"image id {image_id} appears twice in the images list"))
-                continue
-            if not (isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0):
-                problems.append((image_id, str(path), f"image id {image_id} ({name}): missing or invalid width/height"))
-                continue
-            self._records[image_id] = uisbench.ImageRecord(image_id, str(path), width, height)
+            problem = self._add_record(image_id, image)
+            if problem is not None:
+                problems.append(problem)
 
         if self.file_list is not None:
             self._apply_file_list()
 
         for image_id, rec in self._records.items():
             try:
-                size = os.stat(rec.file).st_size
+                st = os.stat(rec.file)
             except OSError:
                 problems.append((image_id, rec.file, f"image id {image_id}: image file {rec.file} is missing"))
                 continue
-            stats.append((image_id, Path(rec.file).name, size))
+            if not stat.S_ISREG(st.st_mode):  # a FIFO would block the loader for ever, /dev/zero never end
+                problems.append((image_id, rec.file, f"image id {image_id}: {rec.file} is not a regular file"))
+                continue
+            stats.append((image_id, Path(rec.file).name, st.st_size))
 
         self._gt: dict[int, list[uisbench.GroundTruth]] = {i: [] for i in self._records}
         for index, ann in enumerate(anns or []):
@@ -204,6 +266,33 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
             raise uisbench.DataError(f"{where}: no usable images (images folder {self.images_dir}).")
         self._fingerprint = digest("coco", self.split, str(self.annotations_path), os.stat(self.annotations_path).st_size,
                                    os.stat(self.annotations_path).st_mtime_ns, sorted(stats), self._ids)
+
+    def _add_record(self, image_id: int, image: dict[str, Any]) -> tuple[int, str | None, str] | None:
+        """Check one entry of the images list and record it; return its problem, if any."""
+        name = _file_name(image)
+        width, height = image.get("width"), image.get("height")
+        if name is None:
+            return image_id, None, f"image id {image_id}: no 'file_name' (or 'coco_url')"
+        if "\0" in name:
+            return image_id, None, f"image id {image_id}: file_name {_show(name)} holds a NUL character"
+        path = self.images_dir / name
+        if image_id in self._records:
+            return image_id, str(path), f"image id {image_id} appears twice in the images list"
+        if not (_is_int(width) and _is_int(height) and width > 0 and height > 0):
+            return image_id, str(path), f"image id {image_id} ({name}): missing or invalid width/height"
+        if width * height > self.max_image_pixels:
+            return image_id, str(path), (
+                f"image id {image_id} ({name}): {width} x {height} = {width * height:,} pixels is over max_image_pixels "
+                f"({self.max_image_pixels:,}); raise max_image_pixels in the dataset entry if the image is real"
+            )
+        real = None if self.allow_outside_root else outside(self.images_dir, path)
+        if real is not None:
+            return image_id, str(path), (
+                f"image id {image_id}: file_name {name!r} leads to {real}, outside the image folder {self.images_dir} "
+                "(not opened); set `allow_outside_root: true` in the dataset entry if that is intended"
+            )
+        self._records[image_id] = uisbench.ImageRecord(image_id, str(path), width, height)
+        return None
 
     def _apply_file_list(self) -> None:
         path = self.file_list
@@ -227,13 +316,22 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
         """Validate one annotation and store it as GroundTruth; return a problem or None."""
         if not isinstance(ann, dict):
             return None, None, f"annotations[{index}] is not an object"
-        ann_id, image_id = ann.get("id", f"#{index}"), ann.get("image_id")
+        ann_id, image_id = ann.get("id"), ann.get("image_id")
+        name = f"annotation {ann_id}" if _is_int(ann_id) else f"annotations[{index}]"
+        if not _is_int(image_id):
+            # 3.0 and true equal the ids 3 and 1: that image would silently lose this object, so it is blamed
+            meant = image_id if isinstance(image_id, (int, float)) and image_id in self._records else None
+            rec = self._records[meant] if meant is not None else None
+            return (None if meant is None else int(meant), rec.file if rec else None,
+                    f"{name}: field 'image_id' must be an integer (got {_show(image_id)})")
         if image_id not in self._records:
             if image_id in self._listed:
                 return None  # an image left out by the file list, or already reported as bad
-            return None, None, f"annotation {ann_id} points at image id {image_id!r}, which is not in the images list"
+            return None, None, f"{name} points at image id {image_id!r}, which is not in the images list"
         rec = self._records[image_id]
-        tag = f"annotation {ann_id} of image id {image_id} ({rec.file})"
+        tag = f"{name} of image id {image_id} ({rec.file})"
+        if "id" in ann and not _is_int(ann_id):
+            return image_id, rec.file, f"{tag}: field 'id' must be an integer (got {_show(ann_id)})"
         h, w = rec.height, rec.width
         seg = ann.get("segmentation")
         try:
@@ -242,50 +340,69 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
                     return image_id, rec.file, f"{tag}: empty segmentation"
                 for k, poly in enumerate(seg):
                     if not _number_list(poly) or len(poly) % 2:
-                        return image_id, rec.file, f"{tag}: polygon {k} is not an even-length list of numbers"
+                        return image_id, rec.file, f"{tag}: polygon {k} is not an even-length list of finite numbers"
                     if len(poly) < 6:
                         return image_id, rec.file, f"{tag}: polygon {k} has {len(poly) // 2} point(s); a polygon needs at least 3"
                 rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
             elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
                 if list(seg["size"]) != [h, w]:
-                    return image_id, rec.file, f"{tag}: RLE size {list(seg['size'])} differs from the image's [{h}, {w}]"
+                    return image_id, rec.file, f"{tag}: RLE size {_show(seg['size'])} differs from the image's [{h}, {w}]"
                 counts = seg["counts"]
                 if isinstance(counts, list):
+                    if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != h * w:
+                        return image_id, rec.file, (
+                            f"{tag}: uncompressed RLE counts must be integers >= 0 adding up to height x width = {h * w}"
+                        )
                     rle = mask_utils.frPyObjects(seg, h, w)
+                elif isinstance(counts, str):
+                    if rle_pixels(counts) != h * w:
+                        return image_id, rec.file, (
+                            f"{tag}: compressed RLE counts do not decode to height x width = {h * w} pixels; the string is corrupt"
+                        )
+                    rle = {"size": [h, w], "counts": counts.encode("ascii")}
                 else:
-                    rle = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+                    return image_id, rec.file, f"{tag}: RLE counts must be a string or a list of integers"
             else:
-                return image_id, rec.file, f"{tag}: no segmentation (need polygons or RLE)"
+                return image_id, rec.file, f"{tag}: segmentation is neither polygons (a list) nor RLE ({{size, counts}})"
             area = float(mask_utils.area(rle))
         except Exception as err:  # pycocotools rejects malformed RLE/polygons with various errors
             return image_id, rec.file, f"{tag}: invalid segmentation ({type(err).__name__}: {err})"
         stated = ann.get("area")
-        tiny_polygon = isinstance(seg, list) and isinstance(stated, (int, float)) and stated > 0
+        if stated is not None and not (_number_list([stated]) and stated >= 0):
+            return image_id, rec.file, (
+                f"{tag}: field 'area' is {_show(stated)}; it must be a finite number >= 0 (COCOeval sorts objects "
+                "into small/medium/large by it) or left out (then the mask's area is used)"
+            )
+        tiny_polygon = isinstance(seg, list) and stated is not None and stated > 0
         if area <= 0 and not tiny_polygon:  # real COCO has sub-pixel polygons that rasterise to nothing: kept
             return image_id, rec.file, f"{tag}: empty mask (no pixel inside the image)"
         bbox = ann.get("bbox")
         if bbox is None:
             bbox = [float(v) for v in mask_utils.toBbox(rle)]
         if not _number_list(bbox) or len(bbox) != 4:
-            return image_id, rec.file, f"{tag}: bbox {bbox!r} is not [x, y, width, height]"
+            return image_id, rec.file, f"{tag}: field 'bbox' {_show(bbox)} is not [x, y, width, height] in finite numbers"
         x, y, bw, bh = (float(v) for v in bbox)
         if bw < 0 or bh < 0:
             return image_id, rec.file, f"{tag}: bbox {bbox} has a negative width or height"
         tol_x, tol_y = BOX_TOLERANCE * w + 1.0, BOX_TOLERANCE * h + 1.0
         if x < -tol_x or y < -tol_y or x + bw > w + tol_x or y + bh > h + tol_y:
             return image_id, rec.file, f"{tag}: bbox {bbox} lies outside the {w}x{h} image"
+        crowd = ann.get("iscrowd", 0)
+        if not isinstance(crowd, int) or crowd not in (0, 1):  # bool is an int: false/true are accepted
+            return image_id, rec.file, f"{tag}: field 'iscrowd' must be 0 or 1 (got {_show(crowd)})"
         counts = rle["counts"]
         segmentation = {"size": [h, w], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
-        category = self.categories.get(ann.get("category_id"), str(ann.get("category_id", "object")))
+        category_id = ann.get("category_id")
+        category = self.categories.get(category_id) if _is_int(category_id) else None
         self._gt[image_id].append(
             uisbench.GroundTruth(
-                id=int(ann_id) if isinstance(ann_id, int) else index + 1,
-                image_id=int(image_id),
+                id=ann_id if _is_int(ann_id) else index + 1,
+                image_id=image_id,
                 segmentation=segmentation,
                 bbox=(x, y, bw, bh),
-                area=float(ann.get("area", area)),
-                iscrowd=int(ann.get("iscrowd", 0) or 0),
-                category=category,
+                area=float(area if stated is None else stated),
+                iscrowd=int(crowd),
+                category=category if category is not None else str(category_id if category_id is not None else "object"),
             )
         )
         return None
@@ -355,7 +472,9 @@ def build(split: str = "val", **params: Any) -> CocoDataset:
             f"Set `root:` in your registry entry (or ${ROOT_ENV}) to the folder holding them.{hint}"
         )
     return CocoDataset(split=split, images_dir=images, annotations=annotations, file_list=file_list,
-                       max_dets=int(params["max_dets"]), skip_bad_images=bool(params["skip_bad_images"]), label=label)
+                       max_dets=int(params["max_dets"]), skip_bad_images=bool(params["skip_bad_images"]), label=label,
+                       allow_outside_root=bool(params["allow_outside_root"]),
+                       max_image_pixels=int(params["max_image_pixels"]))
 
 
 @uisbench.hookimpl

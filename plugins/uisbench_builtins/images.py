@@ -5,6 +5,11 @@ skipped with a reason (``has_ground_truth = False``). Image files are found by s
 bmp, tif, webp, ...), recursively by default, and numbered 1..N in the order of their relative
 paths. train and val use the same folder unless ``train_root`` / ``val_root`` are given.
 
+A shared folder is untrusted input: a symbolic link in it that leads outside the folder is a
+problem of that image (never opened) unless the entry sets ``allow_outside_root: true``, and an
+image whose header claims more than ``max_image_pixels`` pixels is refused before decoding.
+Strict by default; ``skip_bad_images: true`` records such images in ``dataset.skipped``.
+
 Example registry entry::
 
     factory-photos: {plugin: images, root: /data/line3/photos, max_images: 500}
@@ -18,7 +23,7 @@ from typing import Any
 
 import uisbench
 
-from ._imageio import IMAGE_SUFFIXES, SkipPolicy, digest, expand, sorted_image_files
+from ._imageio import IMAGE_SUFFIXES, SAFETY_PARAMS, SkipPolicy, digest, expand, outside, sorted_image_files
 
 ROOT_ENV = "UISBENCH_IMAGES_ROOT"
 
@@ -29,6 +34,7 @@ PARAMS = (
     uisbench.Param("recursive", "bool", True, "also take images in sub-folders"),
     uisbench.Param("max_images", "int", None, "keep only the first N images (sorted by path)", nullable=True),
     uisbench.Param("skip_bad_images", "bool", False, "record bad images in dataset.skipped and go on instead of failing"),
+    *SAFETY_PARAMS,
 )
 
 
@@ -37,8 +43,9 @@ class ImageFolder(SkipPolicy, uisbench.Dataset):
 
     has_ground_truth = False
 
-    def __init__(self, root: Path, split: str, *, recursive: bool, max_images: int | None, skip_bad_images: bool) -> None:
-        self._init_skip(skip_bad_images)
+    def __init__(self, root: Path, split: str, *, recursive: bool, max_images: int | None, skip_bad_images: bool,
+                 allow_outside_root: bool = False, max_image_pixels: int = uisbench.data.DEFAULT_MAX_IMAGE_PIXELS) -> None:
+        self._init_skip(skip_bad_images, max_image_pixels)
         self.root = root
         self.split = split
         self.max_dets = 100
@@ -58,13 +65,21 @@ class ImageFolder(SkipPolicy, uisbench.Dataset):
         problems = []
         stats = []
         for image_id, path in enumerate(files, start=1):
-            try:
-                width, height = uisbench.data.image_size(path)
-            except uisbench.DataError as err:
-                problems.append((image_id, str(path), f"image id {image_id}: {err}"))
-                width = height = 0
+            width = height = 0
+            real = None if allow_outside_root else outside(root, path)
+            if real is not None:
+                problems.append((image_id, str(path), (
+                    f"image id {image_id}: {path} leads to {real} through a symbolic link, outside the folder {root} "
+                    "(not opened); set `allow_outside_root: true` in the dataset entry if that is intended"
+                )))
+            else:
+                try:
+                    width, height = uisbench.data.image_size(path, max_pixels=self.max_image_pixels)
+                except uisbench.DataError as err:
+                    problems.append((image_id, str(path), f"image id {image_id}: {err}"))
             self._records[image_id] = uisbench.ImageRecord(image_id, str(path), width, height)
-            stats.append((path.relative_to(root).as_posix(), os.stat(path).st_size))
+            # lstat: the size of a refused link's target is none of our business
+            stats.append((path.relative_to(root).as_posix(), (os.stat(path) if real is None else os.lstat(path)).st_size))
         self.settle(problems, str(root))
         self._fingerprint = digest("images", str(root), stats)
 
@@ -102,7 +117,8 @@ def build(split: str = "val", **params: Any) -> ImageFolder:
     path = expand(root)
     assert path is not None
     return ImageFolder(path, split, recursive=bool(params["recursive"]), max_images=params["max_images"],
-                       skip_bad_images=bool(params["skip_bad_images"]))
+                       skip_bad_images=bool(params["skip_bad_images"]), allow_outside_root=bool(params["allow_outside_root"]),
+                       max_image_pixels=int(params["max_image_pixels"]))
 
 
 @uisbench.hookimpl

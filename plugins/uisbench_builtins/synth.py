@@ -84,6 +84,10 @@ class SynthConfig:
         problems = []
         if self.size < 32:
             problems.append(f"size must be >= 32 pixels (got {self.size})")
+        elif self.size * self.size > uisbench.data.DEFAULT_MAX_IMAGE_PIXELS:  # a registry typo must not eat the memory
+            limit = uisbench.data.DEFAULT_MAX_IMAGE_PIXELS
+            problems.append(f"size {self.size} makes {self.size**2:,} pixels per image, over the {limit:,} of "
+                            f"uisbench.data.DEFAULT_MAX_IMAGE_PIXELS; use size <= {math.isqrt(limit)}")
         if self.images < 1:
             problems.append(f"images must be >= 1 (got {self.images})")
         if not 1 <= self.min_instances <= self.max_instances:
