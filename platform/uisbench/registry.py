@@ -1,8 +1,14 @@
 """``registry.yaml``: which plugin entries exist, their parameters, and the default bench matrix.
 
-The file is data, read with ``yaml.safe_load`` semantics (a ``SafeLoader`` subclass that only
+The file is data, read with ``yaml.safe_load`` semantics (a ``SafeLoader`` subclass that
 remembers line numbers) and validated against each plugin's parameter schema. Every problem is
 reported as ``file:line: message`` with a suggestion, all at once.
+
+Registry files get shared like the rest of a work directory, so the loader also refuses, with the
+line, what ``safe_load`` would accept but cannot end well: aliases that expand the document beyond
+:data:`MAX_YAML_NODES` values ("billion laughs": nine lines can stand for 10^9 strings, which
+validating, hashing or printing would then build), an alias inside the node it names (a recursive
+value), nesting deeper than :data:`MAX_YAML_DEPTH`, and text that is not UTF-8.
 
 Layout (``version: 1``)::
 
@@ -27,7 +33,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,12 +47,27 @@ if TYPE_CHECKING:
     from ._manager import PluginHost
     from .types import PluginSpec
 
-__all__ = ["Entry", "BenchDefaults", "Registry", "load_registry", "default_registry_path", "SCHEMA_VERSION"]
+__all__ = [
+    "Entry",
+    "BenchDefaults",
+    "Registry",
+    "load_registry",
+    "default_registry_path",
+    "SCHEMA_VERSION",
+    "MAX_YAML_NODES",
+    "MAX_YAML_DEPTH",
+]
 
 SCHEMA_VERSION = 1
 _TOP_KEYS = ("version", *KINDS, "bench")
 _BENCH_KEYS = ("backbones", "maskers", "students", "metrics", "dataset", "seed")
 _ENTRY_META = ("plugin", "description")
+#: Most YAML values (scalars, lists, mappings) one registry file may stand for once its aliases are
+#: expanded. The shipped registry.yaml has about 400; an alias bomb reaches this within a few lines.
+MAX_YAML_NODES = 100_000
+#: Deepest nesting of lists and mappings in a registry file (the shipped one needs 5; the loader
+#: recurses once per level, so thousands would end in a RecursionError).
+MAX_YAML_DEPTH = 50
 
 
 class _Mapping(dict):
@@ -56,10 +77,45 @@ class _Mapping(dict):
     key_lines: dict[str, int]
 
 
-class _LineLoader(yaml.SafeLoader):
-    """``SafeLoader`` that records line numbers and rejects duplicate keys (no other change)."""
+class _Refused(yaml.composer.ComposerError):
+    """A YAML document that parses but is refused: its ``problem`` says why and what to do."""
 
-    duplicates: list[tuple[str, int]]
+
+class _LineLoader(yaml.SafeLoader):
+    """``SafeLoader`` that records line numbers, rejects duplicate keys and refuses alias bombs,
+    recursive aliases and deep nesting while composing, before any value is constructed."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[str, int]] = []
+        #: id(node) -> how many values the node stands for with its aliases expanded (a finished node)
+        self.expanded: dict[int, int] = {}
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if self.depth >= MAX_YAML_DEPTH:
+            raise _Refused(None, None, f"values are nested more than {MAX_YAML_DEPTH} levels deep; flatten them", event.start_mark)
+        self.depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        if isinstance(event, yaml.AliasEvent):
+            if id(node) not in self.expanded:  # the anchored node is still being composed
+                raise _Refused(None, None, f"alias *{event.anchor} sits inside the node it names (a recursive value); "
+                               "write the value out", event.start_mark)
+            return node
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        size = 1 + sum(self.expanded[id(child)] for child in children)
+        if size > MAX_YAML_NODES:
+            raise _Refused(None, None, f"aliases expand this value to more than {MAX_YAML_NODES:,} values (an alias "
+                           "bomb?); write the values out or use fewer aliases", node.start_mark)
+        self.expanded[id(node)] = size
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> _Mapping:  # type: ignore[override]
         result = _Mapping()
@@ -68,6 +124,10 @@ class _LineLoader(yaml.SafeLoader):
         self.flatten_mapping(node)
         for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # "? [a, b]": SafeLoader's own error, not a TypeError below
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, "found unhashable key", key_node.start_mark
+                )
             if key in result.key_lines:
                 self.duplicates.append((str(key), key_node.start_mark.line + 1))
             result[key] = self.construct_object(value_node, deep=deep)
@@ -154,16 +214,26 @@ def default_registry_path() -> Path:
     return Path(__file__).resolve().parents[2] / "registry.yaml"
 
 
-def _read(path: Path) -> tuple[Any, list[str]]:
+def _read(path: Path) -> tuple[bytes, Any, list[str]]:
+    """The file's bytes (for the registry hash), its data, and problems found while reading it."""
     problems: list[str] = []
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read registry file ({err.strerror}); check the path.") from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte {err.start}, 0x{raw[err.start]:02x}); save the registry file as UTF-8."
+        ) from err
     loader = _LineLoader(text)
-    loader.duplicates = []
     try:
         data = loader.get_single_data()
+    except _Refused as err:
+        mark = err.problem_mark
+        raise ConfigError(f"{path}:{mark.line + 1}: {err.problem}.", [f"{path}:{mark.line + 1}: {err.problem}"]) from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -175,7 +245,7 @@ def _read(path: Path) -> tuple[Any, list[str]]:
         loader.dispose()
     for key, line in loader.duplicates:
         problems.append(f"{path}:{line}: key {key!r} appears twice; keep one.")
-    return data, problems
+    return raw, data, problems
 
 
 def _suggest(word: str, options: Iterable[str]) -> str:
@@ -205,15 +275,16 @@ def _check_params(spec: PluginSpec, entry: Entry, lines: Mapping[str, int], path
             )
 
 
-def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problems: list[str]) -> None:
-    data, read_problems = _read(path)
+def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problems: list[str]) -> bytes:
+    """Add the file's entries to ``registry`` and its problems to ``problems``; return its bytes."""
+    raw, data, read_problems = _read(path)
     problems.extend(read_problems)
     where = str(path)
     if data is None:
-        return
+        return raw
     if not isinstance(data, dict):
         problems.append(f"{where}:1: the registry must be a mapping with keys {', '.join(_TOP_KEYS)}.")
-        return
+        return raw
     version = data.get("version")
     if version != SCHEMA_VERSION:
         line = data.key_lines.get("version", 1)
@@ -251,7 +322,7 @@ def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problem
     if bench is not None:
         if not isinstance(bench, dict):
             problems.append(f"{where}:{data.key_lines['bench']}: 'bench' must be a mapping.")
-            return
+            return raw
         values: dict[str, Any] = {}
         for key, value in bench.items():
             line = bench.key_lines.get(key, bench.line)
@@ -274,6 +345,7 @@ def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problem
         current = registry.bench.__dict__
         registry.bench = BenchDefaults(**{**current, **values})
         registry.bench_lines.update({k: (where, bench.key_lines.get(k, bench.line)) for k in values})
+    return raw
 
 
 def _check_bench(registry: Registry, problems: list[str]) -> None:
@@ -315,8 +387,7 @@ def load_registry(
     for path in files:
         if not path.exists():
             raise ConfigError(f"{path}: registry file not found; check --registry or UISBENCH_REGISTRY.")
-        digest.update(path.read_bytes())
-        _parse_file(path, registry, host, problems)
+        digest.update(_parse_file(path, registry, host, problems))
         registry.files.append(str(path))
     if host is not None:
         _check_bench(registry, problems)
