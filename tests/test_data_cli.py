@@ -72,7 +72,7 @@ def test_data_check_reports_bad_images(tmp_path, capsys):
     registry = tmp_path / "mine.yaml"
     registry.write_text(f"version: 1\ndatasets:\n  mine: {{plugin: coco, root: {root}}}\n")
 
-    assert main(["data", "check", "mine", "--registry", str(registry), "--workers", "0"]) == 2
+    assert main(["data", "check", "mine", "--registry", str(registry), "--workers", "0"]) == 3  # a data error
     err = capsys.readouterr().err
     assert "000003.png (image id 3)" in err and "--skip-bad-images" in err
 
@@ -81,7 +81,7 @@ def test_data_check_reports_bad_images(tmp_path, capsys):
     assert "2 images decoded" in captured.out and "1 skipped" in captured.out
     assert "skipped image 3" in captured.err and "000003.png" in captured.err
 
-    assert main(["data", "check", "coco20k", "--set", f"root={tmp_path / 'nowhere'}"]) == 2
+    assert main(["data", "check", "coco20k", "--set", f"root={tmp_path / 'nowhere'}"]) == 3  # a data error: the dataset files are missing
     err = capsys.readouterr().err
     assert str(tmp_path / "nowhere" / "annotations" / "instances_train2014.json") in err
 

@@ -70,7 +70,8 @@ class PluginHost:
     trace: bool = False
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
-    _specs: dict[str, dict[str, tuple[PluginSpec, str]]] = field(default_factory=dict)
+    #: kind -> name -> every (spec, plugin name) that provides it (two or more: a conflict)
+    _specs: dict[str, dict[str, list[tuple[PluginSpec, str]]]] = field(default_factory=dict)
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -139,16 +140,33 @@ class PluginHost:
 
     def specs(self, kind: str) -> dict[str, PluginSpec]:
         """Every spec of ``kind`` by name; duplicate names are an error naming every provider."""
-        if kind not in SPEC_TYPES:
-            raise UnknownNameError("plugin kind", kind, KINDS)
-        if kind not in self._specs:
-            self._specs[kind] = self._collect(kind)
-        return {name: spec for name, (spec, _) in self._specs[kind].items()}
+        found = self._found(kind)
+        conflicts = self.conflicts(kind)
+        if conflicts:
+            raise PluginError(
+                "Conflicting plugins: " + "; ".join(conflicts) + ". Uninstall one of them or rename its entry."
+            )
+        return {name: owners[0][0] for name, owners in found.items()}
+
+    def providers(self, kind: str) -> dict[str, list[tuple[PluginSpec, PluginInfo | None]]]:
+        """Every spec of ``kind`` by name with all its providers, conflicts included and not raised:
+        ``platform plugins`` must show both sides of a clash, which :meth:`specs` refuses."""
+        return {
+            name: [(spec, self.plugins.get(plugin)) for spec, plugin in owners] for name, owners in self._found(kind).items()
+        }
+
+    def conflicts(self, kind: str) -> list[str]:
+        """One line per name of ``kind`` that several plugins provide, naming each of them."""
+        return [
+            f"{kind[:-1]} {name!r} is provided by " + ", ".join(self._describe(plugin) for _, plugin in owners)
+            for name, owners in sorted(self._found(kind).items())
+            if len(owners) > 1
+        ]
 
     def provider(self, kind: str, name: str) -> PluginInfo | None:
         self.specs(kind)
-        owner = self._specs[kind].get(name, (None, ""))[1]
-        return self.plugins.get(owner)
+        owners = self._specs[kind].get(name)
+        return self.plugins.get(owners[0][1]) if owners else None
 
     def spec(self, kind: str, name: str) -> PluginSpec:
         specs = self.specs(kind)
@@ -156,7 +174,14 @@ class PluginHost:
             raise UnknownNameError(f"{kind[:-1]} plugin", name, specs, hint="`platform plugins` lists what is installed.")
         return specs[name]
 
-    def _collect(self, kind: str) -> dict[str, tuple[PluginSpec, str]]:
+    def _found(self, kind: str) -> dict[str, list[tuple[PluginSpec, str]]]:
+        if kind not in SPEC_TYPES:
+            raise UnknownNameError("plugin kind", kind, KINDS)
+        if kind not in self._specs:
+            self._specs[kind] = self._collect(kind)
+        return self._specs[kind]
+
+    def _collect(self, kind: str) -> dict[str, list[tuple[PluginSpec, str]]]:
         expected = SPEC_TYPES[kind]
         found: dict[str, list[tuple[PluginSpec, str]]] = {}
         for impl in getattr(self.pm.hook, _HOOKS[kind]).get_hookimpls():
@@ -177,16 +202,7 @@ class PluginHost:
                 continue
             for item in items:
                 found.setdefault(item.name, []).append((item, impl.plugin_name))
-        conflicts = {n: owners for n, owners in found.items() if len(owners) > 1}
-        if conflicts:
-            lines = []
-            for n, owners in sorted(conflicts.items()):
-                who = ", ".join(self._describe(plugin) for _, plugin in owners)
-                lines.append(f"{kind[:-1]} {n!r} is provided by {who}")
-            raise PluginError(
-                "Conflicting plugins: " + "; ".join(lines) + ". Uninstall one of them or rename its entry."
-            )
-        return {n: owners[0] for n, owners in found.items()}
+        return found
 
     def _describe(self, plugin_name: str) -> str:
         info = self.plugins.get(plugin_name)

@@ -73,7 +73,8 @@ class BackboneUnavailable(UisbenchError):
 
 
 class DataError(UisbenchError):
-    """Input data is unusable: a missing or corrupt image, a malformed annotation file, a bad polygon."""
+    """Input data is unusable: a missing or corrupt image, a malformed annotation file, a bad polygon,
+    a weights file that is damaged or refused. ``platform`` exits with code 3 for it (2 for the others)."""
 
 
 class IncompatibleError(ConfigError):

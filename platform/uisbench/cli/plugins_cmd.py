@@ -1,4 +1,6 @@
-"""``platform plugins``: installed plugins, their distribution and version, and load failures."""
+"""``platform plugins``: installed plugins, their distribution and version, load failures and name
+conflicts. It lists both providers of a conflicting name (every other command refuses to run until
+one is uninstalled), so this is where such a clash gets diagnosed."""
 
 from __future__ import annotations
 
@@ -22,21 +24,23 @@ def run(args: argparse.Namespace) -> int:
     host = get_plugin_manager(strict=args.strict_plugins)
     provides: dict[str, list[str]] = {}
     specs = []
+    conflicts = []
     for kind in KINDS:
-        for name, spec in host.specs(kind).items():
-            info = host.provider(kind, name)
-            owner = info.name if info else "local"
-            provides.setdefault(owner, []).append(f"{kind[:-1]}:{name}")
-            specs.append(
-                {
-                    "kind": kind[:-1],
-                    "name": name,
-                    "version": spec.version,
-                    "plugin": owner,
-                    "distribution": info.distribution if info else "local",
-                    "description": spec.description,
-                }
-            )
+        for name, owners in host.providers(kind).items():
+            for spec, info in owners:
+                owner = info.name if info else "local"
+                provides.setdefault(owner, []).append(f"{kind[:-1]}:{name}")
+                specs.append(
+                    {
+                        "kind": kind[:-1],
+                        "name": name,
+                        "version": spec.version,
+                        "plugin": owner,
+                        "distribution": info.distribution if info else "local",
+                        "description": spec.description,
+                    }
+                )
+        conflicts += host.conflicts(kind)
     plugins = sorted(host.plugins.values(), key=lambda p: (p.builtin, p.name))  # third-party first
     if args.requirements:
         for dist in sorted({(p.distribution, p.version) for p in plugins if not p.builtin}):
@@ -48,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
                 "plugins": [{**vars(p), "builtin": p.builtin, "provides": provides.get(p.name, [])} for p in plugins],
                 "specs": specs,
                 "failures": [vars(f) for f in host.failures],
+                "conflicts": conflicts,
             }
         )
         return 0
@@ -68,4 +73,7 @@ def run(args: argparse.Namespace) -> int:
                 ["plugin", "distribution", "version", "error"],
             )
         )
+    if conflicts:
+        print("\nConflicting names (other commands refuse to run until one provider is uninstalled or renames its entry):")
+        print("\n".join(f"  {line}" for line in conflicts))
     return 0
