@@ -68,12 +68,13 @@ def _tmp_files(root: Path):
 
 
 def test_cache_keys_follow_what_a_stage_depends_on(tmp_path):
-    from uisbench.bench._engine import Engine
+    from uisbench.bench._run import open_pipeline
 
     def keys(**changes):
         host, reg = _setup(tmp_path, **changes)
-        e = Engine(host, reg, BenchOptions(workdir=tmp_path / "w"))
-        return e.features_key("pixels", "val"), e.masks_key("pixels", "groups", "val"), e.student_key("pixels", "groups", "student")
+        p = open_pipeline(host, reg, BenchOptions(workdir=tmp_path / "w"))
+        stages = (p.features("pixels", "val"), p.pseudo_masks("pixels", "groups", "val"), p.student("pixels", "groups", "student"))
+        return tuple(p.runner.key(stage) for stage in stages)
 
     base = keys()
     assert base == keys()  # deterministic
@@ -366,7 +367,7 @@ def test_killed_during_student_resumes_with_the_same_results(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     cache = tmp_path / "w" / "cache"
     assert _tmp_files(cache) == []
-    assert not list(cache.glob("student/*/predictions.json")) and not (tmp_path / "w" / "results.json").exists()
+    assert not list(cache.glob("student/*/summary.json")) and not (tmp_path / "w" / "results.json").exists()
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     r = json.loads((tmp_path / "w" / "results.json").read_text())
@@ -468,7 +469,7 @@ def test_bench_on_cuda_matches_cpu(tmp_path):
 def test_feature_coverage_of_padded_grids():
     import torch
 
-    from uisbench.bench._engine import _coverage
+    from uisbench.bench._features import _coverage
 
     class _Padded:
         preprocessing = uisbench.Preprocessing((0, 0, 0), (1, 1, 1), 64, 16, "pad")

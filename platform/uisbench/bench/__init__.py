@@ -15,17 +15,16 @@ from __future__ import annotations
 from typing import Any
 
 from ._cache import STAGES
-from ._engine import BenchOptions
-from ._report import FORMATS
+from ._context import BenchOptions
+from ._leaderboard import FORMATS
 from ._run import BenchOutcome, run_bench
 
 __all__ = ["BenchOptions", "BenchOutcome", "run_bench", "render_leaderboard", "validate_results", "load_results", "FORMATS", "STAGES"]
 
 
-
 def render_leaderboard(results: dict[str, Any], fmt: str = "table") -> str:
     """The leaderboard of a results dict as text (``table``, ``markdown``, ``json`` or ``csv``)."""
-    from ._report import render
+    from ._leaderboard import render
 
     return render(results, fmt)
 

@@ -5,11 +5,12 @@ Every stage output lives under a key, the SHA-256 of a canonical JSON of everyth
 fingerprint, split, upstream keys, seed). Layout::
 
     cache/features/<key>/<image_id>.pt            fp16 (C, h, w) + valid mask, one per image
-    cache/features/<key>/summary-<split>-<ids>.json   written when a split is complete
+    cache/features/<key>/summary-<ids>.json       written when the split's images are all done
     cache/pseudo-masks/<key>/<image_id>.json      one per image (resume granularity)
-    cache/pseudo-masks/<key>/masks-<split>-<ids>.json all images of a split + cost, when complete
+    cache/pseudo-masks/<key>/summary-<ids>.json   all images' masks + cost, when complete
     cache/student/<key>/                          the student's own checkpoints (its ``workdir``)
-    cache/student/<key>/predictions.json          val predictions + cost, when complete
+    cache/student/<key>/summary.json              val predictions + cost, when complete
+    cache/<stage>/<key>/refused.json              a combination the stage refused (IncompatibleError)
     cache/metrics/<key>.json                      computed values
 
 Per-image and per-split files are written atomically (temp file + rename), so a kill leaves either
@@ -94,12 +95,11 @@ def file_sha256(path: str | os.PathLike[str], memo: Path | None = None) -> str:
 
 
 class Cache:
-    """Paths and readers/writers of the stage cache of one work directory."""
+    """The stage cache of one work directory: ``cache/<stage>/<key>/`` folders, metric results, and
+    JSON reading that treats an unreadable file as absent (it is then recomputed)."""
 
     def __init__(self, workdir: Path) -> None:
         self.root = Path(workdir) / "cache"
-
-    # -- folders ---------------------------------------------------------------------------------
 
     def dir(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -107,42 +107,13 @@ class Cache:
     def hash_memo(self) -> Path:
         return self.root / "file-hashes.json"
 
-    # -- features --------------------------------------------------------------------------------
-
-    def feature_file(self, key: str, image_id: int) -> Path:
-        return self.dir("features", key) / f"{int(image_id)}.pt"
-
-    def summary_file(self, stage: str, key: str, split: str, ids: list[int]) -> Path:
-        name = "summary" if stage == "features" else "masks"
-        return self.dir(stage, key) / f"{name}-{split}-{ids_digest(ids)}.json"
-
-    def other_summaries(self, stage: str, key: str) -> list[Path]:
-        folder = self.dir(stage, key)
-        name = "summary" if stage == "features" else "masks"
-        return sorted(folder.glob(f"{name}-*.json")) if folder.exists() else []
-
-    # -- pseudo-masks ----------------------------------------------------------------------------
-
-    def mask_file(self, key: str, image_id: int) -> Path:
-        return self.dir("pseudo-masks", key) / f"{int(image_id)}.json"
-
-    # -- student ---------------------------------------------------------------------------------
-
-    def student_dir(self, key: str) -> Path:
-        return self.dir("student", key)
-
-    def predictions_file(self, key: str) -> Path:
-        return self.student_dir(key) / "predictions.json"
-
-    def skipped_file(self, key: str) -> Path:
-        return self.student_dir(key) / "skipped.json"
-
-    # -- metrics ---------------------------------------------------------------------------------
-
     def metric_file(self, key: str) -> Path:
         return self.root / "metrics" / f"{key}.json"
 
-    # -- generic json ----------------------------------------------------------------------------
+    @staticmethod
+    def summaries(folder: Path) -> list[Path]:
+        """Summaries of a per-image stage's folder (one per id list it was run over)."""
+        return sorted(folder.glob("summary-*.json")) if folder.exists() else []
 
     @staticmethod
     def read(path: Path) -> Any | None:

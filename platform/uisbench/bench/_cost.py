@@ -114,8 +114,26 @@ def cost_record(
     }
 
 
-def combine(stage: str, records: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-    """One record from several (train and val split): images and seconds add, peaks take the max."""
+def combine_ranks(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Cost of ranks that ran side by side: images add up, wall time is the slowest rank's."""
+    if not records:
+        return None
+    if len(records) == 1:
+        return records[0]
+    gpu = [r["peak_gpu_mb"] for r in records if r.get("peak_gpu_mb") is not None]
+    return cost_record(
+        records[0]["stage"],
+        sum(r["images"] for r in records),
+        max(r["seconds"] for r in records),
+        max(r["peak_host_mb"] for r in records),
+        max(gpu) if gpu else None,
+        records[0]["device"],
+    )
+
+
+def combine_parts(stage: str, records: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """One record from consecutive parts (e.g. the train and val splits): images and seconds add up,
+    peaks take the maximum."""
     records = [r for r in records if r]
     if not records:
         return None

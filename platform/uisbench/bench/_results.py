@@ -73,7 +73,9 @@ def primary_metric(cells: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def build_results(
-    engine: Any,
+    pipeline: Any,
+    host: Any,
+    registry: Any,
     cells: list[dict[str, Any]],
     backbones: dict[str, dict[str, Any]],
     computed: dict[str, int],
@@ -82,22 +84,23 @@ def build_results(
 ) -> dict[str, Any]:
     from ._cost import hardware
 
-    ds_item = engine.items[("datasets", engine.dataset_name)]
-    splits = ["train", "val"] if engine.student_names else ["val"]
+    ctx, plan, data = pipeline.ctx, pipeline.plan, pipeline.data
+    splits = ["train", "val"] if plan.students else ["val"]
     skipped: list[dict[str, Any]] = []
     for split in splits:
-        for entry in engine.skipped.get(split, {}).values():
+        for entry in data.skipped.get(split, {}).values():
             skipped.append({"split": split, **entry})
     root = Path(__file__).resolve().parents[3]
     metrics = {}
-    for name in engine.metric_names:
-        item = engine.items[("metrics", name)]
+    for name in plan.metrics:
+        entry = plan.entry("metrics", name)
         metrics[name] = {
-            **item.describe(),
-            "higher_is_better": {k: bool(v) for k, v in item.spec.higher_is_better.items()},
-            "needs": sorted(item.spec.needs),
-            "stages": sorted(item.spec.stages),
+            **entry.describe(),
+            "higher_is_better": {k: bool(v) for k, v in entry.spec.higher_is_better.items()},
+            "needs": sorted(entry.spec.needs),
+            "stages": sorted(entry.spec.stages),
         }
+    options = ctx.options
     results = {
         "kind": "uisbench-results",
         "schema_version": SCHEMA_VERSION,
@@ -105,48 +108,45 @@ def build_results(
         "run": {
             "started": started.isoformat(timespec="seconds"),
             "seconds": round(seconds, 3),
-            "argv": list(engine.opt.argv),
-            "device": engine.device,
-            "hardware": hardware(engine.device),
-            "world_size": engine.shard.world,
-            "seed": engine.seed,
-            "workdir": str(engine.workdir),
+            "argv": list(options.argv),
+            "device": ctx.device,
+            "hardware": hardware(ctx.device),
+            "world_size": ctx.shard.world,
+            "seed": ctx.seed,
+            "workdir": str(ctx.workdir),
             "options": {
-                "force": sorted(engine.force),
-                "limit": engine.opt.limit,
-                "skip_bad_images": bool(engine.opt.skip_bad_images),
-                "batch_size": int(engine.opt.batch_size),
-                "num_workers": int(engine.num_workers),
+                "force": sorted(ctx.force),
+                "limit": options.limit,
+                "skip_bad_images": bool(options.skip_bad_images),
+                "batch_size": int(options.batch_size),
+                "num_workers": int(ctx.num_workers),
             },
             "computed": dict(computed),
-            "built": sorted(set(engine.built)),
+            "built": sorted(set(ctx.built)),
         },
         "dataset": {
-            "name": engine.dataset_name,
-            **ds_item.describe(),
-            "has_ground_truth": engine.has_ground_truth,
-            "splits": {
-                split: {"images": len(engine.ids(split)), "fingerprint": engine.data_identity(split)["fingerprint"]}
-                for split in splits
-            },
+            "name": plan.dataset,
+            **data.entry.describe(),
+            "has_ground_truth": data.has_ground_truth,
+            "splits": {split: {"images": len(data.ids(split)), "fingerprint": data.identity(split)["fingerprint"]} for split in splits},
             "skipped_images": skipped,
         },
         "provenance": {
             "uisbench": __version__,
-            **_versions(engine.device),
+            **_versions(ctx.device),
             "git": _git(root),
             "registry": {
-                "files": [{"path": str(p), "sha256": _sha256(p)} for p in engine.registry.files],
-                "sha256": engine.registry.sha256,
+                "files": [{"path": str(p), "sha256": _sha256(p)} for p in registry.files],
+                "sha256": registry.sha256,
             },
             "plugins": [
                 {"name": p.name, "module": p.module, "distribution": p.distribution, "version": p.version, "builtin": p.builtin}
-                for p in engine.host.plugins.values()
+                for p in host.plugins.values()
             ],
             "plugin_failures": [
-                {"name": f.name, "distribution": f.distribution, "version": f.version, "error": f.error} for f in engine.host.failures
+                {"name": f.name, "distribution": f.distribution, "version": f.version, "error": f.error} for f in host.failures
             ],
-            "seeds": {"bench": engine.seed},
+            "seeds": {"bench": ctx.seed},
         },
         "primary_metric": primary_metric(cells),
         "metrics": metrics,

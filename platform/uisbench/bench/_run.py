@@ -1,16 +1,35 @@
-"""``run_bench``: walk the matrix cell by cell, then write results.json, the leaderboard and the report."""
+"""``run_bench``: walk the matrix cell by cell through the pipeline's stages, then write results.json,
+the leaderboard and the report.
+
+Stages of a cell (backbone x masker x student)::
+
+    features (per backbone, train and val) -> pseudo-masks (per backbone x masker)
+        -> masker metrics (val pseudo-masks vs ground truth)
+        -> student (fit on train pseudo-masks, predict val) -> student metrics
+
+Work is demand-driven: a stage runs only when something downstream is not cached, and plugin objects
+(backbones above all) are built only when a stage must run. Failure isolation:
+:class:`uisbench.BackboneUnavailable` makes the row ``unavailable``, :class:`uisbench.IncompatibleError`
+from a student makes its part ``skipped``, any other exception makes the cell ``failed`` (traceback in
+``<workdir>/logs``); the run goes on.
+"""
 
 from __future__ import annotations
 
-import sys
 import time
 from datetime import datetime, timezone
 from typing import Any
 
-from ._cost import combine
-from ._engine import BenchOptions, Engine, StageError
+from ._context import BenchContext, BenchOptions
+from ._cost import combine_parts
+from ._data import BenchData
+from ._evaluate import MetricEvaluator, Scoring
+from ._features import backbone_provenance
+from ._pipeline import Pipeline
+from ._plan import make_plan
+from ._stage import StageError
 
-__all__ = ["run_bench", "BenchOutcome"]
+__all__ = ["run_bench", "open_pipeline", "BenchOutcome"]
 
 
 class BenchOutcome(dict):
@@ -22,9 +41,9 @@ class BenchOutcome(dict):
         return 1 if any(p["status"] == "failed" for p in parts) else 0
 
 
-def _say(engine: Engine, text: str) -> None:
-    if engine.shard.main:
-        print(text, file=sys.stderr, flush=True)
+def _failed_metrics(metrics: dict[str, Any]) -> str | None:
+    failed = [f"metric {n}: {r['reason']}" for n, r in metrics.items() if r.get("status") == "failed"]
+    return "; ".join(failed) or None
 
 
 def _fmt(value: Any) -> str:
@@ -45,80 +64,110 @@ def _summary_line(cell: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _features_cost(engine: Engine, b: str, splits: list[str]) -> dict[str, Any] | None:
-    records = []
-    for split in splits:
-        summary = engine._memo.get(("features", b, split))
-        if summary is None:
-            path = engine.cache.summary_file("features", engine.features_key(b, split), split, engine.ids(split))
-            summary = engine.cache.read(path)
-        if summary and summary.get("cost"):
-            records.append(summary["cost"])
-    return combine("features", records)
+class CellWalker:
+    """Runs every cell of the plan and collects the ``cells`` and ``backbones`` parts of results.json."""
 
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.ctx = pipeline.ctx
+        self.plan = pipeline.plan
+        self.evaluator = MetricEvaluator(pipeline)
+        self.splits = ["train", "val"] if self.plan.students else ["val"]
 
-def _features_provenance(engine: Engine, b: str) -> dict[str, Any] | None:
-    lazy = engine.backbones[b]
-    if lazy.obj is not None:
-        return engine._provenance(lazy.obj)
-    for split in ("val", "train"):
-        summary = engine._memo.get(("features", b, split))
-        if summary is None and split in engine._ids:
-            summary = engine.cache.read(engine.cache.summary_file("features", engine.features_key(b, split), split, engine.ids(split)))
-        if summary and summary.get("provenance") is not None:
-            return summary["provenance"]
-    return None
+    # -- costs and provenance, read from finished stages (never computing) ---------------------
 
+    def features_cost(self, b: str, splits: list[str]) -> dict[str, Any] | None:
+        outputs = [self.pipeline.peek(self.pipeline.features(b, split)) for split in splits]
+        return combine_parts("features", [o.cost for o in outputs if o])
 
-def _masks_cost(engine: Engine, b: str, m: str, splits: list[str]) -> dict[str, Any] | None:
-    """Cost of the pseudo-mask stage over ``splits``, read from the cache (computes nothing)."""
-    records = []
-    for split in splits:
-        key = engine.masks_key(b, m, split)
-        data = engine._memo.get(("masks-content", key, split))
-        if data is None:
-            data = engine.cache.read(engine.cache.summary_file("pseudo-masks", key, split, engine.ids(split)))
-            if data is not None:
-                engine._memo[("masks-content", key, split)] = data
-        if data and data.get("cost"):
-            records.append(data["cost"])
-    return combine("pseudo-masks", records)
+    def masks_cost(self, b: str, m: str, splits: list[str]) -> dict[str, Any] | None:
+        outputs = [self.pipeline.peek(self.pipeline.pseudo_masks(b, m, split)) for split in splits]
+        return combine_parts("pseudo-masks", [o.cost for o in outputs if o])
 
+    def features_provenance(self, b: str) -> dict[str, Any] | None:
+        handle = self.pipeline.backbones[b]
+        if handle.backbone is not None:
+            return backbone_provenance(handle.backbone)
+        for split in ("val", "train"):
+            if self.pipeline.data.known_ids(split) is None:
+                continue
+            output = self.pipeline.peek(self.pipeline.features(b, split))
+            if output and output.provenance is not None:
+                return output.provenance
+        return None
 
-def _cells(engine: Engine) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    students: list[str | None] = list(engine.student_names) or [None]
-    splits = ["train", "val"] if engine.student_names else ["val"]
-    cells: list[dict[str, Any]] = []
-    backbones: dict[str, dict[str, Any]] = {}
-    for b in engine.backbone_names:
-        item = engine.items[("backbones", b)]
-        row_started = time.perf_counter()
-        binfo: dict[str, Any] = {
-            **item.describe(),
-            "calibration": bool(getattr(item.spec, "calibration", False)),
-            "status": "ok",
-            "reason": None,
-            "metrics": {},
-        }
-        backbones[b] = binfo
+    # -- parts of a cell ----------------------------------------------------------------------
+
+    def pseudo_mask_part(self, b: str, m: str) -> dict[str, Any]:
+        output = self.pipeline.run(self.pipeline.pseudo_masks(b, m, "val"))
+        scoring = Scoring(
+            what=f"{b} / {m}",
+            stage="pseudo-masks",
+            upstream_key=output.key,
+            features=self.pipeline.features(b, "val"),
+            predictions=lambda: output.summary["predictions"],
+            costs=lambda: [c for c in (self.features_cost(b, ["val"]), self.masks_cost(b, m, ["val"])) if c],
+        )
+        return {"status": "ok", "reason": None, "key": output.key, "metrics": self.evaluator.evaluate(scoring)}
+
+    def student_part(self, b: str, m: str, s: str) -> dict[str, Any]:
+        try:
+            output = self.pipeline.run(self.pipeline.student(b, m, s))
+
+            def costs() -> list[dict[str, Any]]:
+                out = [c for c in (self.features_cost(b, self.splits), self.masks_cost(b, m, self.splits)) if c]
+                student_cost = combine_parts("student", [output.cost.get("train"), output.cost.get("predict")])
+                return [*out, student_cost] if student_cost else out
+
+            scoring = Scoring(f"{b} / {m} / {s}", "student", output.key, None, lambda: output.summary["predictions"], costs)
+            metrics = self.evaluator.evaluate(scoring)
+            part = {"status": "ok", "reason": None, "key": output.key, "provenance": output.summary.get("provenance", {}), "metrics": metrics}
+            failed = _failed_metrics(metrics)
+            if failed:
+                part["status"], part["reason"] = "failed", failed
+            return part
+        except StageError as err:
+            return {"status": err.status, "reason": err.reason, "metrics": {}}
+
+    def timings(self, b: str, m: str, s: str | None, cell: dict[str, Any]) -> dict[str, Any]:
+        if cell["status"] == "unavailable":
+            return {}
+        out: dict[str, Any] = {}
+        try:
+            out["features"] = self.features_cost(b, self.splits)
+            if (cell.get("pseudo_masks") or {}).get("status") == "ok":
+                out["pseudo-masks"] = self.masks_cost(b, m, self.splits if s else ["val"])
+            if s is not None and (cell.get("student_stage") or {}).get("status") == "ok":
+                cost = self.pipeline.run(self.pipeline.student(b, m, s)).cost or {}
+                out["student-train"], out["student-predict"] = cost.get("train"), cost.get("predict")
+        except Exception:  # timings are informative; never fail a cell over them
+            pass
+        return {k: v for k, v in out.items() if v}
+
+    # -- the walk -----------------------------------------------------------------------------
+
+    def walk(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        cells: list[dict[str, Any]] = []
+        backbones: dict[str, dict[str, Any]] = {}
+        for b in self.plan.backbones:
+            backbones[b] = self.row(b, cells)
+            self.pipeline.backbones[b].release()
+        return cells, backbones
+
+    def row(self, b: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
+        entry = self.plan.entry("backbones", b)
+        started = time.perf_counter()
+        calibration = bool(getattr(entry.spec, "calibration", False))
+        info: dict[str, Any] = {**entry.describe(), "calibration": calibration, "status": "ok", "reason": None, "metrics": {}}
+        students: list[str | None] = list(self.plan.students) or [None]
+        row_cells: list[dict[str, Any]] = []
         unavailable: str | None = None
-        for m in engine.masker_names:
+        for m in self.plan.maskers:
             pm_part: dict[str, Any] | None = None
             cell_started = time.perf_counter()
             if unavailable is None:
                 try:
-                    pm = engine.pseudo_masks(b, m, "val")
-                    fkey = engine.features_key(b, "val")
-                    pm_metrics = engine.evaluate(
-                        f"{b} / {m}",
-                        "pseudo-masks",
-                        pm["key"],
-                        fkey,
-                        lambda b=b, m=m: engine.read_masks(b, m, "val")["predictions"],
-                        lambda b=b, m=m: [c for c in (_features_cost(engine, b, ["val"]), _masks_cost(engine, b, m, ["val"])) if c],
-                        ensure_features=lambda b=b: engine.features(b, "val"),
-                    )
-                    pm_part = {"status": "ok", "reason": None, "key": pm["key"], "metrics": pm_metrics}
+                    pm_part = self.pseudo_mask_part(b, m)
                 except StageError as err:
                     if err.status == "unavailable":
                         unavailable = err.reason
@@ -126,117 +175,88 @@ def _cells(engine: Engine) -> tuple[list[dict[str, Any]], dict[str, dict[str, An
                         pm_part = {"status": err.status, "reason": err.reason, "metrics": {}}
             pm_seconds = time.perf_counter() - cell_started
             for s in students:
-                started = time.perf_counter()
-                cell: dict[str, Any] = {
-                    "backbone": b,
-                    "masker": m,
-                    "student": s,
-                    "calibration": binfo["calibration"],
-                    "pretrained": None,
-                    "status": "ok",
-                    "reason": None,
-                    "pseudo_masks": pm_part,
-                    "student_stage": None,
-                    "timings": {},
-                }
-                if unavailable is not None:
-                    cell["status"], cell["reason"] = "unavailable", unavailable
-                elif pm_part is not None and pm_part["status"] != "ok":
-                    cell["status"], cell["reason"] = pm_part["status"], pm_part["reason"]
-                else:
-                    failed = [f"metric {n}: {r['reason']}" for n, r in pm_part["metrics"].items() if r.get("status") == "failed"]  # type: ignore[index]
-                    if failed:
-                        cell["status"], cell["reason"] = "failed", "; ".join(failed)
-                    if s is not None:
-                        cell["student_stage"] = _student_stage(engine, b, m, s, splits)
-                        sp = cell["student_stage"]
-                        if sp["status"] != "ok" and cell["status"] == "ok":
-                            cell["status"], cell["reason"] = sp["status"], sp["reason"]
-                        elif sp["status"] == "failed":
-                            cell["status"], cell["reason"] = "failed", sp["reason"]
-                cell["timings"] = _timings(engine, b, m, s, splits, cell)
-                cell["seconds"] = round(time.perf_counter() - started + (pm_seconds if s == students[0] else 0.0), 3)
-                cells.append(cell)
+                cell_start = time.perf_counter()
+                cell = self.cell(b, m, s, calibration, pm_part, unavailable)
+                cell["timings"] = self.timings(b, m, s, cell)
+                cell["seconds"] = round(time.perf_counter() - cell_start + (pm_seconds if s == students[0] else 0.0), 3)
+                row_cells.append(cell)
                 if unavailable is None:
-                    _say(engine, _summary_line(cell))
-        if unavailable is None and engine.metrics_for("features"):
+                    self.ctx.say(_summary_line(cell))
+        if unavailable is None and self.plan.metric_names_for("features"):
             # Metrics of the features alone (e.g. cost), per backbone, once its features exist.
             try:
-                fkey = engine.features_key(b, "val")
-                binfo["metrics"] = engine.evaluate(
-                    b,
-                    "features",
-                    fkey,
-                    fkey,
-                    None,
-                    lambda b=b: [c for c in [_features_cost(engine, b, ["val"])] if c],
-                    ensure_features=lambda b=b: engine.features(b, "val"),
-                )
-                failed = [f"metric {n}: {r['reason']}" for n, r in binfo["metrics"].items() if r.get("status") == "failed"]
+                features = self.pipeline.features(b, "val")
+                scoring = Scoring(b, "features", self.pipeline.runner.key(features), features, None,
+                                  lambda: [c for c in [self.features_cost(b, ["val"])] if c])
+                info["metrics"] = self.evaluator.evaluate(scoring)
+                failed = _failed_metrics(info["metrics"])
                 if failed:
-                    binfo["status"], binfo["reason"] = "failed", "; ".join(failed)
+                    info["status"], info["reason"] = "failed", failed
             except StageError as err:
                 if err.status == "unavailable":
                     unavailable = err.reason
                 else:
-                    binfo["status"], binfo["reason"] = err.status, err.reason
+                    info["status"], info["reason"] = err.status, err.reason
         if unavailable is not None:
-            _say(engine, f"[unavailable] {b}: {unavailable.strip()}")
-            binfo["status"], binfo["reason"] = "unavailable", unavailable
-            for cell in cells:
-                if cell["backbone"] == b:
-                    cell["status"], cell["reason"] = "unavailable", unavailable
-                    cell["pseudo_masks"], cell["student_stage"] = None, None
-        prov = None if unavailable else _features_provenance(engine, b)
-        binfo["provenance"] = prov
-        binfo["pretrained"] = None if not prov or "pretrained" not in prov else bool(prov["pretrained"])
-        binfo["features"] = {"train": _features_cost(engine, b, ["train"]) if "train" in splits else None, "val": _features_cost(engine, b, ["val"])} if not unavailable else None
-        binfo["seconds"] = round(time.perf_counter() - row_started, 3)
-        for cell in cells:
-            if cell["backbone"] == b:
-                cell["pretrained"] = binfo["pretrained"]
-        engine.backbones[b].release()
-    return cells, backbones
+            self.ctx.say(f"[unavailable] {b}: {unavailable.strip()}")
+            info["status"], info["reason"] = "unavailable", unavailable
+            for cell in row_cells:
+                cell.update(status="unavailable", reason=unavailable, pseudo_masks=None, student_stage=None)
+        provenance = None if unavailable else self.features_provenance(b)
+        info["provenance"] = provenance
+        info["pretrained"] = None if not provenance or "pretrained" not in provenance else bool(provenance["pretrained"])
+        if unavailable:
+            info["features"] = None
+        else:
+            train = self.features_cost(b, ["train"]) if "train" in self.splits else None
+            info["features"] = {"train": train, "val": self.features_cost(b, ["val"])}
+        info["seconds"] = round(time.perf_counter() - started, 3)
+        for cell in row_cells:
+            cell["pretrained"] = info["pretrained"]
+        cells.extend(row_cells)
+        return info
+
+    def cell(self, b: str, m: str, s: str | None, calibration: bool, pm_part: dict[str, Any] | None, unavailable: str | None) -> dict[str, Any]:
+        cell: dict[str, Any] = {
+            "backbone": b,
+            "masker": m,
+            "student": s,
+            "calibration": calibration,
+            "pretrained": None,
+            "status": "ok",
+            "reason": None,
+            "pseudo_masks": pm_part,
+            "student_stage": None,
+            "timings": {},
+        }
+        if unavailable is not None:
+            cell["status"], cell["reason"] = "unavailable", unavailable
+        elif pm_part is not None and pm_part["status"] != "ok":
+            cell["status"], cell["reason"] = pm_part["status"], pm_part["reason"]
+        else:
+            failed = _failed_metrics(pm_part["metrics"])  # type: ignore[index]
+            if failed:
+                cell["status"], cell["reason"] = "failed", failed
+            if s is not None:
+                part = cell["student_stage"] = self.student_part(b, m, s)
+                if part["status"] != "ok" and cell["status"] == "ok":
+                    cell["status"], cell["reason"] = part["status"], part["reason"]
+                elif part["status"] == "failed":
+                    cell["status"], cell["reason"] = "failed", part["reason"]
+        return cell
 
 
-def _student_stage(engine: Engine, b: str, m: str, s: str, splits: list[str]) -> dict[str, Any]:
+def open_pipeline(host: Any, registry: Any, options: BenchOptions) -> Pipeline:
+    """The pipeline of ``options``' matrix, nothing computed yet (under torchrun: the process group is
+    up; close it with ``pipeline.ctx.shard.close()``)."""
+    ctx = BenchContext(options, options.seed if options.seed is not None else registry.bench.seed)
     try:
-        info = engine.student(b, m, s)
-        data = engine.read_student(b, m, s)
-
-        def costs() -> list[dict[str, Any]]:
-            out = [c for c in (_features_cost(engine, b, splits), _masks_cost(engine, b, m, splits)) if c]
-            student_cost = combine("student", [data["cost"].get("train"), data["cost"].get("predict")])
-            if student_cost:
-                out.append(student_cost)
-            return out
-
-        metrics = engine.evaluate(f"{b} / {m} / {s}", "student", info["key"], None, lambda: data["predictions"], costs)
-        part = {"status": "ok", "reason": None, "key": info["key"], "provenance": data.get("provenance", {}), "metrics": metrics}
-        failed = [f"metric {n}: {r['reason']}" for n, r in metrics.items() if r.get("status") == "failed"]
-        if failed:
-            part["status"], part["reason"] = "failed", "; ".join(failed)
-        return part
-    except StageError as err:
-        return {"status": err.status, "reason": err.reason, "metrics": {}}
-
-
-def _timings(engine: Engine, b: str, m: str, s: str | None, splits: list[str], cell: dict[str, Any]) -> dict[str, Any]:
-    if cell["status"] == "unavailable":
-        return {}
-    out: dict[str, Any] = {}
-    try:
-        out["features"] = _features_cost(engine, b, splits)
-        if cell.get("pseudo_masks") and cell["pseudo_masks"].get("status") == "ok":
-            out["pseudo-masks"] = _masks_cost(engine, b, m, splits if s else ["val"])
-        sp = cell.get("student_stage")
-        if s is not None and sp and sp.get("status") == "ok":
-            data = engine.read_student(b, m, s)
-            out["student-train"] = data["cost"].get("train")
-            out["student-predict"] = data["cost"].get("predict")
-    except Exception:  # timings are informative; never fail a cell over them
-        pass
-    return {k: v for k, v in out.items() if v}
+        plan = make_plan(host, registry, options, ctx.cache.hash_memo())
+        data = BenchData(plan.entry("datasets", plan.dataset), options.limit, options.skip_bad_images)
+        return Pipeline(ctx, plan, data)
+    except BaseException:
+        ctx.shard.close()
+        raise
 
 
 def run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
@@ -247,22 +267,22 @@ def run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
 
     started_wall = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    engine = Engine(host, registry, options)
+    pipeline = open_pipeline(host, registry, options)
+    ctx, plan = pipeline.ctx, pipeline.plan
     try:
-        engine.workdir.mkdir(parents=True, exist_ok=True)
-        _say(engine, f"uisbench bench: {len(engine.backbone_names)} backbone(s) x {len(engine.masker_names)} masker(s) x "
-             f"{max(1, len(engine.student_names))} student(s) on {engine.dataset_name} ({engine.device}, workdir {engine.workdir})")
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        ctx.say(f"uisbench bench: {len(plan.backbones)} backbone(s) x {len(plan.maskers)} masker(s) x "
+                f"{max(1, len(plan.students))} student(s) on {plan.dataset} ({ctx.device}, workdir {ctx.workdir})")
         for failure in host.failures:
-            _say(engine, f"warning: plugin {failure.name} ({failure.distribution} {failure.version}) failed to load: {failure.error}")
-        cells, backbones = _cells(engine)
-        computed = engine.shard.gather(dict(engine.computed))
-        total = {k: sum(c[k] for c in computed) for k in engine.computed}
-        results = build_results(engine, cells, backbones, total, started_wall, time.perf_counter() - t0)
+            ctx.say(f"warning: plugin {failure.name} ({failure.distribution} {failure.version}) failed to load: {failure.error}")
+        cells, backbones = CellWalker(pipeline).walk()
+        computed = ctx.shard.gather(dict(ctx.computed))
+        total = {k: sum(c[k] for c in computed) for k in ctx.computed}
+        results = build_results(pipeline, host, registry, cells, backbones, total, started_wall, time.perf_counter() - t0)
         outcome = BenchOutcome(results)
-        if engine.shard.main:
-            write_outputs(engine, outcome, report=options.report)
-        engine.shard.barrier()
+        if ctx.shard.main:
+            write_outputs(pipeline, outcome, report=options.report)
+        ctx.shard.barrier()
         return outcome
     finally:
-        engine.shard.close()
-
+        ctx.shard.close()

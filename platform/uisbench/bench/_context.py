@@ -1,0 +1,133 @@
+"""What one bench run shares between its parts: the options, the device, the ranks, the cache, the
+log, and the counters of what was built and computed.
+
+Everything here is cheap to create; torch is imported only where a device or a seed is needed.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackboneUnavailable, ConfigError, IncompatibleError
+from ._cache import STAGES, Cache
+from ._shard import Shard, detect_shard
+
+__all__ = ["BenchOptions", "BenchContext", "resolve_device", "seed_everything", "short_error", "progress_bar"]
+
+
+@dataclass
+class BenchOptions:
+    """What ``platform bench`` was asked to do. ``None`` lists mean "the registry's bench default"."""
+
+    backbones: list[str] | None = None
+    maskers: list[str] | None = None
+    students: list[str] | None = None
+    metrics: list[str] | None = None
+    dataset: str | None = None
+    device: str = "auto"
+    workdir: Path = Path("runs/default")
+    force: frozenset[str] = frozenset()
+    skip_bad_images: bool = False
+    limit: int | None = None
+    seed: int | None = None
+    batch_size: int = 8
+    num_workers: int | None = None
+    report: bool = True
+    report_images: int = 4
+    argv: list[str] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> str:
+    if device in (None, "", "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available here; use --device cpu or auto.")
+    elif device != "cpu":
+        raise ConfigError(f"--device {device!r}: use auto, cpu, cuda or cuda:N.")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def short_error(err: BaseException) -> str:
+    """One readable line for a cell's ``reason``: uisbench's own messages as they are, others with
+    their exception type."""
+    text = str(err).strip() or type(err).__name__
+    if not isinstance(err, (BackboneUnavailable, IncompatibleError, ConfigError)):
+        text = f"{type(err).__name__}: {text}"
+    return text if len(text) <= 2000 else text[:1997] + "..."
+
+
+def progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=None if enabled else True, leave=False, dynamic_ncols=True)
+
+
+class BenchContext:
+    """The run-wide state every stage and evaluator reads (one per ``run_bench``)."""
+
+    def __init__(self, options: BenchOptions, seed: int) -> None:
+        self.options = options
+        self.workdir = Path(options.workdir)
+        self.cache = Cache(self.workdir)
+        self.device = resolve_device(options.device)
+        self.shard: Shard = detect_shard(self.device)
+        if self.shard.distributed and self.device.startswith("cuda") and ":" not in self.device:
+            self.device = f"cuda:{self.shard.local_rank}"
+        self.device_type = self.device.split(":")[0]
+        self.seed = int(seed)
+        self.force = _expand_force(options.force)
+        self.batch_size = max(1, int(options.batch_size))
+        default_workers = 0 if self.device_type == "cpu" else 4
+        self.num_workers = options.num_workers if options.num_workers is not None else default_workers
+        #: plugin objects built in this run ("backbone:NAME", ...): empty on a fully cached rerun
+        self.built: list[str] = []
+        #: images (or students, metric results) computed in this run, per stage
+        self.computed = {stage: 0 for stage in STAGES}
+        name = f"bench-rank{self.shard.rank}.log" if self.shard.distributed else "bench.log"
+        self.log_path = self.workdir / "logs" / name
+        self.show_progress = self.shard.main
+
+    def say(self, text: str) -> None:
+        """A line for the user on stderr, from rank 0 only."""
+        if self.shard.main:
+            print(text, file=sys.stderr, flush=True)
+
+    def log_failure(self, what: str, err: BaseException) -> None:
+        """Append ``err``'s traceback to the run's log (the cell's reason points here)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write(f"\n==== {stamp} {what}\n")
+            handle.write("".join(traceback.format_exception(type(err), err, err.__traceback__)))
+
+
+def _expand_force(force: frozenset[str]) -> frozenset[str]:
+    """``--force STAGE`` redoes that stage and every stage after it."""
+    unknown = set(force) - set(STAGES)
+    if unknown:
+        raise ConfigError(f"--force {', '.join(sorted(unknown))}: use one of {', '.join(STAGES)}.")
+    if not force:
+        return frozenset()
+    first = min(STAGES.index(s) for s in force)
+    return frozenset(STAGES[first:])

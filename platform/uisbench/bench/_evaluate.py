@@ -1,0 +1,208 @@
+"""Metric evaluation of one stage's output: each metric cached under its own key, per-image updates
+sharded across ranks, metric states merged on rank 0.
+
+A metric result is ``{"status", "reason", "values", "higher_is_better"[, "info"]}``; ``status`` is
+``ok``, ``skipped`` (the data lacks what the metric needs) or ``failed`` (traceback in the log).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..contracts import EvalSample, Prediction
+from ._cache import ids_digest, make_key
+from ._context import short_error
+from ._cost import to_stage_cost
+
+if TYPE_CHECKING:
+    from ._features import FeaturesStage
+    from ._pipeline import Pipeline
+
+__all__ = ["Scoring", "MetricEvaluator"]
+
+#: A metric's result at one stage: {"status", "reason", "values", "higher_is_better", "info"}.
+MetricResult = dict[str, Any]
+
+
+@dataclass
+class Scoring:
+    """What to score: a stage's output (its key), the predictions and costs it yields, and the
+    features stage whose per-image features metrics that need ``features`` read."""
+
+    what: str
+    stage: str
+    upstream_key: str
+    features: FeaturesStage | None
+    predictions: Callable[[], dict[str, list[dict[str, Any]]]] | None
+    costs: Callable[[], list[dict[str, Any]]]
+
+
+def _finite(values: dict[str, Any]) -> dict[str, float | None]:
+    """Metric values as JSON-safe floats (``nan``/``inf`` become ``null``)."""
+    out: dict[str, float | None] = {}
+    for k, v in values.items():
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            out[str(k)] = None
+            continue
+        out[str(k)] = f if math.isfinite(f) else None
+    return out
+
+
+class MetricEvaluator:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.ctx = pipeline.ctx
+        self.plan = pipeline.plan
+
+    def _spec(self, name: str) -> Any:
+        return self.plan.entry("metrics", name).spec
+
+    def key(self, scoring: Scoring, name: str) -> str:
+        data = self.pipeline.data
+        features = None
+        if scoring.features is not None and "features" in self._spec(name).needs:
+            features = self.pipeline.runner.key(scoring.features)
+        return make_key(
+            stage="metrics",
+            upstream=scoring.upstream_key,
+            features=features,
+            metric=self.plan.entry("metrics", name).identity,
+            val=data.identity("val"),
+            val_ids=ids_digest(data.ids("val")),
+            seed=self.ctx.seed,
+        )
+
+    def evaluate(self, scoring: Scoring) -> dict[str, MetricResult]:
+        """Results of every metric that applies to ``scoring.stage``, from the cache where possible."""
+        ctx, runner = self.ctx, self.pipeline.runner
+        names = self.plan.metric_names_for(scoring.stage)
+        results: dict[str, MetricResult] = {}
+        todo: dict[str, str] = {}
+        for name in names:
+            if "ground_truth" in self._spec(name).needs and not self.pipeline.data.has_ground_truth:
+                reason = f"dataset {self.pipeline.data.name!r} has no ground truth"
+                results[name] = {"status": "skipped", "reason": reason, "values": {}}
+                continue
+            key = self.key(scoring, name)
+            path = ctx.cache.metric_file(key)
+            cached = runner.decide(lambda path=path: None if "metrics" in ctx.force else ctx.cache.read(path))
+            if cached is not None:
+                results[name] = cached
+            else:
+                todo[name] = key
+        if todo:
+            if scoring.features is not None and any("features" in self._spec(n).needs for n in todo):
+                self.pipeline.run(scoring.features)
+            results.update(runner.collective(f"{scoring.what} metrics", lambda: self._compute(scoring, todo)))
+        return {name: results[name] for name in names if name in results}
+
+    def _compute(self, scoring: Scoring, todo: dict[str, str]) -> dict[str, MetricResult]:
+        ctx = self.ctx
+        metrics: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        for name in todo:
+            try:
+                metrics[name] = self.plan.entry("metrics", name).build()
+            except Exception as err:
+                ctx.log_failure(f"{scoring.what} metric {name}", err)
+                errors[name] = short_error(err)
+        needs = {name: self._spec(name).needs for name in metrics}
+        per_image = [n for n in metrics if needs[n] - {"cost"}]
+        if per_image:
+            self._update(scoring, metrics, needs, per_image, errors)
+        if ctx.shard.main:
+            for name in metrics:
+                if "cost" in needs[name] and name not in errors:
+                    try:
+                        for record in scoring.costs():
+                            metrics[name].observe_cost(to_stage_cost(record))
+                    except Exception as err:
+                        ctx.log_failure(f"{scoring.what} metric {name} cost", err)
+                        errors[name] = short_error(err)
+        states: dict[str, Any] = {}
+        for name, metric in metrics.items():
+            if name not in errors:
+                try:
+                    states[name] = metric.state() if ctx.shard.distributed else None
+                except Exception as err:
+                    errors[name] = short_error(err)
+        gathered = ctx.shard.gather((states, errors))
+        out: dict[str, MetricResult] = {}
+        if ctx.shard.main:
+            all_errors: dict[str, str] = {}
+            for _, errs in gathered:
+                for k, v in errs.items():
+                    all_errors.setdefault(k, v)
+            for name, key in todo.items():
+                if name in all_errors:
+                    out[name] = {"status": "failed", "reason": all_errors[name], "values": {}}
+                    continue
+                out[name] = self._result(scoring, name, metrics[name], [st[name] for st, _ in gathered[1:] if name in st])
+                if out[name]["status"] == "ok":
+                    ctx.cache.write(ctx.cache.metric_file(key), out[name])
+                    ctx.computed["metrics"] += 1
+        return ctx.shard.broadcast(out)
+
+    def _update(self, scoring: Scoring, metrics: dict[str, Any], needs: dict[str, Any], names: list[str], errors: dict[str, str]) -> None:
+        """Feed this rank's share of the val images to the per-image metrics."""
+        data = self.pipeline.data
+        dataset = data.dataset("val")
+        need_gt = any("ground_truth" in needs[n] for n in metrics)
+        need_feats = scoring.features is not None and any("features" in needs[n] for n in metrics)
+        need_preds = any("predictions" in needs[n] for n in metrics)
+        preds = scoring.predictions() if (scoring.predictions is not None and need_preds) else {}
+        features_key = self.pipeline.runner.key(scoring.features) if need_feats else None
+        for image_id in self.ctx.shard.mine(data.usable("val")):
+            feats, coverage = None, (1.0, 1.0)
+            if need_feats:
+                loaded = scoring.features.load(features_key, image_id)  # type: ignore[union-attr]
+                feats = _valid_region(loaded["features"].float(), loaded["valid"])
+                coverage = tuple(loaded.get("coverage", (1.0, 1.0)))
+            sample = EvalSample(
+                record=dataset.record(image_id),
+                ground_truth=dataset.ground_truth(image_id) if need_gt else None,
+                predictions=[Prediction.from_coco(p) for p in preds.get(str(image_id), [])],
+                features=None,
+                coverage=coverage,
+            )
+            for name in names:
+                if name in errors:
+                    continue
+                sample.features = feats if "features" in needs[name] else None
+                try:
+                    metrics[name].update(sample)
+                except Exception as err:
+                    self.ctx.log_failure(f"{scoring.what} metric {name} on image {image_id}", err)
+                    errors[name] = short_error(err)
+
+    def _result(self, scoring: Scoring, name: str, metric: Any, others: list[Any]) -> MetricResult:
+        """Merge the other ranks' states into ``metric`` and compute its values."""
+        try:
+            if self.ctx.shard.distributed:
+                metric.merge(others)
+            values = _finite(metric.compute())
+            info = metric.describe() if callable(getattr(metric, "describe", None)) else {}
+        except Exception as err:
+            self.ctx.log_failure(f"{scoring.what} metric {name} compute", err)
+            return {"status": "failed", "reason": short_error(err), "values": {}}
+        hib = dict(getattr(metric, "higher_is_better", None) or self._spec(name).higher_is_better)
+        result: MetricResult = {"status": "ok", "reason": None, "values": values, "higher_is_better": {k: bool(v) for k, v in hib.items()}}
+        if info:
+            result["info"] = {str(k): str(v) for k, v in info.items()}
+        return result
+
+
+def _valid_region(features: Any, valid: Any) -> Any:
+    """Crop ``(C, h, w)`` features to the bounding box of valid patches (pad-resized backbones)."""
+    if valid is None:
+        return features
+    rows = valid.any(dim=1).nonzero().flatten()
+    cols = valid.any(dim=0).nonzero().flatten()
+    if rows.numel() == 0 or cols.numel() == 0:
+        return features
+    return features[:, int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1]

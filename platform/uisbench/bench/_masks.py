@@ -1,0 +1,115 @@
+"""Stage ``pseudo-masks``: a masker's masks on one backbone's features of one split, one file per image."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..contracts import FeatureMap
+from ._context import progress_bar, seed_everything
+from ._cost import Meter, combine_ranks
+from ._stage import Stage, StageOutput
+
+if TYPE_CHECKING:
+    from ._features import FeaturesStage
+    from ._pipeline import Pipeline
+
+__all__ = ["PseudoMasksStage"]
+
+
+class PseudoMasksStage(Stage):
+    """Pseudo-masks of masker ``masker`` on backbone ``backbone``'s features of ``split``: ``<id>.json``
+    per image; the summary holds every image's predictions (COCO results) and the cost."""
+
+    name = "pseudo-masks"
+    per_image = True
+
+    def __init__(self, pipeline: Pipeline, backbone: str, masker: str, split: str) -> None:
+        super().__init__(pipeline.ctx, f"{backbone} / {masker} pseudo-masks ({split})", split)
+        self.pipeline = pipeline
+        self.backbone = backbone
+        self.masker = masker
+        self.features: FeaturesStage = pipeline.features(backbone, split)
+
+    @property
+    def address(self) -> tuple[Any, ...]:
+        return (self.name, self.backbone, self.masker, self.split)
+
+    def identity(self) -> dict[str, Any]:
+        entry = self.pipeline.plan.entry("maskers", self.masker)
+        return {"masker": entry.identity, "device": self.ctx.device_type, "seed": self.ctx.seed}
+
+    def inputs(self) -> list[Stage]:
+        return [self.features]
+
+    def image_ids(self) -> list[int]:
+        return self.pipeline.data.usable(self.split)  # images the features stage could read
+
+    def summary_ids(self) -> list[int]:
+        return self.pipeline.data.ids(self.split)
+
+    def compute(self, key: str, chunks: list[list[int]] | None) -> dict[str, Any] | None:
+        import torch
+
+        if not chunks:
+            return None
+        ctx = self.ctx
+        masker = self.pipeline.masker(self.masker)
+        dataset = self.pipeline.data.dataset(self.split)
+        features_key = self.pipeline.runner.key(self.features)
+        meter = Meter(self.name, ctx.device)
+        bar = progress_bar(sum(len(c) for c in chunks), self.label, ctx.show_progress)
+        try:
+            for chunk in chunks:
+                with meter:
+                    loaded = [self.features.load(features_key, i) for i in chunk]
+                    valid = None
+                    if loaded[0]["valid"] is not None:
+                        valid = torch.stack([r["valid"] for r in loaded]).to(masker.device)
+                    fm = FeatureMap(
+                        features=torch.stack([r["features"].float() for r in loaded]).to(masker.device),
+                        image_ids=list(chunk),
+                        patch_size=loaded[0]["patch_size"],
+                        facet=loaded[0]["facet"],
+                        layer=loaded[0]["layer"],
+                        valid=valid,
+                    )
+                    seed_everything(ctx.seed + chunk[0])
+                    with torch.no_grad():
+                        preds = masker.predict(fm, [dataset.record(i) for i in chunk])
+                    if len(preds) != len(chunk):
+                        raise ValueError(f"masker {self.masker!r} returned {len(preds)} prediction lists for {len(chunk)} images")
+                    for image_id, image_preds in zip(chunk, preds, strict=True):
+                        ctx.cache.write(
+                            self.item_path(key, image_id),
+                            {"image_id": image_id, "predictions": [p.to_coco() for p in image_preds]},
+                        )
+                    meter.images += len(chunk)
+                ctx.computed[self.name] += len(chunk)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+        return meter.record()
+
+    def finish(self, key: str, reports: list[Any]) -> dict[str, Any]:
+        predictions: dict[str, list[dict[str, Any]]] = {}
+        for image_id in self.image_ids():
+            item = self.ctx.cache.read(self.item_path(key, image_id))
+            if item is None:
+                raise RuntimeError(f"pseudo-masks of image {image_id} missing after the stage")
+            predictions[str(image_id)] = item["predictions"]
+        costs = [r for r in reports if r]
+        cost = combine_ranks(costs) if costs else None
+        if cost is None:  # every image was done by an earlier run over another id list
+            previous = [self.ctx.cache.read(p) for p in self.ctx.cache.summaries(self.folder(key))]
+            cost = next((p.get("cost") for p in previous if p and p.get("cost")), None)
+        return {
+            "key": key,
+            "split": self.split,
+            "images": len(predictions),
+            "skipped": self.pipeline.data.skipped_among(self.split, self.summary_ids()),
+            "cost": cost,
+            "predictions": predictions,
+        }
+
+    def adopt(self, output: StageOutput) -> None:
+        self.pipeline.data.note_skipped(self.split, output.skipped)

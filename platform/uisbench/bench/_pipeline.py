@@ -1,0 +1,61 @@
+"""The pipeline of a run: the stages of every cell, created by name, run through one :class:`StageRunner`.
+
+::
+
+    features(b, split) -> pseudo_masks(b, m, split) -> student(b, m, s)
+
+A new stage is a :class:`~uisbench.bench._stage.Stage` subclass plus one method here that creates it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._context import BenchContext
+from ._data import BenchData
+from ._features import FeaturesStage
+from ._masks import PseudoMasksStage
+from ._plan import BackboneHandle, Plan
+from ._stage import Stage, StageOutput, StageRunner
+from ._student import StudentStage
+
+__all__ = ["Pipeline"]
+
+
+class Pipeline:
+    """Stage factories and the plugin objects they share (backbones, maskers), for one run."""
+
+    def __init__(self, ctx: BenchContext, plan: Plan, data: BenchData) -> None:
+        self.ctx = ctx
+        self.plan = plan
+        self.data = data
+        self.runner = StageRunner(ctx)
+        self.backbones = {b: BackboneHandle(plan.entry("backbones", b), ctx, data) for b in plan.backbones}
+        self._maskers: dict[str, Any] = {}
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def features(self, backbone: str, split: str) -> FeaturesStage:
+        return FeaturesStage(self, backbone, split)
+
+    def pseudo_masks(self, backbone: str, masker: str, split: str) -> PseudoMasksStage:
+        return PseudoMasksStage(self, backbone, masker, split)
+
+    def student(self, backbone: str, masker: str, student: str) -> StudentStage:
+        return StudentStage(self, backbone, masker, student)
+
+    def run(self, stage: Stage) -> StageOutput:
+        return self.runner.run(stage)
+
+    def peek(self, stage: Stage) -> StageOutput | None:
+        return self.runner.peek(stage)
+
+    # -- shared plugin objects ----------------------------------------------------------------
+
+    def masker(self, name: str) -> Any:
+        """The masker object of entry ``name``, built once per run."""
+        if name not in self._maskers:
+            masker = self.plan.entry("maskers", name).build()
+            self._maskers[name] = masker.to(self.ctx.device) or masker
+            self.ctx.built.append(f"masker:{name}")
+        return self._maskers[name]

@@ -1,0 +1,180 @@
+"""Planning a run: registry entries resolved against their plugins, the matrix of cells, and
+backbones that are built only when a stage needs one.
+
+A cache key is computed from a :class:`ResolvedEntry`'s ``identity`` alone (plugin, version,
+parameters, hashes of the files its path parameters name), so a fully cached rerun builds nothing.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import BackboneUnavailable, ConfigError
+from ..types import REQUIRED
+from ._cache import file_sha256, folder_digest
+
+__all__ = ["ResolvedEntry", "Plan", "BackboneHandle", "make_plan"]
+
+
+@dataclass(frozen=True)
+class ResolvedEntry:
+    """A registry entry resolved against its plugin: spec, parameters and cache identity."""
+
+    kind: str
+    name: str
+    plugin: str
+    spec: Any
+    params: dict[str, Any]
+    identity: dict[str, Any]
+    distribution: str
+    distribution_version: str
+    source: str
+
+    def build(self, **extra: Any) -> Any:
+        """The plugin object of this entry (``extra`` goes to the factory, e.g. ``split``)."""
+        return self.spec.factory(**{**self.params, **extra})
+
+    def describe(self) -> dict[str, Any]:
+        """How results.json names the entry."""
+        return {
+            "plugin": self.plugin,
+            "version": str(self.spec.version),
+            "params": self.params,
+            "distribution": self.distribution,
+            "distribution_version": self.distribution_version,
+            "source": self.source,
+        }
+
+
+def resolve_entry(host: Any, registry: Any, kind: str, name: str, hash_memo: Path) -> ResolvedEntry:
+    entry = registry.entry(kind, name)  # UnknownNameError with suggestions
+    spec = host.spec(kind, entry.plugin)
+    params = {k: v for k, v in registry.resolved_params(entry, host).items() if v is not REQUIRED}
+    files: dict[str, str] = {}
+    for param in spec.params:
+        value = params.get(param.name)
+        if param.type == "path" and isinstance(value, str) and value:
+            path = Path(os.path.expanduser(value))
+            if path.is_file():
+                files[param.name] = file_sha256(path, hash_memo)
+            else:
+                files[param.name] = folder_digest(path) if path.is_dir() else "missing"
+    info = host.provider(kind, entry.plugin)
+    identity = {"plugin": entry.plugin, "version": str(spec.version), "params": params, "files": files, "uisbench": __version__}
+    return ResolvedEntry(
+        kind=kind,
+        name=name,
+        plugin=entry.plugin,
+        spec=spec,
+        params=params,
+        identity=identity,
+        distribution=info.distribution if info else "local",
+        distribution_version=info.version if info else "0",
+        source=entry.where(),
+    )
+
+
+@dataclass
+class Plan:
+    """The matrix of a run: entry names per kind (in order) and every entry resolved."""
+
+    backbones: list[str]
+    maskers: list[str]
+    students: list[str]
+    metrics: list[str]
+    dataset: str
+    entries: dict[tuple[str, str], ResolvedEntry]
+
+    def entry(self, kind: str, name: str) -> ResolvedEntry:
+        return self.entries[(kind, name)]
+
+    def metric_names_for(self, stage: str) -> list[str]:
+        """Metric entries that score ``stage`` (``features`` takes those that read no predictions)."""
+        out = []
+        for name in self.metrics:
+            spec = self.entry("metrics", name).spec
+            if stage in spec.stages and not (stage == "features" and "predictions" in spec.needs):
+                out.append(name)
+        return out
+
+
+def _names(registry: Any, kind: str, given: list[str] | None, default: Any) -> list[str]:
+    if given is None:
+        names = list(registry.names(kind)) if default == "all" else list(default)
+    else:
+        names = list(given)
+    for name in names:
+        registry.entry(kind, name)  # UnknownNameError with suggestions
+    return list(dict.fromkeys(names))
+
+
+def make_plan(host: Any, registry: Any, options: Any, hash_memo: Path) -> Plan:
+    bench = registry.bench
+    names = {
+        "backbones": _names(registry, "backbones", options.backbones, bench.backbones),
+        "maskers": _names(registry, "maskers", options.maskers, bench.maskers),
+        "students": _names(registry, "students", options.students, bench.students),
+        "metrics": _names(registry, "metrics", options.metrics, bench.metrics),
+        "datasets": [options.dataset or bench.dataset],
+    }
+    if not names["backbones"]:
+        raise ConfigError("nothing to bench: no backbone selected (use --all or --backbones A,B).")
+    if not names["maskers"]:
+        raise ConfigError("nothing to bench: no masker selected; fill `bench: maskers:` in the registry or pass --maskers.")
+    entries = {(kind, n): resolve_entry(host, registry, kind, n, hash_memo) for kind, ns in names.items() for n in ns}
+    return Plan(names["backbones"], names["maskers"], names["students"], names["metrics"], names["datasets"][0], entries)
+
+
+class BackboneHandle:
+    """A backbone built on first use, bound to the split being processed; remembers unavailability."""
+
+    def __init__(self, entry: ResolvedEntry, ctx: Any, data: Any) -> None:
+        self.entry = entry
+        self.ctx = ctx
+        self.data = data
+        self.backbone: Any = None
+        self.unavailable: str | None = None
+        self.bound_split: str | None = None
+
+    @property
+    def calibration(self) -> bool:
+        return bool(getattr(self.entry.spec, "calibration", False))
+
+    def get(self) -> Any:
+        if self.unavailable is not None:
+            raise BackboneUnavailable(self.unavailable)
+        if self.backbone is None:
+            try:
+                backbone = self.entry.build()
+                backbone = backbone.to(self.ctx.device) or backbone
+            except BackboneUnavailable as err:
+                self.unavailable = str(err)
+                raise
+            if self.calibration:
+                backbone.calibration = True
+            self.backbone = backbone
+            self.ctx.built.append(f"backbone:{self.entry.name}")
+        return self.backbone
+
+    def bind(self, split: str) -> Any:
+        backbone = self.get()
+        if self.bound_split != split:
+            backbone.bind(self.data.dataset(split))
+            self.bound_split = split
+        return backbone
+
+    def release(self) -> None:
+        """Drop the model (the next row needs the memory)."""
+        if self.backbone is not None:
+            self.backbone = None
+            self.bound_split = None
+            gc.collect()
+            if self.ctx.device.startswith("cuda"):
+                import torch
+
+                torch.cuda.empty_cache()

@@ -1,0 +1,103 @@
+"""Stage ``student``: a student trained on one cell's train-split pseudo-masks, and its val predictions.
+
+The student's checkpoints live in the stage's cache folder (its ``workdir``), so a killed run resumes
+training; the summary holds the val predictions, the training and prediction cost and the
+student's provenance. A student that refuses the combination (``IncompatibleError``, e.g. a
+``frozen-ssl`` student on a calibration backbone) is refused before any train-split work.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from ..contracts import Prediction
+from ..io import atomic_write_json
+from ._cache import ids_digest
+from ._context import seed_everything, short_error
+from ._cost import Meter
+from ._stage import Stage
+
+if TYPE_CHECKING:
+    from ._masks import PseudoMasksStage
+    from ._pipeline import Pipeline
+
+__all__ = ["StudentStage"]
+
+
+class StudentStage(Stage):
+    """Student ``student`` trained on ``backbone`` x ``masker`` train pseudo-masks, predicting val."""
+
+    name = "student"
+
+    def __init__(self, pipeline: Pipeline, backbone: str, masker: str, student: str) -> None:
+        super().__init__(pipeline.ctx, f"{backbone} / {masker} / {student} student")
+        self.pipeline = pipeline
+        self.backbone = backbone
+        self.masker = masker
+        self.student = student
+        self.train_masks: PseudoMasksStage = pipeline.pseudo_masks(backbone, masker, "train")
+        self._built: Any = None
+
+    @property
+    def address(self) -> tuple[Any, ...]:
+        return (self.name, self.backbone, self.masker, self.student)
+
+    def identity(self) -> dict[str, Any]:
+        data = self.pipeline.data
+        return {
+            "backbone": self.pipeline.backbones[self.backbone].entry.identity,
+            "student": self.pipeline.plan.entry("students", self.student).identity,
+            "train_ids": ids_digest(data.ids("train")),
+            "val": data.identity("val"),
+            "val_ids": ids_digest(data.ids("val")),
+            "device": self.ctx.device_type,
+            "seed": self.ctx.seed,
+        }
+
+    def inputs(self) -> list[Stage]:
+        return [self.train_masks]
+
+    def prepare(self, key: str) -> None:
+        # Built before the train split is touched: a refused combination costs no train-split work.
+        if not self.ctx.shard.main:
+            return
+        backbone = self.pipeline.backbones[self.backbone].bind("train")
+        student = self.pipeline.plan.entry("students", self.student).build(backbone=backbone)
+        self.ctx.built.append(f"student:{self.student}")
+        self._built = student.to(self.ctx.device) or student
+
+    def compute(self, key: str, chunks: list[list[int]] | None) -> dict[str, Any]:
+        ctx, data = self.ctx, self.pipeline.data
+        student = self._built
+        workdir = self.folder(key)
+        workdir.mkdir(parents=True, exist_ok=True)
+        train = self.pipeline.run(self.train_masks).summary
+        pseudo = {int(k): [Prediction.from_coco(p) for p in v] for k, v in train["predictions"].items()}
+        handle = self.pipeline.backbones[self.backbone]
+        handle.bind("train")
+        atomic_write_json(workdir / "started.json", {"started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        train_ids = data.usable("train")
+        seed_everything(ctx.seed)
+        with Meter(self.name, ctx.device) as fit_meter:
+            student.fit(data.dataset("train"), pseudo, workdir=workdir, seed=ctx.seed)
+        fit_meter.images = len(train_ids)
+        val_ids = data.usable("val")
+        handle.bind("val")
+        with Meter(self.name, ctx.device) as predict_meter:
+            predictions = student.predict(data.dataset("val"), val_ids)
+        predict_meter.images = len(val_ids)
+        try:
+            provenance = dict(student.provenance() or {})
+        except Exception as err:
+            provenance = {"error": short_error(err)}
+        ctx.computed[self.name] += 1
+        return {
+            "key": key,
+            "predictions": {str(i): [p.to_coco() for p in predictions.get(i, [])] for i in val_ids},
+            "cost": {"train": fit_meter.record(), "predict": predict_meter.record()},
+            "provenance": provenance,
+        }
+
+    def finish(self, key: str, reports: list[Any]) -> dict[str, Any]:
+        return reports[0]
