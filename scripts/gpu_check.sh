@@ -4,7 +4,8 @@
 # That machine has Python 3.12, torch, torchvision and timm, but no pycocotools and no internet:
 # the wheels carried in .whl/ are installed into a private folder put on PYTHONPATH, then this
 # checkout is installed editable without dependencies. Each step runs under `timeout` and the
-# script goes on when one fails; everything it produces goes under $OUT (default ./gpu-check-out):
+# script goes on when one fails, then exits 1 if any step failed or timed out (0 only when all
+# passed); everything it produces goes under $OUT (default ./gpu-check-out):
 #   summary.txt         one line per step: status, exit code, seconds
 #   env.txt             versions, nvidia-smi
 #   <step>.log          the output of each step
@@ -19,6 +20,7 @@ BENCH_LIMIT="${BENCH_LIMIT:-24}"
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
+FAILED=()
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/uisbench-gpu-check.XXXXXX")"
 SITE="$WORK/site"
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
@@ -38,6 +40,7 @@ step() {  # step NAME TIMEOUT COMMAND...
         *) status=failed ;;
     esac
     printf '%-22s %-8s rc=%-4s %5ss\n' "$name" "$status" "$rc" "$((end - start))" | tee -a "$SUMMARY"
+    [ "$status" = ok ] || FAILED+=("$name")
     return 0
 }
 
@@ -73,4 +76,8 @@ for f in results.json leaderboard.md leaderboard.csv report.html; do
 done
 [ -d "$BENCH_DIR/logs" ] && cp -r "$BENCH_DIR/logs" "$OUT/bench-cuda/"
 rm -rf "$WORK"
-echo "done; outputs in $OUT" | tee -a "$SUMMARY"
+if [ ${#FAILED[@]} -gt 0 ]; then
+    echo "FAILED: ${FAILED[*]}; outputs in $OUT" | tee -a "$SUMMARY"
+    exit 1
+fi
+echo "all steps ok; outputs in $OUT" | tee -a "$SUMMARY"
