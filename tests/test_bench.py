@@ -98,6 +98,69 @@ def test_cache_keys_follow_what_a_stage_depends_on(tmp_path):
     assert keys(backbones={"pixels": {"plugin": "fake-pixels", "weights": str(weights)}})[0] != with_file[0]
 
 
+_TMP_MASKER = """
+import uisbench
+
+from ._geometry import SIDE
+
+
+class Tiles(uisbench.Masker):
+    def predict(self, features, records):
+        import numpy as np
+
+        out = []
+        for rec in records:
+            preds = []
+            for y in range(0, rec.height, SIDE):
+                for x in range(0, rec.width, SIDE):
+                    mask = np.zeros((rec.height, rec.width), dtype=np.uint8)
+                    mask[y : y + SIDE, x : x + SIDE] = 1
+                    rle = uisbench.masks.encode(mask)
+                    preds.append(uisbench.Prediction(rec.id, rle, uisbench.masks.to_bbox(rle), 1.0))
+            out.append(preds)
+        return out
+
+
+@uisbench.hookimpl
+def uisbench_maskers():
+    yield uisbench.MaskerSpec(name="tmp-tiles", description="Square tiles.", factory=Tiles, version="1")
+"""
+
+
+def test_a_code_change_recomputes_the_stage(tmp_path, monkeypatch):
+    """A plugin's source enters the cache keys (its declared version did not change): editing a
+    private helper module of the plugin recomputes its pseudo-masks; the features stay cached."""
+    import importlib
+
+    package = tmp_path / "src" / "uisbench_tmp_tiles"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(_TMP_MASKER)
+    (package / "_geometry.py").write_text("SIDE = 8\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    module = importlib.import_module("uisbench_tmp_tiles")
+    registry = {"maskers": {"tiles": {"plugin": "tmp-tiles"}}}
+
+    def bench(workdir="w"):
+        host = uisbench.get_plugin_manager(plugins=[("fakes", fakes), ("tiles", module)], load_entry_points=False, strict=True)
+        reg = uisbench.load_registry([fakes.write_registry(tmp_path / "registry.yaml", **registry)], host, include_default=False)
+        options = BenchOptions(workdir=tmp_path / workdir, backbones=["pixels"], maskers=["tiles"], students=[], metrics=["coco"], report=False)
+        return run_bench(host, reg, options)
+
+    def ap(results):
+        return _cell(results, "pixels", "tiles", None)["pseudo_masks"]["metrics"]["coco"]["values"]["AP50mask"]
+
+    first = bench()
+    assert first["run"]["computed"]["pseudo-masks"] == 6 and ap(first) == 1.0  # 8 px tiles are the instances
+    assert bench()["run"]["computed"] == {"features": 0, "pseudo-masks": 0, "student": 0, "metrics": 0}
+    (package / "_geometry.py").write_text("SIDE = 32\n")  # one tile, the whole image: same version, other masks
+    importlib.reload(importlib.import_module("uisbench_tmp_tiles._geometry"))
+    importlib.reload(module)
+    edited = bench()
+    assert edited["run"]["computed"]["features"] == 0
+    assert edited["run"]["computed"]["pseudo-masks"] == 6 and edited["run"]["computed"]["metrics"] == 1
+    assert ap(edited) == ap(bench("fresh")) == 0.0
+
+
 def test_bench_ranks_oracle_first_and_rerun_computes_nothing(tmp_path):
     first = _bench(tmp_path, report=True)
     assert first.exit_code == 0

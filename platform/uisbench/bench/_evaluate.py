@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..contracts import EvalSample, Prediction
 from ._cache import ids_digest, make_key
+from ._code import code_fingerprint
 from ._context import short_error
 from ._cost import to_stage_cost
 
@@ -75,6 +76,7 @@ class MetricEvaluator:
             val=data.identity("val"),
             val_ids=ids_digest(data.ids("val")),
             seed=self.ctx.seed,
+            code=code_fingerprint(__name__),
         )
 
     def evaluate(self, scoring: Scoring) -> dict[str, MetricResult]:

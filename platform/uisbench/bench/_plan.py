@@ -1,8 +1,9 @@
 """Planning a run: registry entries resolved against their plugins, the matrix of cells, and
 backbones that are built only when a stage needs one.
 
-A cache key is computed from a :class:`ResolvedEntry`'s ``identity`` alone (plugin, version,
-parameters, hashes of the files its path parameters name), so a fully cached rerun builds nothing.
+A cache key is computed from a :class:`ResolvedEntry`'s ``identity`` alone (plugin, version, the
+fingerprint of the plugin's source code, parameters, hashes of the files its path parameters name),
+so a fully cached rerun builds nothing and a changed plugin never reuses an old entry.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .. import __version__
 from ..errors import BackboneUnavailable, ConfigError
 from ..types import REQUIRED
 from ._cache import file_sha256, folder_digest
+from ._code import factory_fingerprint
 
 __all__ = ["ResolvedEntry", "Plan", "BackboneHandle", "make_plan"]
 
@@ -65,7 +67,14 @@ def resolve_entry(host: Any, registry: Any, kind: str, name: str, hash_memo: Pat
             else:
                 files[param.name] = folder_digest(path) if path.is_dir() else "missing"
     info = host.provider(kind, entry.plugin)
-    identity = {"plugin": entry.plugin, "version": str(spec.version), "params": params, "files": files, "uisbench": __version__}
+    identity = {
+        "plugin": entry.plugin,
+        "version": str(spec.version),
+        "code": factory_fingerprint(spec.factory),  # the source, not only the declared version
+        "params": params,
+        "files": files,
+        "uisbench": __version__,
+    }
     return ResolvedEntry(
         kind=kind,
         name=name,

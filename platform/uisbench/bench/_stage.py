@@ -5,7 +5,8 @@ the ``inputs`` stages whose keys enter its own), how to compute it (per image, r
 across torchrun ranks, or as a whole), and what its summary holds. :class:`StageRunner` owns *how*,
 once for every stage:
 
-- the cache key: SHA-256 of the stage name, its identity and its inputs' keys;
+- the cache key: SHA-256 of the stage name, its identity, its inputs' keys and the fingerprint of
+  the stage's source code (with the core modules it imports; see ``_code.py``);
 - memoisation within a run and failure memory (a stage that failed is not retried by the next cell);
 - ``--force`` (recompute that stage, and, through the context, every later one);
 - the cache decision: rank 0 looks for the stage's summary (or a remembered refusal), every rank follows;
@@ -27,6 +28,7 @@ from typing import Any, ClassVar
 
 from ..errors import BackboneUnavailable, IncompatibleError
 from ._cache import ids_digest, make_key
+from ._code import code_fingerprint
 from ._context import BenchContext, short_error
 
 __all__ = ["Stage", "StageError", "StageOutput", "StageRunner"]
@@ -156,7 +158,10 @@ class StageRunner:
     def key(self, stage: Stage) -> str:
         if stage.address not in self._keys:
             self._keys[stage.address] = make_key(
-                stage=stage.name, identity=stage.identity(), inputs=[self.key(s) for s in stage.inputs()]
+                stage=stage.name,
+                identity=stage.identity(),
+                inputs=[self.key(s) for s in stage.inputs()],
+                code=code_fingerprint(type(stage).__module__),
             )
         return self._keys[stage.address]
 
