@@ -171,9 +171,13 @@ def test_bench_ranks_oracle_first_and_rerun_computes_nothing(tmp_path):
     assert cell["calibration"] is True and _cell(first, "pixels")["calibration"] is False
     assert cell["pseudo_masks"]["metrics"]["feature-shape"]["values"] == {"channels": 4.0, "patches": 96.0}
     assert cell["pseudo_masks"]["metrics"]["cost"]["values"]["stages_seen"] == 2.0  # features, pseudo-masks
-    assert cell["student_stage"]["metrics"]["cost"]["values"]["stages_seen"] == 3.0  # + student
+    assert cell["student_stage"]["metrics"]["cost"]["values"]["stages_seen"] == 4.0  # + student-train, -predict
     assert cell["student_stage"]["provenance"] == {"epochs": 2, "trained_on": 6, "epochs_run": 2}
     assert set(cell["timings"]) == {"features", "pseudo-masks", "student-train", "student-predict"}
+    # Student throughput: training samples (2 epochs x 6 images) over training time; prediction its own.
+    train, predict = cell["timings"]["student-train"], cell["timings"]["student-predict"]
+    assert (train["stage"], train["images"], predict["stage"], predict["images"]) == ("student-train", 12, "student-predict", 6)
+    assert train["images_per_s"] == round(12 / train["seconds"], 3) and predict["images_per_s"] == round(6 / predict["seconds"], 3)
     assert first["run"]["computed"] == {"features": 36, "pseudo-masks": 36, "student": 3, "metrics": 15}
     assert first["primary_metric"] == {"stage": "student", "metric": "coco", "value": "AP50mask"}
     assert first["backbones"]["pixels"]["pretrained"] is False

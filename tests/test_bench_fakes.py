@@ -187,6 +187,8 @@ class Student(uisbench.Student):
         self.epochs_run = 0  # epochs trained by this fit call (not resumed from a checkpoint)
 
     def fit(self, dataset, pseudo_masks, *, workdir, seed=0):
+        """Each epoch run here sees every training image once: returns epochs run x images."""
+        run_before = self.epochs_run
         for epoch in range(self.epochs):
             ckpt = workdir / f"ckpt-{epoch}.json"
             if ckpt.exists():
@@ -195,6 +197,7 @@ class Student(uisbench.Student):
             self.epochs_run += 1
             uisbench.atomic_write_json(ckpt, {"epoch": epoch, "images": len(pseudo_masks)})
         self.trained_on = len(pseudo_masks)
+        return (self.epochs_run - run_before) * len(pseudo_masks)
 
     def predict(self, dataset, image_ids):
         import numpy as np

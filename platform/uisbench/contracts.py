@@ -292,10 +292,13 @@ class Student(abc.ABC):
         *,
         workdir: Path,
         seed: int = 0,
-    ) -> None:
+    ) -> int | None:
         """Train on ``dataset``'s images with ``pseudo_masks`` (image id -> masks) as targets.
 
         Checkpoints go under ``workdir`` (atomically), so a killed run resumes from the last one.
+        Returns the number of training samples this call processed (iterations run x batch size,
+        resumed parts not included): the bench's training images/s is that over the call's wall time.
+        ``None`` when unknown (then no throughput is reported).
         """
 
     @abc.abstractmethod

@@ -3,13 +3,17 @@
 The engine measures every stage it runs and hands the measurement over as a
 :class:`uisbench.StageCost` through :meth:`Cost.observe_cost` (the metric declares
 ``needs={"cost"}`` and reads nothing else). For each stage in ``stages``
-(``features``, ``pseudo-masks``, ``student`` by default) :meth:`Cost.compute` reports four floats,
-the stage name with ``-`` turned into ``_``::
+(``features``, ``pseudo-masks``, ``student-train``, ``student-predict`` by default)
+:meth:`Cost.compute` reports four floats, the stage name with ``-`` turned into ``_``::
 
     features_images_per_s    images / seconds                 (higher is better)
     features_seconds         wall time of the stage           (lower is better)
     features_peak_host_mb    peak resident host memory, MiB   (lower is better)
     features_peak_gpu_mb     peak GPU memory, MiB; nan on CPU (lower is better)
+
+Images are what the stage processed: for ``student-train`` the training samples (iterations x batch
+size, as the student's ``fit`` reports them), so ``student_train_images_per_s`` is training
+throughput; ``student-predict`` counts the images predicted.
 
 A stage that was not observed (no student in the run, or taken from the cache) reports ``nan``.
 
@@ -30,7 +34,7 @@ from typing import Any
 
 import uisbench
 
-STAGES = ("features", "pseudo-masks", "student")
+STAGES = ("features", "pseudo-masks", "student-train", "student-predict")
 _VALUES = (("images_per_s", True), ("seconds", False), ("peak_host_mb", False), ("peak_gpu_mb", False))
 
 
@@ -141,6 +145,6 @@ def uisbench_metrics():
         params=(uisbench.Param("stages", "list[str]", list(STAGES), "pipeline stages reported, in order"),),
         higher_is_better=value_names(STAGES),
         needs=frozenset({"cost"}),
-        stages=frozenset({"features", "pseudo-masks", "student"}),
+        stages=frozenset({"features", "pseudo-masks", "student"}),  # the pipeline stages it scores
         version="1",
     )

@@ -335,7 +335,9 @@ class MaskRCNNStudent(uisbench.Student):
         *,
         workdir: Path,
         seed: int = 0,
-    ) -> None:
+    ) -> int:
+        """Train (resuming from ``workdir``'s checkpoint); returns the training samples processed by
+        this call (iterations run x batch size, over every round)."""
         import torch
 
         p = self.params
@@ -377,6 +379,7 @@ class MaskRCNNStudent(uisbench.Student):
             start_round, start_it = state["round"], state["iteration"]
             history = state["history"]
             history["resumed_from"] = {"round": start_round, "iteration": start_it}
+        samples = 0
         for r in range(start_round, rounds):
             iters = self._round_iterations(r)
             resume = state if (state is not None and r == start_round) else None
@@ -389,8 +392,9 @@ class MaskRCNNStudent(uisbench.Student):
                 history["rounds"].append({"round": 0, "targets": sum(len(targets[i]) for i in trainable)})
             if resume is not None and int(resume["iteration"]) >= iters:
                 continue
-            self._train_round(dataset, targets, r, iters, seed, workdir, key, history, resume)
+            samples += self._train_round(dataset, targets, r, iters, seed, workdir, key, history, resume)
         self._history = history
+        return samples
 
     def _resume_problem(self, state: dict[str, Any], workdir: Path) -> str | None:
         """Why this run's checkpoint cannot be restored into the freshly built model, or ``None``.
@@ -509,7 +513,8 @@ class MaskRCNNStudent(uisbench.Student):
 
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor), lr
 
-    def _train_round(self, dataset, targets, r, iters, seed, workdir, key, history, resume) -> None:
+    def _train_round(self, dataset, targets, r, iters, seed, workdir, key, history, resume) -> int:
+        """Train round ``r`` from its start (or ``resume``); returns the samples processed."""
         import torch
         from tqdm import tqdm
 
@@ -593,6 +598,7 @@ class MaskRCNNStudent(uisbench.Student):
             resumed_at=start or None,
         )
         history["rounds"][r].update({"training": record})
+        return seen
 
     def _save(self, workdir, key, r, done, opt, sched, history, record, final) -> None:
         import torch

@@ -105,8 +105,9 @@ def cost_record(
     return {
         "stage": stage,
         "images": int(images),
-        "seconds": round(float(seconds), 4),
-        "images_per_s": round(images / seconds, 3) if seconds > 0 and images else None,
+        "seconds": round(float(seconds), 6),
+        # from the stored seconds, so a reader can check images / seconds
+        "images_per_s": round(images / round(float(seconds), 6), 3) if round(float(seconds), 6) > 0 and images else None,
         "peak_host_mb": round(float(host_mb), 1),
         "peak_gpu_mb": None if gpu_mb is None else round(float(gpu_mb), 1),
         "device": device,

@@ -115,9 +115,8 @@ class CellWalker:
             output = self.pipeline.run(self.pipeline.student(b, m, s))
 
             def costs() -> list[dict[str, Any]]:
-                out = [c for c in (self.features_cost(b, self.splits), self.masks_cost(b, m, self.splits)) if c]
-                student_cost = combine_parts("student", [output.cost.get("train"), output.cost.get("predict")])
-                return [*out, student_cost] if student_cost else out
+                parts = (self.features_cost(b, self.splits), self.masks_cost(b, m, self.splits), *output.cost.values())
+                return [c for c in parts if c]
 
             scoring = Scoring(f"{b} / {m} / {s}", "student", output.key, None, lambda: output.summary["predictions"], costs)
             metrics = self.evaluator.evaluate(scoring)

@@ -77,14 +77,15 @@ class StudentStage(Stage):
         handle = self.pipeline.backbones[self.backbone]
         handle.bind("train")
         atomic_write_json(workdir / "started.json", {"started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        train_ids = data.usable("train")
         seed_everything(ctx.seed)
-        with Meter(self.name, ctx.device) as fit_meter:
-            student.fit(data.dataset("train"), pseudo, workdir=workdir, seed=ctx.seed)
-        fit_meter.images = len(train_ids)
+        with Meter("student-train", ctx.device) as fit_meter:
+            samples = student.fit(data.dataset("train"), pseudo, workdir=workdir, seed=ctx.seed)
+        # Throughput is samples processed (iterations x batch size) over the training time, not the
+        # size of the training set: a student that does not say reports none.
+        fit_meter.images = int(samples or 0)
         val_ids = data.usable("val")
         handle.bind("val")
-        with Meter(self.name, ctx.device) as predict_meter:
+        with Meter("student-predict", ctx.device) as predict_meter:
             predictions = student.predict(data.dataset("val"), val_ids)
         predict_meter.images = len(val_ids)
         try:
