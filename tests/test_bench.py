@@ -181,6 +181,9 @@ def test_bench_ranks_oracle_first_and_rerun_computes_nothing(tmp_path):
     assert first["run"]["computed"] == {"features": 36, "pseudo-masks": 36, "student": 3, "metrics": 15}
     assert first["primary_metric"] == {"stage": "student", "metric": "coco", "value": "AP50mask"}
     assert first["backbones"]["pixels"]["pretrained"] is False
+    assert first["dataset"]["transductive"] is False and "transductive" not in render_leaderboard(first)
+    threads = first["provenance"]["threads"]
+    assert threads["torch"] >= 1 and "OMP_NUM_THREADS" in threads
     w = tmp_path / "w"
     for name in ("results.json", "leaderboard.md", "leaderboard.csv", "report.html", "report/leaderboard.png", "report/image-1000.png"):
         assert (w / name).is_file(), name
@@ -192,6 +195,15 @@ def test_bench_ranks_oracle_first_and_rerun_computes_nothing(tmp_path):
     assert again["run"]["built"] == []  # no backbone, masker or student object was even built
     assert _values(again) == _values(first)
     assert again["cells"][0]["timings"] == first["cells"][0]["timings"]  # costs come back from the cache
+
+
+def test_a_student_trained_on_the_evaluation_images_is_flagged(tmp_path):
+    registry = {"datasets": {"shapes": {"plugin": "fake-shapes", "same_splits": True}}}
+    out = _bench(tmp_path, registry=registry, backbones=["pixels"])
+    assert out["dataset"]["transductive"] is True
+    assert "transductive: the students trained on the evaluation images" in render_leaderboard(out, "markdown")
+    assert validate_results(out) == []
+    assert _bench(tmp_path, "w2", registry=registry, backbones=["pixels"], students=[])["dataset"]["transductive"] is None
 
 
 def test_statuses_unavailable_skipped_failed_and_exit_code(tmp_path):

@@ -34,12 +34,13 @@ def _instances(image_id: int) -> list[tuple[int, int, str]]:
 
 
 class Shapes(uisbench.Dataset):
-    def __init__(self, split: str = "val", images: int = 6, ground_truth: bool = True, skip_bad_images: bool = False) -> None:
-        self.split = split
+    def __init__(self, split: str = "val", images: int = 6, ground_truth: bool = True, skip_bad_images: bool = False,
+                 same_splits: bool = False) -> None:
+        self.split = "val" if same_splits else split  # same_splits: train on the evaluation images
         self.n = images
         self.has_ground_truth = ground_truth
         self.skipped = []
-        base = 0 if split == "train" else 1000
+        base = 0 if self.split == "train" else 1000
         self._ids = [base + i for i in range(images)]
 
     def image_ids(self):
@@ -297,7 +298,8 @@ def uisbench_datasets():
         name="fake-shapes",
         description="Fake shapes dataset.",
         factory=Shapes,
-        params=(P("images", "int", 6), P("ground_truth", "bool", True), P("skip_bad_images", "bool", False)),
+        params=(P("images", "int", 6), P("ground_truth", "bool", True), P("skip_bad_images", "bool", False),
+                P("same_splits", "bool", False)),
     )
 
 

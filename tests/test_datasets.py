@@ -314,6 +314,35 @@ def test_coco_presets_list_missing_files(tmp_path, monkeypatch):
     assert coco.build.__module__  # the registry entry itself validates without a root
 
 
+def test_coco_train_split_is_explicit_or_flagged_transductive(tmp_path):
+    """A student's train split: its own files when given; otherwise the evaluation images, flagged
+    (a preset whose train files are missing is an error, not a fallback)."""
+    from uisbench_builtins import coco
+
+    val, train = tmp_path / "val", tmp_path / "train"
+    uisbench.data.write_coco(_synth(images=3, size=64), val, progress=False)
+    uisbench.data.write_coco(_synth(images=5, size=64, split="train"), train, progress=False)
+    plain = dict(root=str(tmp_path), images="val/images", annotations="val/annotations.json")
+    own = coco.build("train", **plain, train_images="train/images", train_annotations="train/annotations.json")
+    assert own.image_ids() == [1, 2, 3, 4, 5] and own.transductive is False
+    assert coco.build("train", **plain, train_images="train/images", train_annotations="train/annotations.json",
+                      train_max_images=2).image_ids() == [1, 2]
+    fallback = coco.build("train", **plain)
+    assert fallback.transductive is True and fallback.image_ids() == [1, 2, 3]
+    assert coco.build("val", **plain).transductive is False
+    on_purpose = coco.build("train", **plain, train_images="train/images", train_annotations="train/annotations.json",
+                            transductive=True)
+    assert on_purpose.transductive is True and on_purpose.image_ids() == [1, 2, 3]
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "val2017").symlink_to(val / "images")
+    (tmp_path / "annotations" / "instances_val2017.json").symlink_to(val / "annotations.json")
+    assert coco.build("val", preset="coco-val2017", root=str(tmp_path)).image_ids() == [1, 2, 3]
+    with pytest.raises(uisbench.DataError, match="train2017") as info:
+        coco.build("train", preset="coco-val2017", root=str(tmp_path))
+    assert "transductive: true" in str(info.value)
+    assert coco.build("train", preset="coco-val2017", root=str(tmp_path), transductive=True).transductive is True
+
+
 def test_coco20k_list_is_shipped():
     from uisbench_builtins import coco
 
@@ -371,6 +400,8 @@ def test_image_folder(tmp_path, monkeypatch):
     assert ds.ground_truth(1) == [] and ds.skipped == []
     monkeypatch.setenv("UISBENCH_IMAGES_ROOT", str(tmp_path / "photos"))
     assert images.build("val").fingerprint() == ds.fingerprint()
+    assert ds.transductive is True  # no train_root: the student would train on the evaluation images
+    assert images.build("train", root=str(tmp_path / "photos"), train_root=str(tmp_path)).transductive is False
     assert images.build("val", recursive=False, max_images=1).image_ids() == [1]
 
     (tmp_path / "photos" / "zz.jpg").write_bytes(b"\xff\xd8garbage")

@@ -175,6 +175,10 @@ class Dataset(abc.ABC):
 
     #: ``False`` for image folders without annotations; metrics needing ground truth are skipped.
     has_ground_truth: bool = True
+    #: train split only: ``True`` when it holds the evaluation (val) images, so a student trained on it
+    #: has seen them. The bench also compares image files and fingerprints, records the answer in
+    #: results.json and shows it in the leaderboard.
+    transductive: bool = False
     #: ``(id, file, reason)`` of images skipped with ``skip_bad_images``; reported in results.
     skipped: list[dict[str, Any]]
 

@@ -8,8 +8,16 @@ Presets need only the local root folder (``root:``, else ``$UISBENCH_COCO_ROOT``
 ``~/datasets/coco``), laid out as cocodataset.org ships it::
 
     <root>/val2017/*.jpg           <root>/annotations/instances_val2017.json
+    <root>/train2017/*.jpg         <root>/annotations/instances_train2017.json    (coco-val2017's train split)
     <root>/train2014/*.jpg         <root>/annotations/instances_train2014.json    (coco20k)
-    <root>/train2017/*.jpg         <root>/annotations/lvis_v1_val.json            (lvis-val)
+    <root>/annotations/lvis_v1_val.json                                            (lvis-val; train2017 + val2017 images)
+
+The train split (what a student trains on) is explicit: ``train_images``/``train_annotations``
+(``coco-val2017``: train2017, the images the student never sees at evaluation). Without them the
+train split *is* the evaluation split; the dataset then says so (``transductive``), results.json
+records it and the leaderboard shows it. ``transductive: true`` asks for that on purpose (COCO20K and
+LVIS, whose published unsupervised protocols discover objects on the evaluation images themselves,
+set it); a preset whose train files are missing is an error naming them, not a silent fallback.
 
 The data is checked when the dataset is built: a malformed or truncated json (with the position),
 annotations pointing at missing images or image files that are absent, polygons with fewer than
@@ -59,23 +67,27 @@ PRESETS: dict[str, dict[str, Any]] = {
     "coco-val2017": {
         "images": "val2017",
         "annotations": "annotations/instances_val2017.json",
+        "train_images": "train2017",
+        "train_annotations": "annotations/instances_train2017.json",
     },
     "coco20k": {
         "images": "train2014",
         "annotations": "annotations/instances_train2014.json",
         "file_list": "coco20k",
+        "transductive": True,
     },
     "lvis-val": {
         # LVIS v1 val images come from COCO train2017 and val2017; its json names them by coco_url.
         "images": ".",
         "annotations": "annotations/lvis_v1_val.json",
         "max_dets": 300,
+        "transductive": True,
     },
 }
 
 _DOWNLOADS = {
-    "coco-val2017": "http://images.cocodataset.org/zips/val2017.zip and "
-    "http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
+    "coco-val2017": "http://images.cocodataset.org/zips/val2017.zip (and train2017.zip for the student's train "
+    "split) and http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
     "coco20k": "http://images.cocodataset.org/zips/train2014.zip and "
     "http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
     "lvis-val": "https://www.lvisdataset.org/dataset (lvis_v1_val.json) plus COCO 2017 train and val images",
@@ -87,9 +99,14 @@ PARAMS = (
     uisbench.Param("root", "path", None, f"dataset folder; null = ${ROOT_ENV} or {DEFAULT_ROOT}", nullable=True),
     uisbench.Param("images", "path", "images", "image folder (relative to root, or absolute)"),
     uisbench.Param("annotations", "path", "annotations.json", "COCO annotations json (relative to root, or absolute)"),
-    uisbench.Param("train_images", "path", None, "image folder of the train split (default: images)", nullable=True),
+    uisbench.Param("train_images", "path", None, "image folder of the train split (default: images, see transductive)",
+                   nullable=True),
     uisbench.Param("train_annotations", "path", None, "annotations of the train split (default: annotations)",
                    nullable=True),
+    uisbench.Param("train_max_images", "int", None, "train split: keep the first N images by id (null = all)",
+                   nullable=True),
+    uisbench.Param("transductive", "bool", False, "the train split is the evaluation split, on purpose (recorded "
+                   "in results); also the case when no train_* path is given"),
     uisbench.Param("val_images", "path", None, "image folder of the val split (default: images)", nullable=True),
     uisbench.Param("val_annotations", "path", None, "annotations of the val split (default: annotations)",
                    nullable=True),
@@ -193,15 +210,19 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
 
     def __init__(self, *, split: str, images_dir: Path, annotations: Path, file_list: Path | None,
                  max_dets: int, skip_bad_images: bool, label: str, allow_outside_root: bool = False,
-                 max_image_pixels: int = uisbench.data.DEFAULT_MAX_IMAGE_PIXELS) -> None:
+                 max_image_pixels: int = uisbench.data.DEFAULT_MAX_IMAGE_PIXELS, max_images: int | None = None,
+                 transductive: bool = False) -> None:
         self._init_skip(skip_bad_images, max_image_pixels)
         self.allow_outside_root = bool(allow_outside_root)
         self.split = split
         self.images_dir = images_dir
         self.annotations_path = annotations
         self.file_list = file_list
+        self.max_images = max_images
         self.max_dets = int(max_dets)
         self.label = label
+        #: a train split made of the evaluation images (see the module docstring)
+        self.transductive = bool(transductive)
         self._load()
 
     def __repr__(self) -> str:
@@ -262,6 +283,8 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
                 problems.append(problem)
         self.settle(problems, where)
         self._ids = sorted(i for i in self._records if not self.is_bad(i))
+        if self.max_images is not None:
+            self._ids = self._ids[: max(0, int(self.max_images))]
         if not self._ids:
             raise uisbench.DataError(f"{where}: no usable images (images folder {self.images_dir}).")
         self._fingerprint = digest("coco", self.split, str(self.annotations_path), os.stat(self.annotations_path).st_size,
@@ -446,8 +469,12 @@ def build(split: str = "val", **params: Any) -> CocoDataset:
     root_value = params["root"] or os.environ.get(ROOT_ENV) or DEFAULT_ROOT
     root = expand(root_value)
     assert root is not None
-    images = _resolve(root, params[f"{split}_images"] or params["images"])
-    annotations = _resolve(root, params[f"{split}_annotations"] or params["annotations"])
+    transductive = split == "train" and (
+        bool(params["transductive"]) or not (params["train_images"] or params["train_annotations"])
+    )
+    side = "val" if transductive else split  # a transductive train split reads the evaluation files
+    images = _resolve(root, params[f"{side}_images"] or params["images"])
+    annotations = _resolve(root, params[f"{side}_annotations"] or params["annotations"])
     assert images is not None and annotations is not None
     file_list = None
     if params["file_list"]:
@@ -467,6 +494,9 @@ def build(split: str = "val", **params: Any) -> CocoDataset:
     if missing:
         source = f"root {root} (from {'the root parameter' if params['root'] else ROOT_ENV if os.environ.get(ROOT_ENV) else 'the default'})"
         hint = f" Download: {_DOWNLOADS[preset]}." if preset in _DOWNLOADS else ""
+        if split == "train" and not transductive:
+            hint += (" Or set `transductive: true` to train the student on the evaluation images instead "
+                     "(recorded in results.json and shown in the leaderboard).")
         raise uisbench.DataError(
             f"{label} (split {split}): missing files under {source}:\n  - " + "\n  - ".join(missing) + "\n"
             f"Set `root:` in your registry entry (or ${ROOT_ENV}) to the folder holding them.{hint}"
@@ -474,7 +504,9 @@ def build(split: str = "val", **params: Any) -> CocoDataset:
     return CocoDataset(split=split, images_dir=images, annotations=annotations, file_list=file_list,
                        max_dets=int(params["max_dets"]), skip_bad_images=bool(params["skip_bad_images"]), label=label,
                        allow_outside_root=bool(params["allow_outside_root"]),
-                       max_image_pixels=int(params["max_image_pixels"]))
+                       max_image_pixels=int(params["max_image_pixels"]),
+                       max_images=params["train_max_images"] if split == "train" else None,
+                       transductive=transductive)
 
 
 @uisbench.hookimpl

@@ -3,7 +3,8 @@
 The images can be pseudo-labelled and used to train a student; metrics that need ground truth are
 skipped with a reason (``has_ground_truth = False``). Image files are found by suffix (jpg, png,
 bmp, tif, webp, ...), recursively by default, and numbered 1..N in the order of their relative
-paths. train and val use the same folder unless ``train_root`` / ``val_root`` are given.
+paths. train and val use the same folder unless ``train_root`` / ``val_root`` are given (then the
+train split is ``transductive``: recorded in results.json and shown in the leaderboard).
 
 A shared folder is untrusted input: a symbolic link in it that leads outside the folder is a
 problem of that image (never opened) unless the entry sets ``allow_outside_root: true``, and an
@@ -116,9 +117,13 @@ def build(split: str = "val", **params: Any) -> ImageFolder:
         )
     path = expand(root)
     assert path is not None
-    return ImageFolder(path, split, recursive=bool(params["recursive"]), max_images=params["max_images"],
-                       skip_bad_images=bool(params["skip_bad_images"]), allow_outside_root=bool(params["allow_outside_root"]),
-                       max_image_pixels=int(params["max_image_pixels"]))
+    dataset = ImageFolder(path, split, recursive=bool(params["recursive"]), max_images=params["max_images"],
+                          skip_bad_images=bool(params["skip_bad_images"]), allow_outside_root=bool(params["allow_outside_root"]),
+                          max_image_pixels=int(params["max_image_pixels"]))
+    # Without a train_root of its own the student trains on the very images it is evaluated on.
+    val_root = params["val_root"] or params["root"] or os.environ.get(ROOT_ENV)
+    dataset.transductive = split == "train" and expand(val_root) == path
+    return dataset
 
 
 @uisbench.hookimpl

@@ -87,6 +87,17 @@ class BenchData:
             self._identity[split] = {**self.entry.identity, "fingerprint": self.dataset(split).fingerprint(), "split": split}
         return self._identity[split]
 
+    def transductive(self) -> bool:
+        """Whether the train split holds evaluation images: the dataset says so, or the two splits
+        share image files, or (images generated in memory) their content fingerprints are equal."""
+        train, val = self.dataset("train"), self.dataset("val")
+        if getattr(train, "transductive", False):
+            return True
+        train_files = {train.record(i).file for i in self.ids("train")} - {None}
+        if train_files & {val.record(i).file for i in self.ids("val")}:
+            return True
+        return not train_files and train.fingerprint() == val.fingerprint()
+
     @property
     def has_ground_truth(self) -> bool:
         dataset = self.dataset("val")

@@ -140,6 +140,11 @@ def _header_lines(results: dict[str, Any]) -> list[str]:
         f"torch {prov.get('torch')}; git {str(git.get('commit', 'n/a'))[:12]}{' (dirty)' if git.get('dirty') else ''}; "
         f"registry sha256 {str((prov.get('registry') or {}).get('sha256', ''))[:12]}",
     ]
+    if ds.get("transductive"):
+        lines.append(
+            "transductive: the students trained on the evaluation images (the dataset's train split holds "
+            "val images); student numbers are not held-out numbers"
+        )
     for failure in prov.get("plugin_failures", []):
         lines.append(f"plugin load failure: {failure['name']} ({failure['distribution']} {failure['version']}): {failure['error']}")
     return lines

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform as _stdlib_platform
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 from .. import __version__
 
 SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
 SCHEMA_VERSION = 1
 PRIMARY_METRIC = ("coco", "AP50mask")
 
@@ -50,6 +52,12 @@ def _versions(device: str) -> dict[str, Any]:
     try:
         import torch
 
+        # Student training is not bit-reproducible across BLAS/torch thread counts: say which ran.
+        out["threads"] = {
+            "torch": torch.get_num_threads(),
+            "torch_interop": torch.get_num_interop_threads(),
+            **{var: os.environ.get(var) for var in _THREAD_VARIABLES},
+        }
         out["cuda"] = torch.version.cuda
         out["cuda_available"] = bool(torch.cuda.is_available())
         out["cudnn"] = torch.backends.cudnn.version() if torch.cuda.is_available() else None
@@ -128,6 +136,7 @@ def build_results(
             "name": plan.dataset,
             **data.entry.describe(),
             "has_ground_truth": data.has_ground_truth,
+            "transductive": data.transductive() if plan.students else None,
             "splits": {split: {"images": len(data.ids(split)), "fingerprint": data.identity(split)["fingerprint"]} for split in splits},
             "skipped_images": skipped,
         },
