@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -199,3 +200,38 @@ def test_validate_names_the_shipped_file_once_even_by_a_relative_path(tmp_path, 
     assert main(["validate", bad.name]) == 1
     err = capsys.readouterr().err
     assert err.count("unknown top-level key 'maskerz'") == 1, err
+
+
+# What a run would reject, `platform validate` rejects: each case is checked both ways.
+_REJECTED_AT_RUN_TIME = [
+    ("backbones", {"plugin": "timm", "model": "vit_tiny_patch16_224", "pretrained": False, "size": 32,
+                   "model_kwargs": {"img_size": 96}}, "model_kwargs", "img_size"),
+    ("backbones", {"plugin": "dino", "size": 100, "pretrained": False}, "size", "multiple of the patch size 16"),
+    ("backbones", {"plugin": "mae", "weights": "/models/mae.pth", "pretrained": False}, "pretrained", "contradicts"),
+    ("backbones", {"plugin": "timm", "model": "vit_tiny_patch16_224", "pretrained": False, "size": 32,
+                   "std": [0.2, 0.0, 0.2]}, "std", "three numbers > 0"),
+    ("backbones", {"plugin": "oracle", "size": 100, "patch_size": 8}, "size", "multiple of the patch size 8"),
+    ("backbones", {"plugin": "pixels", "histogram_bins": -1}, "histogram_bins", ">= 0"),
+    ("students", {"plugin": "maskrcnn", "detector_backbone": "resnet18-fpn", "anchor_sizes": [8, 16]}, "anchor_sizes", "5 positive"),
+    ("students", {"plugin": "maskrcnn", "detector_backbone": "resnet18-fpn", "copy_paste_scale": [1.0, 0.5]},
+     "copy_paste_scale", "low <= high"),
+    ("students", {"plugin": "maskrcnn", "detector_backbone": "resnet18-fpn", "iterations": 0}, "iterations", ">= 1"),
+    ("datasets", {"plugin": "synth-instances", "min_instances": 5, "max_instances": 2}, None, "min_instances <= max_instances"),
+]
+
+
+@pytest.mark.parametrize("kind,body,param,needle", _REJECTED_AT_RUN_TIME, ids=[f"{c[1]['plugin']}-{c[2]}" for c in _REJECTED_AT_RUN_TIME])
+def test_validate_rejects_what_the_plugin_rejects_at_run_time(tmp_path, host, kind, body, param, needle):
+    import yaml
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"version": 1, kind: {"bad": body}}, default_flow_style=False, sort_keys=False))
+    with pytest.raises(uisbench.ConfigError) as validated:
+        uisbench.load_registry([path], host)
+    text = "\n".join(validated.value.problems)
+    assert re.search(rf"{re.escape(str(path))}:\d+: \w+ entry 'bad': ", text) and needle in text, text
+    if param is not None:
+        assert f"parameter {param!r}" in text
+    params = {k: v for k, v in body.items() if k != "plugin"}
+    with pytest.raises(uisbench.ConfigError, match=re.escape(needle)):
+        host.spec(kind, body["plugin"]).build(**({"split": "val"} if kind == "datasets" else {}), **params)

@@ -39,6 +39,7 @@ from .errors import (
     PluginError,
     UisbenchError,
     UnknownNameError,
+    raise_problems,
 )
 from .io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .registry import BenchDefaults, Entry, Registry, load_registry
@@ -90,6 +91,7 @@ __all__ = [
     "BackboneUnavailable",
     "DataError",
     "IncompatibleError",
+    "raise_problems",
     # helpers
     "masks",
     "data",

@@ -10,6 +10,7 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
+    "raise_problems",
     "UisbenchError",
     "PluginError",
     "ConfigError",
@@ -37,6 +38,19 @@ class ConfigError(UisbenchError):
     def __init__(self, message: str, problems: Iterable[str] = ()) -> None:
         self.problems = list(problems) or [message]
         super().__init__(message)
+
+
+def raise_problems(where: str, problems: Iterable[tuple[str | None, str]]) -> None:
+    """Raise one :class:`ConfigError` listing every ``(parameter or None, message)`` problem, if any.
+
+    A plugin's factory calls it with its spec's ``check`` so that it rejects exactly what
+    ``platform validate`` rejects::
+
+        raise_problems("masker ncut", check_ncut_params(params))
+    """
+    found = [f"{name}: {message}" if name else message for name, message in problems]
+    if found:
+        raise ConfigError(f"{where}: " + "; ".join(found) + ".", [f"{where}: {line}" for line in found])
 
 
 class UnknownNameError(UisbenchError, KeyError):

@@ -255,6 +255,7 @@ def _suggest(word: str, options: Iterable[str]) -> str:
 
 def _check_params(spec: PluginSpec, entry: Entry, lines: Mapping[str, int], path: str, problems: list[str]) -> None:
     known = {p.name: p for p in spec.params}
+    before = len(problems)
     for key, value in entry.params.items():
         line = lines.get(key, entry.line)
         param = known.get(key)
@@ -273,6 +274,16 @@ def _check_params(spec: PluginSpec, entry: Entry, lines: Mapping[str, int], path
                 f"{path}:{entry.line}: {entry.kind[:-1]} entry {entry.name!r}: missing required parameter "
                 f"{param.name!r} ({param.type}: {param.help or 'see `platform list ' + entry.kind + '`'})."
             )
+    if len(problems) > before:  # the combination check assumes every value is well-typed
+        return
+    try:
+        found = spec.problems(entry.params)
+    except Exception as err:  # a broken check must not hide the entry's line
+        found = [(None, f"the plugin's parameter check failed ({type(err).__name__}: {err})")]
+    for key, message in found:
+        line = lines.get(key, entry.line) if key else entry.line
+        what = f"parameter {key!r} " if key else ""
+        problems.append(f"{path}:{line}: {entry.kind[:-1]} entry {entry.name!r}: {what}{message}.")
 
 
 def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problems: list[str]) -> bytes:

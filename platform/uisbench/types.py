@@ -8,7 +8,7 @@ the spec is created, so ``platform --help`` and ``platform list`` stay instant.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,7 @@ from .errors import PluginError
 __all__ = [
     "REQUIRED",
     "Param",
+    "ParamProblem",
     "PluginSpec",
     "BackboneSpec",
     "MaskerSpec",
@@ -99,12 +100,26 @@ class Param:
         return None
 
 
+#: A parameter problem found by a spec's ``check``: ``(parameter name or None, message)``.
+ParamProblem = tuple[str | None, str]
+
+
 @dataclass(frozen=True)
 class PluginSpec:
     """Fields shared by every plugin kind.
 
     ``factory(**params)`` builds the working object; ``params`` declares what it accepts.
-    ``version`` enters cache keys: bump it when the plugin's output changes.
+    ``version`` is the plugin's own release label (cache keys also hold a fingerprint of its code).
+    ``check(params)`` (optional, cheap, no heavy imports) yields ``(parameter or None, message)`` for
+    every combination of values the factory would reject, so ``platform validate`` rejects what a run
+    would: the factory should call the same function. It gets every parameter, defaults filled in,
+    and runs only when each value has passed its own :class:`Param` check.
+
+    Example::
+
+        def check(params):
+            if params["size"] % params["patch_size"]:
+                yield "size", f"{params['size']} is not a multiple of patch_size {params['patch_size']}"
     """
 
     name: str
@@ -112,6 +127,7 @@ class PluginSpec:
     factory: Callable[..., Any]
     params: tuple[Param, ...] = ()
     version: str = "1"
+    check: Callable[[Mapping[str, Any]], Iterable[ParamProblem]] | None = None
     kind: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +139,8 @@ class PluginSpec:
             raise PluginError(f"{type(self).__name__} {self.name!r}: description must be one non-empty line.")
         if not callable(self.factory):
             raise PluginError(f"{type(self).__name__} {self.name!r}: factory must be callable.")
+        if self.check is not None and not callable(self.check):
+            raise PluginError(f"{type(self).__name__} {self.name!r}: check must be callable or None.")
         names = [p.name for p in self.params]
         if len(set(names)) != len(names):
             raise PluginError(f"{type(self).__name__} {self.name!r}: duplicate parameter names {names}.")
@@ -132,6 +150,12 @@ class PluginSpec:
 
     def defaults(self) -> dict[str, Any]:
         return {p.name: p.default for p in self.params if not p.required}
+
+    def problems(self, params: Mapping[str, Any]) -> list[ParamProblem]:
+        """What :attr:`check` finds in ``params`` (defaults filled in); empty without a check."""
+        if self.check is None:
+            return []
+        return [(name, str(message)) for name, message in self.check({**self.defaults(), **params})]
 
     def build(self, **params: Any) -> Any:
         """Fill defaults and call the factory (validation happens in the registry)."""

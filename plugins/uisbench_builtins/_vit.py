@@ -27,7 +27,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,31 @@ def vit_params(model_default: Any, model_help: str, model_choices: tuple[str, ..
     )
 
 
+#: timm.create_model arguments the plugin's own parameters decide
+_RESERVED_KWARGS = ("pretrained", "img_size", "num_classes", "pretrained_cfg_overlay")
+_PATCH_IN_NAME = re.compile(r"patch(\d+)")
+
+
+def check_vit_params(params: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
+    """Parameter problems the ViT factory would raise, found without timm (``platform validate``)."""
+    kwargs = params.get("model_kwargs") or {}
+    clash = sorted(set(kwargs) & set(_RESERVED_KWARGS))
+    if clash:
+        yield "model_kwargs", f"may not set {', '.join(clash)}; use the plugin's own parameters (size:, pretrained:, weights:)"
+    if params.get("weights") is not None and params.get("pretrained") is False:
+        yield "pretrained", f"`pretrained: false` contradicts `weights: {params['weights']}`; drop one"
+    for name in ("mean", "std"):
+        value = params.get(name)
+        if value is not None and (len(value) != 3 or (name == "std" and min(value) <= 0)):
+            yield name, f"must be three numbers{' > 0' if name == 'std' else ''}, got {list(value)}"
+    found = _PATCH_IN_NAME.search(str(params.get("model") or ""))
+    patch = kwargs.get("patch_size", int(found.group(1)) if found else None)
+    size = params.get("size")
+    if isinstance(patch, int) and patch > 0 and isinstance(size, int) and (size <= 0 or size % patch):
+        lo = max(patch, size // patch * patch)
+        yield "size", f"{size} is not a positive multiple of the patch size {patch}; use e.g. {lo} or {lo + patch}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Grid geometry (follows uisbench.Preprocessing.content_size)
 # ---------------------------------------------------------------------------------------------
@@ -118,13 +143,18 @@ def valid_patches(
     return valid.to(pixels.device)
 
 
+def check_grid_params(params: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
+    """Problems of the :data:`GRID_PARAMS` of a hand-built backbone (``oracle``, ``pixels``)."""
+    size, patch = params["size"], params["patch_size"]
+    if patch <= 0:
+        yield "patch_size", f"must be positive, got {patch}"
+    elif size <= 0 or size % patch:
+        lo = max(patch, size // patch * patch)
+        yield "size", f"{size} is not a positive multiple of the patch size {patch}; use e.g. {lo} or {lo + patch}"
+
+
 def check_size(size: int, patch_size: int, where: str) -> None:
-    if size <= 0 or size % patch_size:
-        lo = max(patch_size, size // patch_size * patch_size)
-        raise uisbench.ConfigError(
-            f"{where}: size {size} is not a positive multiple of the patch size {patch_size}; "
-            f"use e.g. size: {lo} or size: {lo + patch_size}."
-        )
+    uisbench.raise_problems(where, check_grid_params({"size": size, "patch_size": patch_size}))
 
 
 def autocast_context(device_type: str, precision: str):
@@ -526,12 +556,9 @@ class TimmViT(uisbench.Backbone):
             raise uisbench.ConfigError(f"{where}: resize {resize!r} is not one of {', '.join(RESIZE_POLICIES)}.")
         if precision not in PRECISIONS:
             raise uisbench.ConfigError(f"{where}: precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
-        if weights is not None and pretrained is False:
-            raise uisbench.ConfigError(f"{where}: `weights: {weights}` and `pretrained: false` contradict each other; drop one.")
+        uisbench.raise_problems(where, check_vit_params(dict(model=model, weights=weights, pretrained=pretrained, size=size,
+                                                              mean=mean, std=std, model_kwargs=model_kwargs)))
         kwargs = dict(model_kwargs or {})
-        clash = sorted(set(kwargs) & {"pretrained", "img_size", "num_classes", "pretrained_cfg_overlay"})
-        if clash:
-            raise uisbench.ConfigError(f"{where}: model_kwargs may not set {', '.join(clash)}; use the plugin's parameters.")
 
         self.model_name = model
         self.plugin = plugin
@@ -598,9 +625,6 @@ class TimmViT(uisbench.Backbone):
         self.num_prefix_tokens = int(getattr(net, "num_prefix_tokens", 1))
 
         net_cfg = dict(getattr(net, "pretrained_cfg", None) or cfg)
-        for name, value in (("mean", mean), ("std", std)):
-            if value is not None and (len(value) != 3 or (name == "std" and min(value) <= 0)):
-                raise uisbench.ConfigError(f"{where}: {name} must be three numbers (std > 0), got {list(value)}.")
         mean = tuple(float(v) for v in (mean if mean is not None else net_cfg.get("mean", (0.485, 0.456, 0.406))))
         std = tuple(float(v) for v in (std if std is not None else net_cfg.get("std", (0.229, 0.224, 0.225))))
         self.preprocessing = uisbench.Preprocessing(mean=mean, std=std, size=size, patch_size=patch, resize=resize)  # type: ignore[arg-type]

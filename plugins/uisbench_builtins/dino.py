@@ -12,7 +12,7 @@ from typing import Any
 
 import uisbench
 
-from ._vit import vit_params
+from ._vit import check_vit_params, vit_params
 
 #: timm tag -> registry entry in registry.yaml
 TAGS = {
@@ -36,5 +36,6 @@ def uisbench_backbones():
         description="DINO self-distilled ViT (timm *.dino weights); attention keys of the last block by default.",
         factory=build,
         params=vit_params("vit_small_patch16_224.dino", "timm DINO weights tag", tuple(TAGS)),
+        check=check_vit_params,
         version="1",
     )

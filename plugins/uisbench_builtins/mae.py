@@ -11,7 +11,7 @@ from typing import Any
 
 import uisbench
 
-from ._vit import vit_params
+from ._vit import check_vit_params, vit_params
 
 #: timm tag -> registry entry in registry.yaml (timm.list_pretrained('vit_*.mae'))
 TAGS = {
@@ -34,5 +34,6 @@ def uisbench_backbones():
         description="MAE masked-autoencoder ViT encoder (timm *.mae weights); attention keys of the last block by default.",
         factory=build,
         params=vit_params("vit_base_patch16_224.mae", "timm MAE weights tag", tuple(TAGS)),
+        check=check_vit_params,
         version="1",
     )

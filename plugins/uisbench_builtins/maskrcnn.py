@@ -87,6 +87,33 @@ PARAMS: tuple[uisbench.Param, ...] = (
 )
 
 
+_AT_LEAST_ONE = ("iterations", "batch_size", "checkpoint_every", "predict_batch_size", "max_detections",
+                 "self_training_max_detections", "fpn_channels", "representation_size", "mask_head_channels",
+                 "rpn_post_nms_top_n_train", "rpn_batch_size_per_image", "box_batch_size_per_image", "min_size", "max_size")
+
+
+def check_params(params: Mapping[str, Any]) -> Any:
+    """Problems the student would raise when built (``platform validate`` runs this too)."""
+    if len(params["anchor_sizes"]) != 5 or min(params["anchor_sizes"], default=0) <= 0:
+        yield "anchor_sizes", "needs 5 positive sizes, one per pyramid level (strides 4..64)"
+    scale = params["copy_paste_scale"]
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+        yield "copy_paste_scale", f"is [low, high] with 0 < low <= high, e.g. [0.3, 1.0]; got {scale}"
+    for name in _AT_LEAST_ONE:
+        if params[name] < 1:
+            yield name, f"must be >= 1, got {params[name]}"
+    for name in ("lr", "droploss_iou"):
+        if not params[name] > 0:
+            yield name, f"must be > 0, got {params[name]}"
+    if params["self_training_rounds"] < 0:
+        yield "self_training_rounds", f"must be >= 0, got {params['self_training_rounds']}"
+    thresholds = params["self_training_thresholds"]
+    if not thresholds or not all(0 <= t <= 1 for t in thresholds):
+        yield "self_training_thresholds", f"needs at least one score threshold in [0, 1], got {thresholds}"
+    if params["detector_weights"] is not None and params["detector_backbone"] == "frozen-ssl":
+        yield "detector_weights", "initialises a resnet*-fpn detector; frozen-ssl uses the evaluated backbone"
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
@@ -235,10 +262,7 @@ class MaskRCNNStudent(uisbench.Student):
                     "would see the answers at prediction time. Score calibration backbones at the pseudo-mask "
                     "stage, or use a student entry with detector_backbone: resnet50-fpn."
                 )
-        if len(self.params["anchor_sizes"]) != 5:
-            raise uisbench.ConfigError("maskrcnn: anchor_sizes needs 5 sizes, one per pyramid level (strides 4..64).")
-        if len(self.params["copy_paste_scale"]) != 2:
-            raise uisbench.ConfigError("maskrcnn: copy_paste_scale is [low, high], e.g. [0.3, 1.0].")
+        uisbench.raise_problems("maskrcnn", check_params(self.params))
         self.backbone = backbone if kind == "frozen-ssl" else None
         self.device = "cpu"
         self.model = None
@@ -743,6 +767,7 @@ def uisbench_students():
         factory=_factory,
         params=PARAMS,
         version="1",
+        check=check_params,
     )
 
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import uisbench
 
-from ._vit import GRID_PARAMS, RESIZE_POLICIES, check_size, valid_patches
+from ._vit import GRID_PARAMS, RESIZE_POLICIES, check_grid_params, valid_patches
 
 if TYPE_CHECKING:
     import numpy as np
@@ -62,6 +62,16 @@ def _orthonormal_rows(vectors: np.ndarray) -> np.ndarray:
     return (q * np.sign(np.where(np.diag(r) == 0, 1.0, np.diag(r)))).T
 
 
+def check_params(params):
+    """Problems the factory would raise (``platform validate`` runs this too)."""
+    yield from check_grid_params(params)
+    if params["dim"] < 2:
+        yield "dim", f"must be at least 2, got {params['dim']}"
+    for name in ("instance_weight", "noise"):
+        if params[name] < 0:
+            yield name, f"must be >= 0, got {params[name]}"
+
+
 class OracleBackbone(uisbench.Backbone):
     """Ground-truth features: class and instance vectors pooled to the patch grid, plus noise."""
 
@@ -81,13 +91,10 @@ class OracleBackbone(uisbench.Backbone):
         seed: int = 0,
     ) -> None:
         where = "backbone oracle"
-        check_size(size, patch_size, where)
+        uisbench.raise_problems(where, check_params(dict(instance_weight=instance_weight, noise=noise, dim=dim, size=size,
+                                                         patch_size=patch_size)))
         if resize not in RESIZE_POLICIES:
             raise uisbench.ConfigError(f"{where}: resize {resize!r} is not one of {', '.join(RESIZE_POLICIES)}.")
-        if dim < 2:
-            raise uisbench.ConfigError(f"{where}: dim must be at least 2, got {dim}.")
-        if instance_weight < 0 or noise < 0:
-            raise uisbench.ConfigError(f"{where}: instance_weight and noise must be >= 0.")
         self.instance_weight = float(instance_weight)
         self.noise = float(noise)
         self.dim = int(dim)
@@ -201,5 +208,6 @@ def uisbench_backbones():
             P("seed", "int", 0, "seed of the class, instance and noise vectors"),
         ),
         version="2",
+        check=check_params,
         calibration=True,
     )

@@ -13,10 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 import uisbench
 
-from ._vit import GRID_PARAMS, RESIZE_POLICIES, check_size, valid_patches
+from ._vit import GRID_PARAMS, RESIZE_POLICIES, check_grid_params, valid_patches
 
 if TYPE_CHECKING:
     import torch
+
+
+def check_params(params):
+    """Problems the factory would raise (``platform validate`` runs this too)."""
+    yield from check_grid_params(params)
+    for name in ("position_weight", "histogram_bins"):
+        if params[name] < 0:
+            yield name, f"must be >= 0, got {params[name]}"
 
 
 class PixelsBackbone(uisbench.Backbone):
@@ -35,11 +43,10 @@ class PixelsBackbone(uisbench.Backbone):
         histogram_bins: int = 0,
     ) -> None:
         where = "backbone pixels"
-        check_size(size, patch_size, where)
+        uisbench.raise_problems(where, check_params(dict(size=size, patch_size=patch_size, position_weight=position_weight,
+                                                         histogram_bins=histogram_bins)))
         if resize not in RESIZE_POLICIES:
             raise uisbench.ConfigError(f"{where}: resize {resize!r} is not one of {', '.join(RESIZE_POLICIES)}.")
-        if histogram_bins < 0 or position_weight < 0:
-            raise uisbench.ConfigError(f"{where}: histogram_bins and position_weight must be >= 0.")
         self.position_weight = float(position_weight)
         self.histogram_bins = int(histogram_bins)
         # mean 0 / std 1: the pixels arrive in [0, 1]
@@ -100,4 +107,5 @@ def uisbench_backbones():
             P("histogram_bins", "int", 0, "bins per channel of a colour histogram per patch (0 = none)"),
         ),
         version="1",
+        check=check_params,
     )

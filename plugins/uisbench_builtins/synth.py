@@ -81,6 +81,11 @@ class SynthConfig:
     classes: tuple[str, ...] = tuple(CLASSES)
 
     def check(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise uisbench.ConfigError("synth-instances: " + "; ".join(problems) + ".")
+
+    def problems(self) -> list[str]:
         problems = []
         if self.size < 32:
             problems.append(f"size must be >= 32 pixels (got {self.size})")
@@ -103,8 +108,7 @@ class SynthConfig:
         unknown = [c for c in self.classes if c not in CLASSES]
         if unknown or not self.classes:
             problems.append(f"classes must be a non-empty subset of {', '.join(CLASSES)} (got {list(self.classes)})")
-        if problems:
-            raise uisbench.ConfigError("synth-instances: " + "; ".join(problems) + ".")
+        return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,8 +410,7 @@ PARAMS = (
 )
 
 
-def build(split: str = "val", **params: Any) -> SynthInstances:
-    """Factory: ``build(split, **params)`` with the spec's defaults and an optional preset."""
+def _config(split: str, params: dict[str, Any]) -> tuple[SynthConfig, dict[str, Any]]:
     defaults = {p.name: p.default for p in PARAMS}
     params = apply_preset("synth-instances", PRESETS, defaults, {**defaults, **params})
     unknown = set(params) - set(defaults)
@@ -416,7 +419,7 @@ def build(split: str = "val", **params: Any) -> SynthInstances:
     images = params["images"]
     if images is None:
         images = params["train_images"] if split == "train" else params["val_images"]
-    cfg = SynthConfig(
+    return SynthConfig(
         size=int(params["size"]),
         images=int(images),
         min_instances=int(params["min_instances"]),
@@ -426,7 +429,19 @@ def build(split: str = "val", **params: Any) -> SynthInstances:
         difficulty=str(params["difficulty"]),
         seed=int(params["seed"]),
         classes=tuple(params["classes"] or CLASSES),
-    )
+    ), params
+
+
+def check_params(params: dict[str, Any]) -> Any:
+    """Problems of both splits' configurations (``platform validate`` runs this)."""
+    for split in ("train", "val"):
+        for problem in _config(split, params)[0].problems():
+            yield None, f"{split} split: {problem}"
+
+
+def build(split: str = "val", **params: Any) -> SynthInstances:
+    """Factory: ``build(split, **params)`` with the spec's defaults and an optional preset."""
+    cfg, params = _config(split, params)
     dataset = SynthInstances(cfg, split, cache_size=int(params["cache_size"]))
     dataset.skip_bad_images = bool(params["skip_bad_images"])
     return dataset
@@ -441,4 +456,5 @@ def uisbench_datasets():
         params=PARAMS,
         presets=PRESETS,
         version=GENERATOR_VERSION,
+        check=check_params,
     )

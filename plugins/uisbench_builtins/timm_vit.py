@@ -16,7 +16,7 @@ from typing import Any
 
 import uisbench
 
-from ._vit import vit_params
+from ._vit import check_vit_params, vit_params
 
 
 def build(**params: Any) -> uisbench.Backbone:
@@ -32,5 +32,6 @@ def uisbench_backbones():
         description="Any timm Vision Transformer by name plus a local weights file or timm's pretrained tag.",
         factory=build,
         params=vit_params(uisbench.REQUIRED, "timm model name, e.g. vit_base_patch16_224 or vit_small_patch14_reg4_dinov2.lvd142m"),
+        check=check_vit_params,
         version="1",
     )
