@@ -14,7 +14,7 @@ Layout (``version: 1``)::
 
     version: 1
     backbones:
-      dino-vits16: {plugin: dino, arch: vit_small_patch16_224}
+      dino-vits16: {plugin: dino, model: vit_small_patch16_224.dino}
     maskers:
       ncut: {plugin: ncut}
     bench:
