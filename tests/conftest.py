@@ -8,15 +8,24 @@ import pytest
 
 from helpers import FIXTURES, REPO_ROOT  # noqa: F401  (re-exported for tests)
 
-# Tests share 2 cores with other work; one thread each is faster than oversubscription.
+# Tests share 2 cores with other work; one thread each is faster than oversubscription. A run started
+# with OMP_NUM_THREADS set (`OMP_NUM_THREADS=2 make test`) keeps it, torch included.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def _threads() -> int:
+    """The run's thread count: OMP_NUM_THREADS (its first level when nested, e.g. "2,1"), else 1."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"].split(",")[0]))
+    except ValueError:
+        return 1
+
+
 @pytest.fixture(autouse=True, scope="session")
-def _torch_single_thread():
+def _torch_threads():
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(_threads())
     yield
 
 

@@ -30,10 +30,26 @@ positive. With that orientation the chosen side never holds 3 or 4 grid corners.
 the reference's outcome does not depend on the sign (all the parity fixtures) the result is the
 same as the reference's.
 
+Ties at the seed follow exact arithmetic. Patches with identical rows in the graph get Fiedler
+entries that are equal in exact arithmetic, where ``np.argmax`` returns the first of them; computed,
+they differ by the eigen-solver's rounding (BLAS threads, LAPACK build, CPU or GPU), which would then
+pick the seed, possibly in another connected component (fixture ``synth2_*``, first cut: 52 such
+entries in two components). So both of MaskCut's argmax steps (``seed = argmax |v|`` and the final
+``argmax`` of the signed, possibly flipped vector) take the *first* index whose value is within
+``SEED_RTOL * max |v|`` (``SEED_RTOL = 1e-6``) of the maximum (:func:`first_argmax`). This differs
+from ``np.argmax`` only where entries lie within 1e-6 of each other relative to the vector's scale.
+Such entries must come out of the solver equal to rounding: scipy's do (~1e-14); the torch solver's
+Ritz vector separates them by up to 1e-3 in float32, so it is multiplied by ``M`` once (see
+``_fiedler_torch``). With both, every parity fixture is reproduced at IoU 1.0 with 1 and 2 threads.
+
 Scores: each mask gets ``1 - Ncut(S) / 2`` with ``Ncut(S) = cut(S, ~S) / vol(S) + cut(S, ~S) / vol(~S)``,
 evaluated on the graph of the iteration that produced it (``S`` = the output mask, earlier masks
 removed). ``Ncut`` lies in ``[0, 2]``, so scores lie in ``[0, 1]``; a well separated object (few graph
-edges leave it) scores near 1, an arbitrary split of a homogeneous region near 0.5.
+edges leave it) scores near 1, an arbitrary split of a homogeneous region near 0.5. With the 0/1 edge
+matrix ``E`` and ``W = eps + (1 - eps) E``, every term is an integer count (``|S|``, edges inside
+``S``, ``E``-degrees summed over ``S``, all edges, ``n``) combined by one fixed float64 formula
+(:func:`graph_counts`, :func:`ncut_score`): the counts are exact, so a score's bits do not depend on
+the solver, the BLAS thread count or the device, and neither does the order of equal scores.
 """
 
 from __future__ import annotations
@@ -55,6 +71,11 @@ __all__ = [
     "maskcut_batch",
     "maskcut_patch_masks",
     "orient_and_select",
+    "foreground_side",
+    "first_argmax",
+    "SEED_RTOL",
+    "graph_counts",
+    "ncut_score",
     "default_tau",
     "chunk_size",
     "check_finite",
@@ -331,7 +352,15 @@ def _fiedler_torch(
         if not active:
             break
         X = X[torch.tensor(keep, device=M.device)]
-    x = X_out[:, :, 0] * s
+    # Patches with identical graph rows ("twins") have equal entries in every eigenvector of M with a
+    # non-zero eigenvalue, the Fiedler vector included; their differences span part of M's null space.
+    # The Ritz vector keeps a component there (measured up to 1e-3 of max |x| in float32), enough to
+    # decide seed ties (module doc). One product with M removes it: twins' rows of M are identical.
+    u = X_out[:, :, :1]
+    Mu = torch.bmm(M, u)
+    norm = Mu.norm(dim=1, keepdim=True)
+    u = torch.where(norm > 0, Mu / norm.clamp_min(torch.finfo(dt).tiny), u)
+    x = u[:, :, 0] * s
     return Fiedler(x.double().cpu().numpy(), (1.0 - theta_top).double().cpu().numpy(), X_out, restarts, accurate)
 
 
@@ -356,31 +385,52 @@ def fiedler(W: torch.Tensor, solver: str = "torch", **options: Any) -> Fiedler:
 # ---------------------------------------------------------------------------------------------
 
 
+#: Relative tolerance of MaskCut's argmax steps: entries this close to the maximum (relative to the
+#: vector's largest magnitude) are ties, and the first one wins (see the module docstring).
+SEED_RTOL = 1e-6
+
+
+def first_argmax(x: np.ndarray, rtol: float = SEED_RTOL) -> int:
+    """``np.argmax`` with exact-arithmetic ties: the first index whose value is within
+    ``rtol * max |x|`` of ``max x``, so that entries equal up to rounding count as equal."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    return int(np.argmax(x >= x.max() - rtol * np.abs(x).max()))
+
+
+def _oriented(v: np.ndarray) -> tuple[np.ndarray, int]:
+    """``v`` as float64, negated if needed so that its seed (:func:`first_argmax` of ``|v|``) is
+    positive, and the seed."""
+    import numpy as np
+
+    v = np.asarray(v, dtype=np.float64)
+    seed = first_argmax(np.abs(v))
+    return (-v if v[seed] < 0 else v), seed
+
+
+def _corners(bip: np.ndarray) -> int:
+    return int(bip[0, 0]) + int(bip[0, -1]) + int(bip[-1, 0]) + int(bip[-1, -1])
+
+
 def orient_and_select(v: np.ndarray, dims: tuple[int, int]) -> np.ndarray:
     """MaskCut steps 5-7 on one Fiedler vector ``v`` (n,): bool ``(h, w)`` mask of the seed's component.
 
     The vector is oriented first so that its largest-magnitude entry is positive (see module doc);
-    the result is therefore the same for ``v`` and ``-v``.
+    the result is therefore the same for ``v`` and ``-v``. Both seeds are :func:`first_argmax`.
     """
     import numpy as np
     from scipy import ndimage
 
-    h, w = dims
-    v = np.asarray(v, dtype=np.float64)
-    if v.size == 0:
+    if np.size(v) == 0:
         return np.zeros(dims, dtype=bool)
-    seed = int(np.argmax(np.abs(v)))
-    if v[seed] < 0:
-        v = -v
-    bip = v > v.sum() / len(v)
-    b2 = bip.reshape(dims)
-    nc = int(b2[0, 0]) + int(b2[0, -1]) + int(b2[-1, 0]) + int(b2[-1, -1])
-    reverse = True if nc >= 3 else not bip[seed]
-    if reverse:
+    v, seed = _oriented(v)
+    bip = v > v.mean()
+    if _corners(bip.reshape(dims)) >= 3 or not bip[seed]:
         bip = ~bip
-        seed = int(np.argmax(-v))
+        seed = first_argmax(-v)
     else:
-        seed = int(np.argmax(v))
+        seed = first_argmax(v)
     labels, _ = ndimage.label(bip.reshape(dims))
     cc = labels[np.unravel_index(seed, dims)]
     if cc == 0:  # constant vector: nothing separates; the reference would take the background (all)
@@ -390,15 +440,66 @@ def orient_and_select(v: np.ndarray, dims: tuple[int, int]) -> np.ndarray:
 
 def foreground_side(v: np.ndarray, dims: tuple[int, int]) -> np.ndarray:
     """The whole foreground side of one cut (``orient_and_select`` before the seed component)."""
+    v, _ = _oriented(v)
+    bip = (v > v.mean()).reshape(dims)
+    return ~bip if _corners(bip) >= 3 else bip
+
+
+@dataclass
+class GraphCounts:
+    """Integer statistics of masks ``S`` (``m`` per image) on 0/1 graphs ``E`` of ``n`` nodes."""
+
+    n: int
+    size: np.ndarray  # (B, m) |S|
+    inner: np.ndarray  # (B, m) sum over i, j in S of E_ij (ordered pairs, self-loops included)
+    degree: np.ndarray  # (B, m) sum over i in S of the E-degree sum_j E_ij
+    total: np.ndarray  # (B, 1) sum over all i, j of E_ij
+
+
+def graph_counts(edges: torch.Tensor, masks: torch.Tensor) -> GraphCounts:
+    """:class:`GraphCounts` of ``masks`` (B, n, m) on ``edges`` (B, n, n), both 0/1 (bool or float).
+
+    Exact: the products of 0/1 values summed in float32 are integers below ``n < 2**24``, exact in any
+    summation order (BLAS blocking, threads, device; TF32 keeps 0 and 1 exact), and the sums over
+    nodes are taken in float64, exact below ``2**53``.
+    """
+    import torch
+
+    E = edges.to(torch.float32)
+    S = masks.to(torch.float32)
+    ES = torch.bmm(E, S).double()
+    S64 = S.double()
+    deg = E.sum(-1, dtype=torch.float64)  # (B, n)
+
+    def ints(t: torch.Tensor) -> np.ndarray:
+        return t.to(torch.int64).cpu().numpy()
+
+    return GraphCounts(
+        n=int(edges.shape[-1]),
+        size=ints(S64.sum(1)),
+        inner=ints((ES * S64).sum(1)),
+        degree=ints((deg[:, :, None] * S64).sum(1)),
+        total=ints(deg.sum(-1, keepdim=True)),
+    )
+
+
+def ncut_score(c: GraphCounts, eps: float) -> np.ndarray:
+    """``1 - Ncut(S) / 2`` (B, m) on ``W = eps + (1 - eps) E``, from exact counts; 0 for an empty mask.
+
+    With ``s = |S|``: ``cut = eps s (n - s) + (1 - eps)(degree - inner)``,
+    ``vol(S) = eps n s + (1 - eps) degree``, ``vol(~S) = eps n (n - s) + (1 - eps)(total - degree)``;
+    a term with zero volume (``S`` empty or the whole graph, so ``cut`` is 0) counts 0.
+    """
     import numpy as np
 
-    v = np.asarray(v, dtype=np.float64)
-    seed = int(np.argmax(np.abs(v)))
-    if v[seed] < 0:
-        v = -v
-    bip = (v > v.mean()).reshape(dims)
-    nc = int(bip[0, 0]) + int(bip[0, -1]) + int(bip[-1, 0]) + int(bip[-1, -1])
-    return ~bip if nc >= 3 else bip
+    n, s = c.n, c.size
+    cut = eps * (s * (n - s)) + (1.0 - eps) * (c.degree - c.inner)
+    vol_s = eps * (n * s) + (1.0 - eps) * c.degree
+    vol_r = eps * (n * (n - s)) + (1.0 - eps) * (c.total - c.degree)
+    ncut = np.divide(cut, vol_s, out=np.zeros(s.shape), where=vol_s > 0) + np.divide(
+        cut, vol_r, out=np.zeros(s.shape), where=vol_r > 0
+    )
+    return np.where(s > 0, np.clip(1.0 - 0.5 * ncut, 0.0, 1.0), 0.0)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -447,14 +548,11 @@ def maskcut_batch(
     warm = None
     for i in range(n_masks):
         if solver == "scipy":
-            W = weights(binary, alive, tau, eps)
-            fied = _fiedler_scipy(W)
-
-            def graph_mv(S: torch.Tensor, W=W) -> tuple[torch.Tensor, torch.Tensor]:
-                return W.sum(-1), (W @ S[:, :, None])[:, :, 0]
+            fied = _fiedler_scipy(weights(binary, alive, tau, eps))
         else:
             M, d = normalized_affinity(binary, alive, tau, eps, dtype)
             fied = _fiedler_torch(M, d, warm, **solver_options)
+            del M
             warm = fied.block
             if dtype != torch.float64 and fied.accurate is not None and not fied.accurate.all():
                 # Near-degenerate eigenvalues below float32's reach: redo those images in float64.
@@ -464,10 +562,6 @@ def maskcut_batch(
                 del M64
                 fied.vectors[~fied.accurate] = f64.vectors
                 fied.values[~fied.accurate] = f64.values
-
-            def graph_mv(S: torch.Tensor, M=M, d=d) -> tuple[torch.Tensor, torch.Tensor]:
-                sq = d.sqrt()  # W = D^1/2 M D^1/2
-                return d, sq * torch.bmm(M, (sq * S).to(M.dtype)[:, :, None])[:, :, 0].double()
 
         outs = []
         for b in range(B):
@@ -479,19 +573,10 @@ def maskcut_batch(
             union[b] |= out
             masks[b, i] = out
             outs.append(out)
-        # Score: 1 - Ncut/2 of the output mask on this iteration's graph.
-        S = torch.from_numpy(np.stack(outs).reshape(B, n)).to(dev, torch.float64)
-        deg, WS = graph_mv(S)
-        deg = deg.double()
-        vol_s = (S * deg).sum(-1)
-        vol_r = deg.sum(-1) - vol_s
-        cut = (vol_s - (S * WS.double()).sum(-1)).clamp_min(0.0)
-        ncut = cut / vol_s.clamp_min(1e-300) + cut / vol_r.clamp_min(1e-300)
-        sc = (1.0 - 0.5 * ncut).clamp(0.0, 1.0).cpu().numpy()
-        scores[:, i] = np.where(S.sum(-1).cpu().numpy() > 0, sc, 0.0)
+        S = torch.from_numpy(np.stack(outs).reshape(B, n, 1)).to(dev)
+        scores[:, i] = ncut_score(graph_counts(_edges(binary, alive, tau, torch.float32), S), eps)[:, 0]
         paint = torch.from_numpy(np.stack(current).reshape(B, n)).to(dev)
         alive = alive & ~paint
-        del graph_mv
     return [(masks[b], scores[b]) for b in range(B)]
 
 

@@ -23,7 +23,19 @@ Score (documented, comparable with ``ncut``'s): on MaskCut's binarised graph (``
 ``(1 - Ncut(S) / 2) * density(S)`` where ``density(S)`` is the share of patch pairs inside ``S`` that
 are graph edges. The Ncut term rewards candidates few edges leave; the density term penalises a
 candidate that merges dissimilar regions (e.g. two instances a coarse K put in one cluster), which
-Ncut alone does not see. Both lie in ``[0, 1]``.
+Ncut alone does not see. Both lie in ``[0, 1]``. Both are computed from exact integer counts on the
+0/1 graph (``_spectral.graph_counts``), so scores, their sort order and the NMS that follows do not
+depend on BLAS threads or the device; equal scores keep the candidates' order (K ascending, then
+cluster, then component in raster order).
+
+Ties follow exact arithmetic: a point equidistant to several centres joins the first of them, the
+first of equally good k-means++ candidates is taken, the first of equally good restarts is kept,
+and an emptied cluster takes the first of equally far points. "Equal" means within ``TIE_RTOL``
+(1e-6) of the best value, relative to the scale of the values compared: ``|x|^2 + max |c|^2`` for a
+point's squared distances (their float32 rounding reached 3.7e-7 of that scale on the fixtures),
+the best value itself for sums of squared distances (accumulated in float64). A gap this small is
+one that rounding could decide either way, so only such decisions change: exact ties (e.g. a
+duplicated centre) go to the first index whatever the BLAS threads or device.
 """
 
 from __future__ import annotations
@@ -38,6 +50,25 @@ from . import _spectral
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+#: Relative tolerance below which k-means treats two values as equal (see the module docstring).
+TIE_RTOL = 1e-6
+
+
+def _first_argmin(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Index of the first entry along the last dim within ``TIE_RTOL * scale`` of the minimum
+    (``scale`` broadcasts against ``values[..., :1]``): ``argmin`` with exact-arithmetic ties."""
+    import torch
+
+    near = values <= values.min(-1, keepdim=True).values + TIE_RTOL * scale
+    return near.to(torch.uint8).argmax(-1)  # torch.argmax returns the first maximal index
+
+
+def _assign(x: torch.Tensor, x2: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared distances (B, n, k) of points ``x`` (``x2 = |x|^2``) to centres ``C`` and the labels."""
+    c2 = (C * C).sum(-1)  # (B, k)
+    dist = x2[:, :, None] - 2 * x @ C.transpose(1, 2) + c2[:, None, :]
+    return dist, _first_argmin(dist, x2[:, :, None] + c2.amax(-1)[:, None, None])
 
 
 def kmeans_batch(
@@ -56,8 +87,8 @@ def kmeans_batch(
     shards and resumed runs give the same masks).
     Greedy k-means++ seeding (``2 + log k`` D^2 samples per step, the best kept, as scikit-learn), then
     Lloyd iterations until no label changes (or ``iters``); an emptied cluster takes the point
-    farthest from its centre. Best inertia of ``n_init`` runs per image. ``init`` (B, k, d) gives
-    the starting centres instead (one run).
+    farthest from its centre. Best inertia of ``n_init`` runs per image. Ties go to the first index
+    (module docstring). ``init`` (B, k, d) gives the starting centres instead (one run).
     """
     import numpy as np
     import torch
@@ -71,7 +102,7 @@ def kmeans_batch(
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     x2 = (x * x).sum(-1)  # (B, n)
     ar = torch.arange(B, device=x.device)
-    best = None
+    runs = []
     for _ in range(1 if init is not None else max(1, n_init)):
         first = torch.stack([torch.randint(n, (), generator=g) for g in gens]).to(x.device)
         centers = [x[ar, first]]
@@ -85,14 +116,14 @@ def kmeans_batch(
             ).to(x.device)  # (B, L)
             xc = x[ar[:, None], cand]  # (B, L, d)
             dc = torch.minimum(d2[:, None, :], torch.cdist(xc, x).pow(2))  # (B, L, n)
-            pick = dc.sum(-1).argmin(-1)  # (B,)
+            potential = dc.sum(-1, dtype=torch.float64)  # (B, L)
+            pick = _first_argmin(potential, potential.min(-1, keepdim=True).values)  # (B,)
             centers.append(xc[ar, pick])
             d2 = dc[ar, pick]
         C = torch.stack(centers, dim=1) if init is None else init.to(x.device, x.dtype)  # (B, k, d)
         labels = None
         for _it in range(iters):
-            dist = x2[:, :, None] - 2 * x @ C.transpose(1, 2) + (C * C).sum(-1)[:, None, :]
-            new = dist.argmin(-1)
+            dist, new = _assign(x, x2, C)
             if labels is not None and bool((new == labels).all()):
                 break
             labels = new
@@ -102,22 +133,20 @@ def kmeans_batch(
             C_new = sums / counts.clamp_min(1)[:, :, None]
             empty = counts == 0
             if bool(empty.any()):
-                far = dist.gather(-1, labels[:, :, None])[:, :, 0].argmax(-1)  # (B,)
+                own = dist.gather(-1, labels[:, :, None])[:, :, 0]  # (B, n)
+                far = _first_argmin(-own, own.abs().amax(-1, keepdim=True))  # (B,)
                 C_new = torch.where(empty[:, :, None], x[ar, far][:, None, :], C_new)
             C = C_new
-        dist = x2[:, :, None] - 2 * x @ C.transpose(1, 2) + (C * C).sum(-1)[:, None, :]
-        labels = dist.argmin(-1)
-        inertia = dist.gather(-1, labels[:, :, None])[:, :, 0].clamp_min(0).sum(-1)
-        if best is None:
-            best = (labels, C, inertia)
-        else:
-            better = inertia < best[2]
-            best = (
-                torch.where(better[:, None], labels, best[0]),
-                torch.where(better[:, None, None], C, best[1]),
-                torch.where(better, inertia, best[2]),
-            )
-    return best
+        dist, labels = _assign(x, x2, C)
+        inertia = dist.gather(-1, labels[:, :, None])[:, :, 0].clamp_min(0).sum(-1, dtype=torch.float64)
+        runs.append((labels, C, inertia))
+    inertias = torch.stack([r[2] for r in runs], dim=1)  # (B, runs)
+    best = _first_argmin(inertias, inertias.min(-1, keepdim=True).values)
+    return (
+        torch.stack([r[0] for r in runs], dim=1)[ar, best],
+        torch.stack([r[1] for r in runs], dim=1)[ar, best],
+        inertias[ar, best],
+    )
 
 
 def _components(labels: np.ndarray, k: int, min_patches: int) -> list[np.ndarray]:
@@ -223,8 +252,6 @@ class KMeansMasker(_spectral.GridMasker):
             zk = z if self.space != "spectral" else z[..., : (self.n_eigs or k)]
             labels[k] = kmeans_batch(zk, k, iters=self.iters, n_init=self.n_init, seed=seeds)[0].cpu().numpy()
         binary = _spectral.binary_affinity(x, tau)
-        Wt = torch.where(binary, torch.ones((), device=x.device), torch.full((), self.eps, device=x.device))
-        deg = Wt.sum(-1)
         fg_masks = self._foreground(x, z, tau, (h, w), seeds) if self.foreground != "none" else [None] * B
         min_patches = max(1, int(np.ceil(self.min_area * n)))
         out = []
@@ -235,17 +262,10 @@ class KMeansMasker(_spectral.GridMasker):
             if not cands:
                 out.append(([], []))
                 continue
-            S = torch.from_numpy(np.stack([c.reshape(-1) for c in cands], axis=1)).to(x.device, Wt.dtype)  # (n, m)
-            WS = Wt[b] @ S
-            assoc = (S * WS).sum(0)
-            vol_s = (S * deg[b][:, None]).sum(0)
-            vol_r = deg[b].sum() - vol_s
-            cut = (vol_s - assoc).clamp_min(0)
-            ncut = cut / vol_s.clamp_min(1e-12) + cut / vol_r.clamp_min(1e-12)
-            size = S.sum(0)
-            edges_in = ((binary[b].float() @ S) * S).sum(0)
-            density = edges_in / (size * size)
-            scores = ((1 - 0.5 * ncut).clamp(0, 1) * density.clamp(0, 1)).double().cpu().tolist()
+            S = torch.from_numpy(np.stack([c.reshape(-1) for c in cands], axis=1)).to(x.device)  # (n, m)
+            counts = _spectral.graph_counts(binary[b : b + 1], S[None])
+            density = counts.inner / (counts.size * counts.size)  # every candidate has >= 1 patch
+            scores = (_spectral.ncut_score(counts, self.eps) * density)[0].tolist()
             keep = _nms(cands, scores, self.nms_iou)
             masks = [cands[i] for i in keep]
             sc = [scores[i] for i in keep]

@@ -5,17 +5,20 @@ non-edges); the Fiedler vector of ``(D - W) x = lambda D x``; bipartition at its
 side by the seed (largest ``|x|``) and the corner rule; the seed's 4-connected component; then again
 ``n_masks`` times with earlier masks' patches given zero features, rejecting a mask that overlaps the
 previous one (IoU > 0.5) or covers <= 1 % of the grid, and removing earlier masks from each output.
-The algorithm, its reference quirks and the one deliberate deviation (the eigenvector's sign is
-fixed so the result never depends on LAPACK) are documented in ``_spectral.py``. No CRF.
+The algorithm, its reference quirks, the one deliberate deviation (the eigenvector's sign is
+fixed so the result never depends on LAPACK) and the tie rule at the seed (the first of entries equal
+to within 1e-6, as ``np.argmax`` in exact arithmetic) are documented in ``_spectral.py``. No CRF.
 
 Solvers: ``torch`` (default; batched restarted block Lanczos on the deflated normalised affinity,
 float32 with a float64 redo where eigenvalues are too close for float32) and ``scipy`` (the reference,
 ``scipy.linalg.eigh(D - W, D, subset_by_index=[1, 2])`` per image). Both reproduce CutLER's own masks
-on the parity fixtures (tests/fixtures/maskcut).
+exactly on the parity fixtures (tests/fixtures/maskcut), with 1 and with 2 BLAS threads.
 
 Score of a mask: ``1 - Ncut(S) / 2`` where ``Ncut(S) = cut(S, ~S) / vol(S) + cut(S, ~S) / vol(~S)`` on
 the graph of the cut that produced it (``S``: the output mask on the patch grid). In ``[0, 1]``: an
 object few graph edges leave scores near 1, an arbitrary split of a homogeneous region near 0.5.
+Computed from exact integer counts on the binarised graph, so a score, and the order of equal ones,
+does not depend on the solver, the thread count or the device.
 
 Output: masks upsampled (nearest) from the patch grid to ``record.height x record.width``; with a
 padded feature map (``valid`` given) only the valid rectangle enters the graph and is upsampled.
