@@ -71,6 +71,15 @@ def _parity_worker(out: Path) -> None:
             feats, dims, tau, n_masks, _ = _load(name)
             m, s = maskcut_patch_masks(feats, dims, tau, n_masks, solver, return_scores=True)
             res[f"{solver}/{name}/masks"], res[f"{solver}/{name}/scores"] = m, s
+    from uisbench_builtins.kmeans import KMeansMasker
+
+    kmeans = KMeansMasker(ks=[2, 3, 4, 5, 6], foreground="border")  # the registry's kmeans entry
+    for name in SMALL:
+        feats, dims, _, _, _ = _load(name)
+        fm = uisbench.FeatureMap(torch.from_numpy(feats).reshape(1, -1, *dims), [1], 16, "key", -1)
+        masks, scores = kmeans.patch_masks(fm)[0]
+        res[f"kmeans/{name}/masks"] = np.stack(masks) if masks else np.zeros((0, *dims), bool)
+        res[f"kmeans/{name}/scores"] = np.asarray(scores)
     np.savez(out, **res)
 
 
@@ -106,6 +115,15 @@ def test_maskcut_does_not_depend_on_thread_count(parity_runs, solver):
     keys = [k for k in one if k.startswith(f"{solver}/")]
     assert len(keys) == 2 * len(PARITY_RUNS[solver])
     for k in keys:  # masks and scores, bit for bit
+        np.testing.assert_array_equal(one[k], two[k], err_msg=k)
+
+
+def test_kmeans_does_not_depend_on_thread_count(parity_runs):
+    """Near-ties of the float32 distances are decided in float64: the same candidates at 1 and 2 threads."""
+    one, two = parity_runs[THREADS[0]], parity_runs[THREADS[1]]
+    keys = [k for k in one if k.startswith("kmeans/")]
+    assert len(keys) == 2 * len(SMALL)
+    for k in keys:
         np.testing.assert_array_equal(one[k], two[k], err_msg=k)
 
 

@@ -36,6 +36,13 @@ point's squared distances (their float32 rounding reached 3.7e-7 of that scale o
 the best value itself for sums of squared distances (accumulated in float64). A gap this small is
 one that rounding could decide either way, so only such decisions change: exact ties (e.g. a
 duplicated centre) go to the first index whatever the BLAS threads or device.
+
+Genuine near-ties (a gap just above the tolerance) would still be decided by float32 rounding, which
+differs with BLAS threads (2-4e-7 of the scale between 1 and 2 threads). So the float32 distances
+only shortlist: a point whose two nearest centres lie within ``REFINE_RTOL`` (1e-4) of each other is
+decided on float64 distances, and centres are averaged in float64 before being rounded to float32.
+float64 rounding (~1e-16) decides nothing at the 1e-6 tolerance, so labels are the same at any thread
+count; the float32 matrix product still does the bulk of the work.
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ if TYPE_CHECKING:
 
 #: Relative tolerance below which k-means treats two values as equal (see the module docstring).
 TIE_RTOL = 1e-6
+#: Points whose two nearest centres are closer than this (relative) are assigned on float64 distances.
+REFINE_RTOL = 1e-4
 
 
 def _first_argmin(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -65,10 +74,25 @@ def _first_argmin(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def _assign(x: torch.Tensor, x2: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared distances (B, n, k) of points ``x`` (``x2 = |x|^2``) to centres ``C`` and the labels."""
+    """Squared distances (B, n, k) of points ``x`` (``x2 = |x|^2``) to centres ``C`` and the labels.
+
+    Labels of points with a near-tie in float32 are decided on float64 distances (module docstring).
+    """
+
     c2 = (C * C).sum(-1)  # (B, k)
     dist = x2[:, :, None] - 2 * x @ C.transpose(1, 2) + c2[:, None, :]
-    return dist, _first_argmin(dist, x2[:, :, None] + c2.amax(-1)[:, None, None])
+    scale = x2[:, :, None] + c2.amax(-1)[:, None, None]
+    labels = _first_argmin(dist, scale)
+    if dist.shape[-1] < 2:
+        return dist, labels
+    nearest = dist.topk(2, dim=-1, largest=False).values
+    close = (nearest[..., 1] - nearest[..., 0]) <= REFINE_RTOL * scale[..., 0]  # (B, n)
+    b_all, i_all = close.nonzero(as_tuple=True)
+    for start in range(0, len(b_all), 4096):  # bounded memory: many points tie when centres repeat
+        b, i = b_all[start : start + 4096], i_all[start : start + 4096]
+        exact = (x[b, i].double()[:, None, :] - C[b].double()).pow(2).sum(-1)  # (m, k), float64
+        labels[b, i] = _first_argmin(exact, scale[b, i].double())
+    return dist, labels
 
 
 def kmeans_batch(
@@ -127,10 +151,11 @@ def kmeans_batch(
             if labels is not None and bool((new == labels).all()):
                 break
             labels = new
-            onehot = torch.nn.functional.one_hot(labels, k).to(x.dtype)  # (B, n, k)
+            onehot = torch.nn.functional.one_hot(labels, k).to(torch.float64)  # (B, n, k)
             counts = onehot.sum(1)  # (B, k)
-            sums = onehot.transpose(1, 2) @ x
-            C_new = sums / counts.clamp_min(1)[:, :, None]
+            # averaged in float64, then rounded: the same float32 centres at any thread count
+            sums = onehot.transpose(1, 2) @ x.double()
+            C_new = (sums / counts.clamp_min(1)[:, :, None]).to(x.dtype)
             empty = counts == 0
             if bool(empty.any()):
                 own = dist.gather(-1, labels[:, :, None])[:, :, 0]  # (B, n)
