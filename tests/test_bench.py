@@ -73,8 +73,11 @@ def test_cache_keys_follow_what_a_stage_depends_on(tmp_path):
     def keys(**changes):
         host, reg = _setup(tmp_path, **changes)
         p = open_pipeline(host, reg, BenchOptions(workdir=tmp_path / "w"))
-        stages = (p.features("pixels", "val"), p.pseudo_masks("pixels", "groups", "val"), p.student("pixels", "groups", "student"))
-        return tuple(p.runner.key(stage) for stage in stages)
+        try:
+            stages = (p.features("pixels", "val"), p.pseudo_masks("pixels", "groups", "val"), p.student("pixels", "groups", "student"))
+            return tuple(p.runner.key(stage) for stage in stages)
+        finally:
+            p.close()
 
     base = keys()
     assert base == keys()  # deterministic

@@ -50,8 +50,10 @@ def load_results(path: Any) -> dict[str, Any]:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise ConfigError(f"{p}: no results.json here; run `platform bench --workdir {p.parent}` first.") from err
-    except ValueError as err:
-        raise ConfigError(f"{p}: not valid JSON ({err}); rerun `platform bench` to rewrite it.") from err
+    except (ValueError, RecursionError) as err:  # bad JSON, not UTF-8, nested absurdly deep
+        raise ConfigError(f"{p}: not a readable results file ({type(err).__name__}); rerun `platform bench` to rewrite it.") from err
+    except OSError as err:  # a folder named results.json, no permission, ...
+        raise ConfigError(f"{p}: cannot read it ({err.strerror or err}); check the path and its permissions.") from err
     problems = validate_results(data)
     if problems:
         raise ConfigError(f"{p}: does not match results.schema.json; rerun `platform bench`.", [f"{p}: {x}" for x in problems])

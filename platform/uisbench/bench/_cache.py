@@ -67,19 +67,19 @@ def folder_digest(path: str | os.PathLike[str]) -> str:
 
 
 def file_sha256(path: str | os.PathLike[str], memo: Path | None = None) -> str:
-    """SHA-256 of a file; with ``memo`` (a JSON file) reuse the hash while size and mtime match."""
+    """SHA-256 of a file; with ``memo`` (a JSON file) reuse the hash while the file is provably the
+    same one: same inode, size, modification *and* change time (``ctime`` cannot be set back by a
+    user, so a file replaced with its old mtime is hashed again). A damaged memo is ignored."""
     path = Path(path).resolve()
     st = path.stat()
-    stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    stamp = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
     table: dict[str, Any] = {}
-    if memo is not None and memo.exists():
-        try:
-            table = json.loads(memo.read_text())
-        except (OSError, ValueError):
-            table = {}
+    if memo is not None:
+        loaded = Cache.read(memo)
+        table = loaded if isinstance(loaded, dict) else {}
         hit = table.get(str(path))
-        if hit and hit.get("stamp") == stamp:
-            return str(hit["sha256"])
+        if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("sha256"), str):
+            return hit["sha256"]
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -121,7 +121,7 @@ class Cache:
         try:
             with open(path, encoding="utf-8") as handle:
                 return json.load(handle)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # absent, truncated, not UTF-8, nested absurdly deep
             return None
 
     @staticmethod

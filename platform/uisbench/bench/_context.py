@@ -6,6 +6,7 @@ Everything here is cheap to create; torch is imported only where a device or a s
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -114,10 +115,20 @@ class BenchContext:
             print(text, file=sys.stderr, flush=True)
 
     def log_failure(self, what: str, err: BaseException) -> None:
-        """Append ``err``'s traceback to the run's log (the cell's reason points here)."""
+        """Append ``err``'s traceback to the run's log (the cell's reason points here).
+
+        The log is opened without following a symbolic link: a link planted in a shared work
+        directory must not make the bench append to some other file of the user's.
+        """
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        with open(self.log_path, "a", encoding="utf-8") as handle:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(self.log_path, flags, 0o644)
+        except OSError:  # ELOOP: a symbolic link stands there; replace it with the log
+            self.log_path.unlink(missing_ok=True)
+            fd = os.open(self.log_path, flags, 0o644)
+        with os.fdopen(fd, "a", encoding="utf-8") as handle:
             handle.write(f"\n==== {stamp} {what}\n")
             handle.write("".join(traceback.format_exception(type(err), err, err.__traceback__)))
 

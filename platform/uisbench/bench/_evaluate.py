@@ -17,6 +17,7 @@ from ._cache import ids_digest, make_key
 from ._code import code_fingerprint
 from ._context import short_error
 from ._cost import to_stage_cost
+from ._stage import CacheDamaged, StageError
 
 if TYPE_CHECKING:
     from ._features import FeaturesStage
@@ -41,16 +42,23 @@ class Scoring:
     costs: Callable[[], list[dict[str, Any]]]
 
 
-def _finite(values: dict[str, Any]) -> dict[str, float | None]:
-    """Metric values as JSON-safe floats (``nan``/``inf`` become ``null``)."""
+def _checked_values(name: str, values: Any, higher_is_better: dict[str, Any]) -> dict[str, float | None]:
+    """A metric's ``compute()`` held to the contract: a dict of the names in ``higher_is_better`` to
+    real numbers; JSON-safe floats out (``nan``/``inf`` become ``null``). Anything else is an error
+    naming the metric and the value, so a bug never becomes a silent ``null`` in the leaderboard."""
+    import numbers
+
+    if not isinstance(values, dict):
+        raise TypeError(f"metric {name}: compute() returned {type(values).__name__}, not a dict of values")
+    unknown = sorted(str(k) for k in values if k not in higher_is_better)
+    if unknown:
+        raise TypeError(f"metric {name}: compute() returned {unknown}, which higher_is_better does not name")
     out: dict[str, float | None] = {}
-    for k, v in values.items():
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            out[str(k)] = None
-            continue
-        out[str(k)] = f if math.isfinite(f) else None
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"metric {name}: value {key!r} is {type(value).__name__} {value!r:.40}, not a number")
+        f = float(value)
+        out[str(key)] = f if math.isfinite(f) else None
     return out
 
 
@@ -98,10 +106,22 @@ class MetricEvaluator:
             else:
                 todo[name] = key
         if todo:
+            results.update(self._compute_healing(scoring, todo))
+        return {name: results[name] for name in names if name in results}
+
+    def _compute_healing(self, scoring: Scoring, todo: dict[str, str]) -> dict[str, MetricResult]:
+        """Compute ``todo``; a features file that reads back damaged is redone, then the metrics again."""
+        runner = self.pipeline.runner
+        for attempt in range(3):
             if scoring.features is not None and any("features" in self._spec(n).needs for n in todo):
                 self.pipeline.run(scoring.features)
-            results.update(runner.collective(f"{scoring.what} metrics", lambda: self._compute(scoring, todo)))
-        return {name: results[name] for name in names if name in results}
+            try:
+                return runner.collective(f"{scoring.what} metrics", lambda: self._compute(scoring, todo))
+            except CacheDamaged as err:
+                if attempt == 2:
+                    raise StageError("failed", f"{scoring.what} metrics: {err}; removed, but it came back damaged") from err
+                runner.heal(err)
+        raise AssertionError("unreachable")
 
     def _compute(self, scoring: Scoring, todo: dict[str, str]) -> dict[str, MetricResult]:
         ctx = self.ctx
@@ -184,16 +204,22 @@ class MetricEvaluator:
 
     def _result(self, scoring: Scoring, name: str, metric: Any, others: list[Any]) -> MetricResult:
         """Merge the other ranks' states into ``metric`` and compute its values."""
+        hib = dict(metric.higher_is_better)
         try:
             if self.ctx.shard.distributed:
                 metric.merge(others)
-            values = _finite(metric.compute())
+            values = _checked_values(name, metric.compute(), hib)
             info = metric.describe() if callable(getattr(metric, "describe", None)) else {}
         except Exception as err:
             self.ctx.log_failure(f"{scoring.what} metric {name} compute", err)
             return {"status": "failed", "reason": short_error(err), "values": {}}
-        hib = dict(getattr(metric, "higher_is_better", None) or self._spec(name).higher_is_better)
-        result: MetricResult = {"status": "ok", "reason": None, "values": values, "higher_is_better": {k: bool(v) for k, v in hib.items()}}
+        result: MetricResult = {
+            "status": "ok",
+            "reason": None,
+            "values": values,
+            "higher_is_better": {k: bool(v) for k, v in hib.items()},
+            "headline": [k for k in metric.headline if k in values],
+        }
         if info:
             result["info"] = {str(k): str(v) for k, v in info.items()}
         return result

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ..io import atomic_path
 from ._context import progress_bar, seed_everything, short_error
 from ._cost import Meter, combine_ranks
-from ._stage import Stage, StageError, StageOutput
+from ._stage import CacheDamaged, Stage, StageError, StageOutput
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
@@ -128,6 +128,7 @@ class FeaturesStage(Stage):
             "cost": cost,
             "provenance": provenance,
             "skipped": [skipped[i] for i in sorted(skipped)],
+            "items": self.item_sizes(key, [i for i in ids if i not in skipped]),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
@@ -135,10 +136,20 @@ class FeaturesStage(Stage):
         self.pipeline.data.note_skipped(self.split, output.skipped)
 
     def load(self, key: str, image_id: int) -> dict[str, Any]:
-        """The stored record of one image: ``features`` (C, h, w), ``valid``, ``coverage``, ..."""
+        """The stored record of one image: ``features`` (C, h, w), ``valid``, ``coverage``, ...;
+        :class:`CacheDamaged` when the file cannot be read back as one (the runner redoes it)."""
         import torch
 
-        return torch.load(self.item_path(key, image_id), map_location="cpu", weights_only=True)
+        path = self.item_path(key, image_id)
+        try:
+            record = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated, corrupted, not a torch file: all mean "redo it"
+            # torch's own text may advise turning the safe loader off: never pass that on
+            raise CacheDamaged(self, key, path, f"unreadable, {type(err).__name__}") from err
+        features = record.get("features") if isinstance(record, dict) else None
+        if not isinstance(features, torch.Tensor) or features.ndim != 3:
+            raise CacheDamaged(self, key, path, "not a features record")
+        return record
 
 
 def _coverage(backbone: Any, record: Any, valid: Any) -> tuple[float, float]:

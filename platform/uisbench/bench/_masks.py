@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ..contracts import FeatureMap
 from ._context import progress_bar, seed_everything
 from ._cost import Meter, combine_ranks
-from ._stage import Stage, StageOutput
+from ._stage import CacheDamaged, Stage, StageOutput
 
 if TYPE_CHECKING:
     from ._features import FeaturesStage
@@ -93,9 +93,10 @@ class PseudoMasksStage(Stage):
     def finish(self, key: str, reports: list[Any]) -> dict[str, Any]:
         predictions: dict[str, list[dict[str, Any]]] = {}
         for image_id in self.image_ids():
-            item = self.ctx.cache.read(self.item_path(key, image_id))
-            if item is None:
-                raise RuntimeError(f"pseudo-masks of image {image_id} missing after the stage")
+            path = self.item_path(key, image_id)
+            item = self.ctx.cache.read(path)
+            if not isinstance(item, dict) or not isinstance(item.get("predictions"), list):
+                raise CacheDamaged(self, key, path, "missing or unreadable")
             predictions[str(image_id)] = item["predictions"]
         costs = [r for r in reports if r]
         cost = combine_ranks(costs) if costs else None
@@ -108,6 +109,7 @@ class PseudoMasksStage(Stage):
             "images": len(predictions),
             "skipped": self.pipeline.data.skipped_among(self.split, self.summary_ids()),
             "cost": cost,
+            "items": self.item_sizes(key, self.image_ids()),
             "predictions": predictions,
         }
 

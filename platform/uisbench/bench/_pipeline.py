@@ -25,10 +25,11 @@ __all__ = ["Pipeline"]
 class Pipeline:
     """Stage factories and the plugin objects they share (backbones, maskers), for one run."""
 
-    def __init__(self, ctx: BenchContext, plan: Plan, data: BenchData) -> None:
+    def __init__(self, ctx: BenchContext, plan: Plan, data: BenchData, lock: Any = None) -> None:
         self.ctx = ctx
         self.plan = plan
         self.data = data
+        self._lock = lock
         self.runner = StageRunner(ctx)
         self.backbones = {b: BackboneHandle(plan.entry("backbones", b), ctx, data) for b in plan.backbones}
         self._maskers: dict[str, Any] = {}
@@ -49,6 +50,12 @@ class Pipeline:
 
     def peek(self, stage: Stage) -> StageOutput | None:
         return self.runner.peek(stage)
+
+    def close(self) -> None:
+        """Release the work directory and, under torchrun, the process group."""
+        if self._lock is not None:
+            self._lock.release()
+        self.ctx.shard.close()
 
     # -- shared plugin objects ----------------------------------------------------------------
 

@@ -171,7 +171,7 @@ def write_report(pipeline: Any, results: dict[str, Any], n_images: int = 4) -> P
     workdir = pipeline.ctx.workdir
     out_dir = workdir / "report"
     html_path = workdir / "report.html"
-    image_ids = pipeline.data.ids("val")[:n_images]
+    image_ids = pipeline.data.usable("val")[:n_images]  # never an image skipped as unreadable
     key = _report_key(results, image_ids)
     stamp = out_dir / ".key"
     if html_path.exists() and stamp.exists() and stamp.read_text().strip() == key:
@@ -199,23 +199,32 @@ def write_report(pipeline: Any, results: dict[str, Any], n_images: int = 4) -> P
     if calib:
         parts += ["<h2>Calibration backbones (read ground truth: upper bounds)</h2>", calib]
     for name, title, data in pngs:
-        parts.append(f"<h2>{_html.escape(title)}</h2><img alt='{name}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>")
+        parts.append(f"<h2>{_html.escape(title)}</h2><img alt='{_html.escape(name)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>")
     parts.append("</body></html>")
     atomic_write_text(html_path, "\n".join(parts))
     atomic_write_text(stamp, key)
     return html_path
 
 
-def write_outputs(pipeline: Any, results: dict[str, Any], *, report: bool = True) -> None:
-    """results.json, leaderboard.md, leaderboard.csv and (optionally) report.html in the workdir."""
+def write_outputs(pipeline: Any, results: dict[str, Any], *, report: bool = True) -> Path | None:
+    """results.json (the old one kept as results.previous.json if it had cells that are no longer
+    ``ok``), leaderboard.md, leaderboard.csv and (optionally) report.html in the workdir; returns the
+    report's path, or ``None`` when it was not written."""
+    from ._workdir import keep_previous_results
+
     ctx = pipeline.ctx
     workdir = ctx.workdir
+    previous = keep_previous_results(workdir, results)
+    if previous is not None:
+        ctx.say(f"warning: cells that were ok in the last results are not now; the old results are kept in {previous}")
     atomic_write_json(workdir / "results.json", dict(results))
     atomic_write_text(workdir / "leaderboard.md", render(results, "markdown"))
     atomic_write_text(workdir / "leaderboard.csv", render(results, "csv"))
-    if report:
-        try:
-            write_report(pipeline, results, ctx.options.report_images)
-        except Exception as err:  # the numbers are written; a picture problem must not fail the run
-            ctx.log_failure("report", err)
-            print(f"warning: report.html not written: {type(err).__name__}: {err} (see {ctx.log_path})", file=sys.stderr)
+    if not report:
+        return None
+    try:
+        return write_report(pipeline, results, ctx.options.report_images)
+    except Exception as err:  # the numbers are written; a picture problem must not fail the run
+        ctx.log_failure("report", err)
+        print(f"warning: report.html not written: {type(err).__name__}: {err} (see {ctx.log_path})", file=sys.stderr)
+        return None

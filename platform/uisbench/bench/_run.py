@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ._context import BenchContext, BenchOptions
 from ._cost import combine_parts
 from ._data import BenchData
@@ -28,12 +30,16 @@ from ._features import backbone_provenance
 from ._pipeline import Pipeline
 from ._plan import make_plan
 from ._stage import StageError
+from ._workdir import WorkdirLock, check_workdir, remove_stale_temporaries
 
 __all__ = ["run_bench", "open_pipeline", "BenchOutcome"]
 
 
 class BenchOutcome(dict):
-    """The results dict, plus ``exit_code`` (1 when a cell or a backbone's own metrics failed, else 0)."""
+    """The results dict, plus ``exit_code`` (1 when a cell or a backbone's own metrics failed, else 0)
+    and ``report_path`` (report.html, or ``None`` when it was not written)."""
+
+    report_path: Path | None = None
 
     @property
     def exit_code(self) -> int:
@@ -246,14 +252,30 @@ class CellWalker:
 
 
 def open_pipeline(host: Any, registry: Any, options: BenchOptions) -> Pipeline:
-    """The pipeline of ``options``' matrix, nothing computed yet (under torchrun: the process group is
-    up; close it with ``pipeline.ctx.shard.close()``)."""
+    """The pipeline of ``options``' matrix, nothing computed yet: the work directory checked and
+    locked, stale temporary files removed, the process group up under torchrun. Release all that
+    with ``pipeline.close()``."""
     ctx = BenchContext(options, options.seed if options.seed is not None else registry.bench.seed)
+    lock = WorkdirLock(ctx.workdir)
     try:
+        problem = None
+        if ctx.shard.main:
+            try:
+                check_workdir(ctx.workdir)
+                lock.acquire(list(options.argv))
+                removed = remove_stale_temporaries(ctx.workdir)
+                if removed:
+                    ctx.say(f"removed {removed} temporary file(s) an interrupted run left in {ctx.workdir}")
+            except ConfigError as err:
+                problem = str(err)
+        problem = ctx.shard.broadcast(problem)
+        if problem:
+            raise ConfigError(problem)
         plan = make_plan(host, registry, options, ctx.cache.hash_memo())
         data = BenchData(plan.entry("datasets", plan.dataset), options.limit, options.skip_bad_images)
-        return Pipeline(ctx, plan, data)
+        return Pipeline(ctx, plan, data, lock)
     except BaseException:
+        lock.release()
         ctx.shard.close()
         raise
 
@@ -269,7 +291,6 @@ def run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
     pipeline = open_pipeline(host, registry, options)
     ctx, plan = pipeline.ctx, pipeline.plan
     try:
-        ctx.workdir.mkdir(parents=True, exist_ok=True)
         ctx.say(f"uisbench bench: {len(plan.backbones)} backbone(s) x {len(plan.maskers)} masker(s) x "
                 f"{max(1, len(plan.students))} student(s) on {plan.dataset} ({ctx.device}, workdir {ctx.workdir})")
         for failure in host.failures:
@@ -280,8 +301,8 @@ def run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
         results = build_results(pipeline, host, registry, cells, backbones, total, started_wall, time.perf_counter() - t0)
         outcome = BenchOutcome(results)
         if ctx.shard.main:
-            write_outputs(pipeline, outcome, report=options.report)
+            outcome.report_path = write_outputs(pipeline, outcome, report=options.report)
         ctx.shard.barrier()
         return outcome
     finally:
-        ctx.shard.close()
+        pipeline.close()

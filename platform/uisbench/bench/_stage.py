@@ -12,7 +12,11 @@ once for every stage:
 - the cache decision: rank 0 looks for the stage's summary (or a remembered refusal), every rank follows;
 - the collective: a stage raising on any rank ends it with the same :class:`StageError` on every rank;
 - refusals: an :class:`uisbench.IncompatibleError` in :meth:`Stage.prepare` is written next to the
-  stage's results, so a rerun knows the answer without building anything.
+  stage's results, so a rerun knows the answer without building anything;
+- healing: a per-image stage's summary lists the size of every file it covers; a cached result whose
+  files are missing or of another size (a kill, a full disk, a copied work directory) is logged,
+  removed and recomputed, and a file found unreadable while a later stage loads it
+  (:class:`CacheDamaged`) is removed and its stage redone. The cell does not fail for it.
 
 Adding a stage is one subclass plus the pipeline method that creates it (see ``_pipeline.py``).
 """
@@ -31,7 +35,10 @@ from ._cache import ids_digest, make_key
 from ._code import code_fingerprint
 from ._context import BenchContext, short_error
 
-__all__ = ["Stage", "StageError", "StageOutput", "StageRunner"]
+__all__ = ["Stage", "StageError", "StageOutput", "StageRunner", "CacheDamaged"]
+
+#: how often one stage is healed and retried before its cell fails
+_HEAL_ATTEMPTS = 3
 
 
 class StageError(Exception):
@@ -41,6 +48,14 @@ class StageError(Exception):
         super().__init__(f"{status}: {reason}")
         self.status = status
         self.reason = reason
+
+
+class CacheDamaged(Exception):
+    """A stage's cached file could not be read back: ``stage``'s result must be redone."""
+
+    def __init__(self, stage: Stage, key: str, path: Path, reason: str) -> None:
+        super().__init__(f"damaged cache entry {path} ({reason})")
+        self.stage, self.key, self.path, self.reason = stage, key, path, reason
 
 
 @dataclass(frozen=True)
@@ -113,6 +128,11 @@ class Stage(abc.ABC):
     def item_path(self, key: str, image_id: int) -> Path:
         return self.folder(key) / f"{int(image_id)}{self.item_suffix}"
 
+    def item_sizes(self, key: str, ids: list[int]) -> dict[str, int]:
+        """``{image id: file size}`` of the stage's files, for its summary (``items``): a later run
+        checks them before trusting the summary."""
+        return {str(i): self.item_path(key, i).stat().st_size for i in ids}
+
     def image_ids(self) -> list[int]:
         """Per-image stages: the images this stage computes."""
         raise NotImplementedError
@@ -172,14 +192,33 @@ class StageRunner:
             return self._outputs[key]
         if key in self._failures:  # do not redo a failed stage for every cell that needs it
             raise self._failures[key]
-        try:
-            output = self._run(stage, key)
-        except StageError as err:
-            self._failures[key] = err
-            raise
+        for attempt in range(_HEAL_ATTEMPTS + 1):
+            try:
+                output = self._run(stage, key)
+                break
+            except CacheDamaged as err:  # an input's file (or one of its own) read back wrong
+                if attempt == _HEAL_ATTEMPTS:
+                    self._failures[key] = StageError("failed", f"{stage.label}: {err}; removed, but it came back damaged")
+                    raise self._failures[key] from err
+                self.heal(err)
+            except StageError as err:
+                self._failures[key] = err
+                raise
         stage.adopt(output)
         self._outputs[key] = output
         return output
+
+    def heal(self, err: CacheDamaged) -> None:
+        """Remove a damaged file and the summary that vouched for it; the next run of its stage redoes it."""
+        self.ctx.log_failure(f"damaged cache entry {err.path}", err)
+        self.ctx.say(f"warning: damaged cache entry {err.path} ({err.reason}): removed, recomputing")
+        if self.ctx.shard.main:
+            err.path.unlink(missing_ok=True)
+            for summary in self.ctx.cache.summaries(err.stage.folder(err.key)):
+                summary.unlink(missing_ok=True)
+            (err.stage.folder(err.key) / "summary.json").unlink(missing_ok=True)
+        self._outputs.pop(err.key, None)
+        self._failures.pop(err.key, None)
 
     def peek(self, stage: Stage) -> StageOutput | None:
         """The stage's output if this run or an earlier one finished it; never computes."""
@@ -198,7 +237,7 @@ class StageRunner:
         forced = stage.name in ctx.force
         path = stage.summary_path(key)
         refusal = stage.folder(key) / "refused.json"
-        found = self.decide(lambda: None if forced else self._look(path, refusal))
+        found = self.decide(lambda: None if forced else self._look(stage, key, path, refusal))
         if found is not None:
             if "refused" in found:
                 raise StageError("skipped", found["refused"])
@@ -224,12 +263,42 @@ class StageRunner:
         summary = ctx.shard.broadcast(self.collective(f"{stage.label} summary", finish))
         return StageOutput(stage.name, key, path, summary)
 
-    def _look(self, path: Path, refusal: Path) -> dict[str, Any] | None:
+    def _look(self, stage: Stage, key: str, path: Path, refusal: Path) -> dict[str, Any] | None:
         refused = self.ctx.cache.read(refusal)
-        if refused is not None:
+        if isinstance(refused, dict) and isinstance(refused.get("reason"), str):
             return {"refused": refused["reason"]}
         summary = self.ctx.cache.read(path)
-        return None if summary is None else {"summary": summary}
+        if summary is None:
+            return None
+        problem = self._summary_problem(stage, key, summary)
+        if problem is None:
+            return {"summary": summary}
+        self.ctx.say(f"warning: cached result {path} {problem}: removed, recomputing")
+        path.unlink(missing_ok=True)
+        return None
+
+    def _summary_problem(self, stage: Stage, key: str, summary: Any) -> str | None:
+        """Why a summary found in the cache cannot be trusted (and its damaged files are removed)."""
+        if not isinstance(summary, dict) or summary.get("key") != key:
+            return "is not this stage's summary"
+        if not stage.per_image:
+            return None
+        items = summary.get("items")
+        if not isinstance(items, dict):
+            return "does not list its files"
+        damaged = []
+        for image_id, size in items.items():
+            item = stage.item_path(key, int(image_id))
+            try:
+                ok = item.stat().st_size == size
+            except OSError:
+                ok = False
+            if not ok:
+                damaged.append(item)
+                item.unlink(missing_ok=True)
+        if damaged:
+            return f"vouches for {len(damaged)} missing or damaged file(s) (e.g. {damaged[0].name})"
+        return None
 
     def _prepare(self, stage: Stage, key: str, refusal: Path) -> None:
         try:
@@ -259,6 +328,11 @@ class StageRunner:
             result = fn()
         except StageError as err:
             problem = (err.status, err.reason)
+        except CacheDamaged as err:
+            if not self.ctx.shard.distributed:
+                raise  # healed and retried by run()
+            err.path.unlink(missing_ok=True)  # under torchrun the ranks cannot retry in step: next run
+            problem = ("failed", f"{what}: {err}; removed, rerun to recompute it")
         except BackboneUnavailable as err:
             problem = ("unavailable", short_error(err))
         except IncompatibleError as err:

@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     failed = [c for c in outcome["cells"] if c["status"] == "failed"]
     if failed:
         print(f"{len(failed)} cell(s) failed; tracebacks in {Path(args.workdir) / 'logs'}.", file=sys.stderr)
-    print(f"results: {Path(args.workdir) / 'results.json'}  report: {Path(args.workdir) / 'report.html'}", file=sys.stderr)
+    report = f"  report: {outcome.report_path}" if outcome.report_path else ""
+    print(f"results: {Path(args.workdir) / 'results.json'}{report}", file=sys.stderr)
     return outcome.exit_code
 
 

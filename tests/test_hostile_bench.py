@@ -1,0 +1,202 @@
+"""Hostile work directories and plugins against the bench engine: a damaged cache heals, a rerun never
+loses the last good results, leftovers of a kill are swept, two benches do not share a folder, and a
+plugin that breaks its contract fails its cell with a message instead of a silent number.
+
+Each case is built on the fly with the tiny fake plugins of test_bench_fakes.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import uisbench
+from uisbench.bench import BenchOptions, load_results, run_bench
+
+HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("uisbench_bench_test_fakes", HERE / "test_bench_fakes.py")
+fakes = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fakes)
+
+
+class _NotANumber(uisbench.Metric):
+    higher_is_better = {"score": True}
+
+    def update(self, sample):
+        pass
+
+    def compute(self):
+        return {"score": "high"}
+
+
+class _Plugin:
+    @uisbench.hookimpl
+    def uisbench_metrics(self):
+        yield uisbench.MetricSpec(name="bad-metric", description="Returns a string.", factory=_NotANumber)
+
+
+def _bench(tmp_path, workdir="w", registry=None, **options):
+    host = uisbench.get_plugin_manager(plugins=[("fakes", fakes), ("bad", _Plugin())], load_entry_points=False, strict=True)
+    reg = uisbench.load_registry([fakes.write_registry(tmp_path / "registry.yaml", **(registry or {}))], host, include_default=False)
+    options.setdefault("report", False)
+    options.setdefault("backbones", ["pixels"])
+    return run_bench(host, reg, BenchOptions(workdir=tmp_path / workdir, **options))
+
+
+def _values(results):
+    return {
+        (c["backbone"], c["masker"], c["student"], stage, name): r["values"]
+        for c in results["cells"]
+        for stage in ("pseudo_masks", "student_stage")
+        for name, r in ((c.get(stage) or {}).get("metrics") or {}).items()
+        if name != "cost"
+    }
+
+
+def _computed(results):
+    return results["run"]["computed"]
+
+
+# ---- a cache that heals ------------------------------------------------------------------------
+
+
+def test_truncated_feature_file_behind_a_summary_is_recomputed(tmp_path, capsys):
+    first = _bench(tmp_path, batch_size=2)
+    victim = sorted((tmp_path / "w" / "cache" / "features").glob("*/1001.pt"))[0]
+    victim.write_bytes(victim.read_bytes()[:50])  # a kill mid-copy, a full disk
+    again = _bench(tmp_path, batch_size=2, force=frozenset({"pseudo-masks"}))  # the features are needed again
+    assert again.exit_code == 0 and _values(again) == _values(first)
+    assert _computed(again)["features"] == 2  # the batch of the damaged image only
+    assert f"{victim.name}" in capsys.readouterr().err  # logged, with the file
+
+
+def test_feature_file_damaged_in_place_is_healed_when_read(tmp_path, capsys):
+    """Same size, other bytes: the summary's size check passes, loading fails; the file is redone."""
+    first = _bench(tmp_path, students=[], batch_size=2)
+    victim = sorted((tmp_path / "w" / "cache" / "features").glob("*/1002.pt"))[0]
+    victim.write_bytes(b"\0" * victim.stat().st_size)
+    for metric in (tmp_path / "w" / "cache" / "metrics").glob("*.json"):
+        metric.unlink()  # so the features are read again, by the masker's metrics
+    for masks in (tmp_path / "w" / "cache" / "pseudo-masks").glob("*/*"):
+        masks.unlink()
+    again = _bench(tmp_path, students=[], batch_size=2)
+    assert again.exit_code == 0 and _values(again) == _values(first)
+    assert _computed(again)["features"] == 2  # the batch of the damaged image
+    assert "damaged cache entry" in capsys.readouterr().err
+
+
+def test_truncated_pseudo_mask_file_and_summary_are_recomputed(tmp_path):
+    first = _bench(tmp_path)
+    folder = sorted((tmp_path / "w" / "cache" / "pseudo-masks").glob("*/1003.json"))[0].parent
+    (folder / "1003.json").write_text('{"image_id": 1003, "predic')
+    for summary in folder.glob("summary-*.json"):
+        summary.write_text(summary.read_text()[:20])
+    again = _bench(tmp_path)
+    assert again.exit_code == 0 and _values(again) == _values(first)
+    assert _computed(again)["pseudo-masks"] >= 1 and _computed(again)["features"] == 0
+
+
+def test_a_summary_of_another_stage_is_not_trusted(tmp_path):
+    first = _bench(tmp_path, students=[])
+    summaries = sorted((tmp_path / "w" / "cache" / "pseudo-masks").glob("*/summary-*.json"))
+    data = json.loads(summaries[0].read_text())
+    data["key"] = "0" * 24  # copied from elsewhere
+    summaries[0].write_text(json.dumps(data))
+    again = _bench(tmp_path, students=[])
+    assert _values(again) == _values(first) and json.loads(summaries[0].read_text())["key"] != "0" * 24
+
+
+# ---- a run never loses its last good result -----------------------------------------------------
+
+
+def test_a_failing_rerun_keeps_the_previous_results(tmp_path):
+    good = _bench(tmp_path)
+    assert good.exit_code == 0
+    registry = {"backbones": {"pixels": {"plugin": "fake-pixels", "fail": True}}}
+    bad = _bench(tmp_path, registry=registry)
+    assert bad.exit_code == 1
+    w = tmp_path / "w"
+    assert json.loads((w / "results.previous.json").read_text())["cells"] == json.loads(json.dumps(good["cells"]))
+    assert json.loads((w / "results.json").read_text())["cells"][0]["status"] == "failed"
+
+
+def test_temporary_files_of_a_killed_run_are_removed(tmp_path):
+    _bench(tmp_path, students=[])
+    leftovers = [tmp_path / "w" / ".results.json.k2j4h1a9.tmp", tmp_path / "w" / "cache" / "features" / ".12.pt.aaaabbbb.tmp"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    _bench(tmp_path, students=[])
+    assert not any(p.exists() for p in leftovers)
+
+
+def test_a_second_bench_on_the_same_workdir_exits_naming_the_first(tmp_path):
+    from uisbench.bench._workdir import WorkdirLock
+
+    (tmp_path / "w").mkdir()
+    holder = WorkdirLock(tmp_path / "w")
+    holder.acquire(["platform", "bench"])
+    try:
+        with pytest.raises(uisbench.ConfigError, match=rf"in use by another bench \(pid {os.getpid()} on "):
+            _bench(tmp_path, students=[])
+    finally:
+        holder.release()
+    assert _bench(tmp_path, students=[]).exit_code == 0  # released: the next one runs
+
+
+# ---- clear messages instead of tracebacks --------------------------------------------------------
+
+
+def test_workdir_that_is_a_file_is_a_config_error(tmp_path):
+    (tmp_path / "w").write_text("not a folder")
+    with pytest.raises(uisbench.ConfigError, match="is a file, not a folder"):
+        _bench(tmp_path, students=[])
+
+
+def test_a_metric_returning_a_non_number_fails_its_cell_naming_it(tmp_path):
+    registry = {"metrics": {"bad": {"plugin": "bad-metric"}}}
+    out = _bench(tmp_path, registry=registry, students=[], metrics=["coco", "bad"])
+    cell = out["cells"][0]
+    assert out.exit_code == 1 and cell["status"] == "failed"
+    assert "metric bad" in cell["reason"] and "'score'" in cell["reason"] and "not a number" in cell["reason"]
+    assert cell["pseudo_masks"]["metrics"]["coco"]["status"] == "ok"
+
+
+def test_the_log_does_not_follow_a_planted_symbolic_link(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    (tmp_path / "w" / "logs").mkdir(parents=True)
+    (tmp_path / "w" / "logs" / "bench.log").symlink_to(target)
+    registry = {"backbones": {"pixels": {"plugin": "fake-pixels", "fail": True}}}
+    assert _bench(tmp_path, registry=registry, students=[]).exit_code == 1  # writes a traceback to the log
+    assert target.read_text() == "keep me\n"
+    log = tmp_path / "w" / "logs" / "bench.log"
+    assert not log.is_symlink() and "boom" in log.read_text()
+
+
+def test_unreadable_results_file_is_a_config_error(tmp_path):
+    (tmp_path / "results.json").mkdir()  # a folder where the file should be
+    with pytest.raises(uisbench.ConfigError, match="cannot read it"):
+        load_results(tmp_path)
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "deep" / "results.json").write_text("[" * 100000)
+    with pytest.raises(uisbench.ConfigError, match="not a readable results file"):
+        load_results(tmp_path / "deep")
+
+
+def test_weights_hash_memo_sees_a_file_replaced_with_its_old_mtime(tmp_path):
+    from uisbench.bench._cache import file_sha256
+
+    weights, memo = tmp_path / "w.pth", tmp_path / "memo.json"
+    weights.write_bytes(b"first")
+    before = file_sha256(weights, memo)
+    stat = weights.stat()
+    weights.write_bytes(b"other")  # same size
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the old modification time
+    assert file_sha256(weights, memo) != before
+    memo.write_text('["not", "a", "table"]')  # a damaged memo is ignored, not a crash
+    assert file_sha256(weights, memo) == file_sha256(weights)
