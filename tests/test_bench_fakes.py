@@ -223,33 +223,40 @@ class Recall(uisbench.Metric):
     """Share of ground-truth instances some prediction hits with IoU > 0.5 / >= 0.75 (named like COCO)."""
 
     higher_is_better = {"AP50mask": True, "APmask": True, "AR100mask": True}
+    headline = ("AP50mask", "APmask")
 
-    def reset(self):
-        self.hit50 = 0
-        self.hit75 = 0
-        self.total = 0
-        self.images = []
+    def __init__(self):
+        super().__init__()
+        self.add_state("hits", default={}, merge="union")  # image id -> [hit50, hit75, total]
 
     def update(self, sample):
         gts = [g.segmentation for g in sample.ground_truth or []]
         preds = [p.segmentation for p in sample.predictions]
-        self.images.append(sample.record.id)
-        self.total += len(gts)
+        hit50 = hit75 = 0
         if gts and preds:
             iou = uisbench.masks.iou_matrix(preds, gts).max(axis=0)
-            self.hit50 += int((iou > 0.5).sum())
-            self.hit75 += int((iou >= 0.75).sum())
+            hit50, hit75 = int((iou > 0.5).sum()), int((iou >= 0.75).sum())
+        self.hits[sample.record.id] = [hit50, hit75, len(gts)]
+
+    def _values(self, ids):
+        rows = [self.hits[i] for i in ids if i in self.hits]
+        h50, h75, t = (sum(r[k] for r in rows) for k in range(3))
+        t = max(t, 1)
+        return {"AP50mask": h50 / t, "APmask": h75 / t, "AR100mask": h50 / t}
 
     def compute(self):
-        t = max(self.total, 1)
-        return {"AP50mask": self.hit50 / t, "APmask": self.hit75 / t, "AR100mask": self.hit50 / t}
+        return self._values(sorted(self.hits))
+
+    def resample(self, draws):
+        return [{k: v for k, v in self._values(d).items() if k in self.headline} for d in draws]
 
 
 class FeatureShape(uisbench.Metric):
     higher_is_better = {"channels": True, "patches": True}
 
-    def reset(self):
-        self.shapes = []
+    def __init__(self):
+        super().__init__()
+        self.add_state("shapes", default=[], merge="extend")
 
     def update(self, sample):
         assert sample.features is not None and sample.features.ndim == 3
@@ -262,8 +269,9 @@ class FeatureShape(uisbench.Metric):
 class SeenCost(uisbench.Metric):
     higher_is_better = {"stages_seen": True}
 
-    def reset(self):
-        self.stages = []
+    def __init__(self):
+        super().__init__()
+        self.add_state("stages", default=[], merge="extend")
 
     def update(self, sample):
         pass
@@ -278,9 +286,6 @@ class SeenCost(uisbench.Metric):
 
 class Exploding(uisbench.Metric):
     higher_is_better = {"x": True}
-
-    def reset(self):
-        pass
 
     def update(self, sample):
         raise ValueError("exploding metric")
@@ -329,12 +334,11 @@ def uisbench_students():
 
 @uisbench.hookimpl
 def uisbench_metrics():
-    yield uisbench.MetricSpec(name="fake-recall", description="Fake recall.", factory=Recall, higher_is_better=Recall.higher_is_better)
+    yield uisbench.MetricSpec(name="fake-recall", description="Fake recall.", factory=Recall)
     yield uisbench.MetricSpec(
         name="fake-feature-shape",
         description="Fake features metric.",
         factory=FeatureShape,
-        higher_is_better=FeatureShape.higher_is_better,
         needs=frozenset({"features", "ground_truth"}),
         stages=frozenset({"pseudo-masks"}),
     )
@@ -342,16 +346,14 @@ def uisbench_metrics():
         name="fake-cost",
         description="Fake cost metric.",
         factory=SeenCost,
-        higher_is_better=SeenCost.higher_is_better,
         needs=frozenset({"cost"}),
         stages=frozenset({"pseudo-masks", "student"}),
     )
-    yield uisbench.MetricSpec(name="fake-exploding", description="Fake failing metric.", factory=Exploding, higher_is_better={"x": True})
+    yield uisbench.MetricSpec(name="fake-exploding", description="Fake failing metric.", factory=Exploding)
     yield uisbench.MetricSpec(
         name="fake-exploding-features",
         description="Fake failing features-stage metric.",
         factory=Exploding,
-        higher_is_better={"x": True},
         needs=frozenset({"features"}),
         stages=frozenset({"features"}),
     )

@@ -36,7 +36,7 @@ def test_spec_record_is_well_formed(kind, spec):
             assert param.check(param.default) is None, f"{spec.name}.{param.name}: default {param.default!r} fails its own type"
         assert param.help, f"{spec.name}.{param.name} has no help text"
     if kind == "metrics":
-        assert spec.higher_is_better and all(isinstance(v, bool) for v in spec.higher_is_better.values())
+        assert spec.needs and spec.stages
     if kind == "datasets":
         assert spec.splits
 

@@ -60,6 +60,6 @@ def test_example_objects_fulfil_contracts(example_installed):
     metric = host.spec("metrics", "example-masks-per-image").build()
     record = uisbench.ImageRecord(1, None, 70, 50)
     metric.update(uisbench.EvalSample(record, None, []))
-    metric.update(uisbench.EvalSample(record, None, [None, None]))  # type: ignore[list-item]
+    metric.update(uisbench.EvalSample(uisbench.ImageRecord(2, None, 70, 50), None, [None, None]))  # type: ignore[list-item]
     assert metric.compute() == {"masks_per_image": 1.0}
-    assert set(metric.compute()) == set(host.spec("metrics", "example-masks-per-image").higher_is_better)
+    assert set(metric.compute()) == set(metric.higher_is_better) and metric.headline == ("masks_per_image",)

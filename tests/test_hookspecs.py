@@ -38,7 +38,7 @@ def test_hook_roundtrip_through_manager(kind):
         return object()
 
     spec_type = SPEC_TYPES[kind]
-    extra = {"higher_is_better": {"v": True}} if kind == "metrics" else {}
+    extra = {}
 
     class Plugin:
         pass

@@ -108,8 +108,14 @@ def feed(metric, samples):
     return metric
 
 
-def reference_coco(tmp_path, samples, max_dets=100):
-    """A direct pycocotools run on JSON files: class-agnostic GT file, results without boxes for segm."""
+def reference_coco(tmp_path, samples, max_dets=100, summary="eval"):
+    """A direct pycocotools run on JSON files: class-agnostic GT file, results without boxes for segm.
+
+    ``summary="eval"`` reads every value at the last (largest) ``maxDets`` from ``eval['precision']``
+    (T x R x K x A x M) and ``eval['recall']`` (T x K x A x M), the mean of the entries > -1;
+    ``summary="stats"`` takes the classic ``COCOeval.stats``, whose AP is read at ``maxDets=100``.
+    Undefined values (-1) come back as nan.
+    """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -138,6 +144,10 @@ def reference_coco(tmp_path, samples, max_dets=100):
     )
     (tmp_path / "segm.json").write_text(json.dumps(segm))
     (tmp_path / "bbox.json").write_text(json.dumps(bbox))
+
+    def mean_defined(a):
+        return float(np.mean(a[a > -1])) if (a > -1).any() else -1.0
+
     out = {}
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(tmp_path / "gt.json"))
@@ -146,19 +156,28 @@ def reference_coco(tmp_path, samples, max_dets=100):
             ev.params.maxDets = [1, 10, max_dets]
             ev.evaluate()
             ev.accumulate()
-            ev.summarize()
-            s = ev.stats
-            out.update(
-                {
-                    f"AP{suffix}": s[0],
-                    f"AP50{suffix}": s[1],
-                    f"AP75{suffix}": s[2],
-                    f"AP{suffix}_s": s[3],
-                    f"AP{suffix}_m": s[4],
-                    f"AP{suffix}_l": s[5],
-                    f"AR{max_dets}{suffix}": s[8],
-                }
-            )
+            if summary == "stats":
+                ev.summarize()
+                values = [ev.stats[k] for k in (0, 1, 2, 3, 4, 5, 8)]
+            else:
+                precision, recall = ev.eval["precision"], ev.eval["recall"]
+                assert precision.shape[-1] == 3 and ev.params.maxDets[-1] == max_dets
+                labels = list(ev.params.areaRngLbl)
+                all_, small, medium, large = (labels.index(a) for a in ("all", "small", "medium", "large"))
+                t50 = int(np.flatnonzero(np.isclose(ev.params.iouThrs, 0.5))[0])
+                t75 = int(np.flatnonzero(np.isclose(ev.params.iouThrs, 0.75))[0])
+                values = [
+                    mean_defined(precision[:, :, :, all_, -1]),
+                    mean_defined(precision[t50, :, :, all_, -1]),
+                    mean_defined(precision[t75, :, :, all_, -1]),
+                    mean_defined(precision[:, :, :, small, -1]),
+                    mean_defined(precision[:, :, :, medium, -1]),
+                    mean_defined(precision[:, :, :, large, -1]),
+                    mean_defined(recall[:, :, all_, -1]),
+                ]
+            names = [f"AP{suffix}", f"AP50{suffix}", f"AP75{suffix}", f"AP{suffix}_s", f"AP{suffix}_m"]
+            names += [f"AP{suffix}_l", f"AR{max_dets}{suffix}"]
+            out.update(zip(names, values, strict=True))
     return {k: (math.nan if v < 0 else float(v)) for k, v in out.items()}
 
 
@@ -188,13 +207,50 @@ def test_coco_matches_direct_pycocotools(tmp_path):
 
 
 def test_coco_lvis_max_dets_300(tmp_path):
+    # 321 predictions on image 5: the cut at 100 vs 300 detections matters
     samples = coco_case(n_noise=320)
     metric = feed(CocoMetric(max_dets=300), samples)
     got = metric.compute()
     assert set(got) == set(metric.higher_is_better) and "AR300mask" in got and "AR100mask" not in got
-    assert_same(got, reference_coco(tmp_path, samples, max_dets=300))
+    assert not any(math.isnan(v) for v in got.values()), got
+    assert_same(got, reference_coco(tmp_path, samples, max_dets=300), tol=1e-12)
+    # the classic summary cannot give AP at [1, 10, 300]: it reads maxDets=100 (the bug this guards against)
+    assert math.isnan(reference_coco(tmp_path, samples, max_dets=300, summary="stats")["APmask"])
     # with 100 detections, the low-scored good prediction of image 5 is cut
-    assert feed(CocoMetric(), samples).compute()["AR100mask"] < got["AR300mask"]
+    at_100 = feed(CocoMetric(), samples).compute()
+    assert at_100["AR100mask"] < got["AR300mask"]
+    assert at_100["APmask"] < got["APmask"] and at_100["APmask_m"] < got["APmask_m"]
+
+
+def test_coco_max_dets_100_equals_classic_summary(tmp_path):
+    # same case: the max_dets read path gives COCOeval.stats at the default [1, 10, 100]
+    samples = coco_case(n_noise=320)
+    got = feed(CocoMetric(), samples).compute()
+    assert 0 < got["APmask"] < 1 and 0 < got["APmask_s"] < got["APmask_m"] < got["APmask_l"] < 1
+    assert_same(got, reference_coco(tmp_path, samples, summary="stats"), tol=1e-12)
+    assert_same(got, reference_coco(tmp_path, samples), tol=1e-12)
+
+
+@pytest.mark.parametrize("max_dets", [100, 300])
+def test_coco_perfect_predictions_score_one(max_dets):
+    H, W = 200, 240
+    masks = {
+        1: [box_mask(H, W, 5, 5, 200, 190), disc_mask(H, W, 215, 25, 12), box_mask(H, W, 205, 170, 212, 178)],
+        2: [box_mask(H, W, 10 + 28 * i, 10, 35 + 28 * i, 55) for i in range(8)],  # eight medium boxes
+        3: [disc_mask(H, W, 120, 100, 80)],
+    }
+    samples = [
+        (
+            ImageRecord(i, None, W, H),
+            [gt(i, 10 * i + k, m) for k, m in enumerate(ms)],
+            [pred(i, m, 1.0 - 0.05 * k) for k, m in enumerate(ms)],
+        )
+        for i, ms in masks.items()
+    ]
+    got = feed(CocoMetric(max_dets=max_dets), samples).compute()
+    assert set(got) == set(CocoMetric(max_dets=max_dets).higher_is_better)
+    for key, value in got.items():  # small, medium and large instances all present: every value defined
+        assert value == pytest.approx(1.0, abs=1e-12), key
 
 
 def test_coco_empty_cases():
@@ -218,7 +274,7 @@ def test_coco_shard_merge_equals_single_run():
     merged = CocoMetric()
     merged.merge([pickle.loads(pickle.dumps(shard_a.state())), pickle.loads(pickle.dumps(shard_b.state()))])
     assert merged.compute() == pytest.approx(single, nan_ok=True)
-    with pytest.raises(uisbench.DataError, match="overlap"):
+    with pytest.raises(ValueError, match="overlap"):  # an image belongs to one shard
         merged.merge([shard_a.state()])
     with pytest.raises(uisbench.DataError, match="twice"):
         shard_a.update(EvalSample(*samples[3]))
@@ -277,7 +333,8 @@ def test_instance_awareness_recall_split():
     ]
     metric = feed(InstanceAwareness(), samples)
     values = metric.compute()
-    assert (metric.single_total, metric.single_hit, metric.multi_total, metric.multi_hit) == (2, 1, 5, 1)
+    per_image = list(metric.images.values())  # [single total, single recalled, multi total, multi recalled, auroc]
+    assert tuple(sum(row[k] for row in per_image) for k in range(4)) == (2, 1, 5, 1)
     assert values["recall_single"] == 0.5 and values["recall_multi"] == 0.2
     assert values["recall_ratio"] == pytest.approx(0.4)
     assert math.isnan(values["separability_auroc"])  # no features given: separability undefined
@@ -370,16 +427,17 @@ def test_cost_per_stage_and_merge():
     metric = Cost()
     metric.observe_cost(StageCost("features", 10, 2.0, 500.0, None, "cpu", cpu))
     metric.observe_cost(StageCost("features", 10, 3.0, 700.0, None, "cpu", cpu))  # a second piece: adds up
-    metric.observe_cost(StageCost("student", 4, 8.0, 900.0, 1200.0, "cuda:0", "GPU X (CUDA)"))
+    metric.observe_cost(StageCost("student-train", 4, 8.0, 900.0, 1200.0, "cuda:0", "GPU X (CUDA)"))
     values = metric.compute()
     assert set(values) == set(metric.higher_is_better)
     assert values["features_images_per_s"] == 4.0 and values["features_seconds"] == 5.0
     assert values["features_peak_host_mb"] == 700.0 and math.isnan(values["features_peak_gpu_mb"])
-    assert values["student_peak_gpu_mb"] == 1200.0 and values["student_images_per_s"] == 0.5
+    assert values["student_train_peak_gpu_mb"] == 1200.0 and values["student_train_images_per_s"] == 0.5
+    assert math.isnan(values["student_predict_images_per_s"])  # training and prediction are separate figures
     assert all(math.isnan(values[f"pseudo_masks_{v}"]) for v in ("images_per_s", "seconds", "peak_host_mb"))
     assert metric.higher_is_better["features_images_per_s"] and not metric.higher_is_better["features_seconds"]
     facts = metric.describe()
-    assert facts["features_hardware"] == cpu and facts["student_device"] == "cuda:0"
+    assert facts["features_hardware"] == cpu and facts["student_train_device"] == "cuda:0"
     assert facts["hardware"] == f"{cpu}; GPU X (CUDA)"
     # two shards ran side by side: images add up, wall time is the slower one's
     other = Cost()
@@ -430,11 +488,10 @@ def test_metric_conformance(host, name):
 
     spec = host.spec("metrics", name)
     assert isinstance(spec, uisbench.MetricSpec)
-    assert spec.higher_is_better and all(isinstance(v, bool) for v in spec.higher_is_better.values())
     metric = spec.build()
     assert isinstance(metric, uisbench.Metric)
-    # the instance's directions are the spec's at default parameters
-    assert dict(metric.higher_is_better) == dict(spec.higher_is_better)
+    assert metric.higher_is_better and all(isinstance(v, bool) for v in metric.higher_is_better.values())
+    assert set(metric.headline) <= set(metric.higher_is_better)
     H, W = 48, 64
     rng = np.random.default_rng(0)
     for image_id in (1, 2, 3):
@@ -447,7 +504,7 @@ def test_metric_conformance(host, name):
         features = torch.randn(8, 3, 4) if "features" in spec.needs else None
         assert metric.update(EvalSample(ImageRecord(image_id, None, W, H), gts, preds, features)) is None
     if "cost" in spec.needs:
-        for stage in ("features", "pseudo-masks", "student"):
+        for stage in ("features", "pseudo-masks", "student-train", "student-predict"):
             metric.observe_cost(StageCost(stage, 3, 1.5, 100.0, None, "cpu", "test cpu"))
     before = pickle.dumps(metric.state())
     values = metric.compute()
@@ -455,6 +512,10 @@ def test_metric_conformance(host, name):
     assert all(isinstance(v, float) for v in values.values()), values
     assert metric.compute() == pytest.approx(values, nan_ok=True)  # compute is pure
     assert pickle.dumps(metric.state()) == before
+    draws = metric.resample([[1, 2, 3], [2, 2, 3]])
+    if draws is not None:  # the identity draw gives the computed values
+        assert [set(d) for d in draws] == [set(metric.headline)] * 2
+        assert draws[0] == pytest.approx({k: values[k] for k in metric.headline}, nan_ok=True)
     metric.reset()
     assert set(metric.compute()) == set(metric.higher_is_better)
 

@@ -12,8 +12,9 @@ from uisbench import _manager
 class _Metric(uisbench.Metric):
     higher_is_better = {"n": True}
 
-    def reset(self):
-        self.n = 0
+    def __init__(self):
+        super().__init__()
+        self.add_state("n", default=0, merge="sum")
 
     def update(self, sample):
         self.n += 1
@@ -27,7 +28,7 @@ def _metric_plugin(name: str):
         @uisbench.hookimpl
         def uisbench_metrics(self):
             yield uisbench.MetricSpec(
-                name=name, description="Counts images.", factory=_Metric, higher_is_better={"n": True}
+                name=name, description="Counts images.", factory=_Metric
             )
 
     return Plugin()

@@ -314,21 +314,65 @@ class Student(abc.ABC):
         return {}
 
 
-class Metric(abc.ABC):
-    """Accumulates per-image evidence and computes named values (torchmetrics' contract).
+#: How a declared metric state combines across shards (torchrun ranks), see :meth:`Metric.add_state`.
+MERGE_RULES = ("sum", "max", "min", "extend", "union")
 
-    ``update`` mutates state and returns ``None``; ``compute`` is pure; ``reset`` clears state.
-    ``higher_is_better`` gives the direction of every value ``compute`` returns.
+
+class Metric(abc.ABC):
+    """Accumulates per-image evidence in declared states and computes named values (torchmetrics' contract).
+
+    A subclass calls ``super().__init__()``, declares its state with :meth:`add_state`, and implements
+    :meth:`update` (mutates state, returns ``None``) and :meth:`compute` (pure). :meth:`reset`,
+    :meth:`state` and :meth:`merge` (shards under torchrun) come from the declared states, so
+    parameters such as ``max_dets`` are never merged by accident.
+
+    - ``higher_is_better``: the direction of every value :meth:`compute` returns; the one source of
+      the directions (a class attribute, or set in ``__init__`` when the names depend on parameters).
+    - ``headline``: the values the leaderboard shows by default and reports confidence intervals for.
+    - :meth:`resample` (optional): values on bootstrap resamples of the images, for those intervals.
+
+    Example::
+
+        class MaskCount(uisbench.Metric):
+            higher_is_better = {"masks_per_image": False}
+            headline = ("masks_per_image",)
+
+            def __init__(self):
+                super().__init__()
+                self.add_state("masks", default={}, merge="union")  # image id -> mask count
+
+            def update(self, sample):
+                self.masks[sample.record.id] = len(sample.predictions)
+
+            def compute(self):
+                return {"masks_per_image": sum(self.masks.values()) / len(self.masks) if self.masks else math.nan}
     """
 
     higher_is_better: Mapping[str, bool] = {}
+    headline: tuple[str, ...] = ()
 
     def __init__(self) -> None:
-        self.reset()
+        self._states: dict[str, tuple[Any, str]] = {}
 
-    @abc.abstractmethod
+    def add_state(self, name: str, default: Any, merge: str) -> None:
+        """Declare state ``name`` (reset to a copy of ``default``) and how shards combine it:
+        ``sum`` / ``max`` / ``min`` for numbers, ``extend`` for lists, ``union`` for dicts keyed by
+        image id (keys must not repeat across shards: an image belongs to one shard)."""
+        import copy
+
+        if merge not in MERGE_RULES:
+            raise ValueError(f"{type(self).__name__}.add_state({name!r}): merge must be one of {', '.join(MERGE_RULES)}, got {merge!r}")
+        if not hasattr(self, "_states"):
+            raise RuntimeError(f"{type(self).__name__}: call super().__init__() before add_state()")
+        self._states[name] = (copy.deepcopy(default), merge)
+        setattr(self, name, copy.deepcopy(default))
+
     def reset(self) -> None:
-        """Clear the accumulated state."""
+        """Every declared state back to its default."""
+        import copy
+
+        for name, (default, _) in self._states.items():
+            setattr(self, name, copy.deepcopy(default))
 
     @abc.abstractmethod
     def update(self, sample: EvalSample) -> None:
@@ -341,24 +385,38 @@ class Metric(abc.ABC):
     def compute(self) -> dict[str, float]:
         """The metric's values, keyed as in :attr:`higher_is_better`."""
 
-    def state(self) -> Any:
-        """Picklable state for merging shards; default: the instance ``__dict__``."""
-        return dict(self.__dict__)
+    def describe(self) -> dict[str, str]:
+        """Facts about the values as text (e.g. the hardware a cost was measured on); goes into the
+        results' ``info``."""
+        return {}
 
-    def merge(self, states: Sequence[Any]) -> None:
-        """Merge states of other shards into this one (default: list/number fields concatenated/added)."""
+    def resample(self, draws: Sequence[Sequence[int]]) -> list[dict[str, float]] | None:
+        """The :attr:`headline` values on each bootstrap resample of the images (``draws``: lists of
+        image ids, with repeats; an id appearing twice counts twice). ``None``: no intervals."""
+        return None
+
+    def state(self) -> dict[str, Any]:
+        """The declared states, for merging shards (plain, picklable values)."""
+        return {name: getattr(self, name) for name in self._states}
+
+    def merge(self, states: Sequence[Mapping[str, Any]]) -> None:
+        """Merge other shards' :meth:`state` into this one, each state by its declared rule."""
         for other in states:
-            for key, value in other.items():
-                mine = getattr(self, key, None)
-                if isinstance(mine, list):
-                    mine.extend(value)
-                elif isinstance(mine, (int, float)) and not isinstance(mine, bool):
-                    setattr(self, key, mine + value)
-                elif isinstance(mine, dict):
-                    for k, v in value.items():
-                        if k in mine and isinstance(mine[k], list):
-                            mine[k].extend(v)
-                        elif k in mine and isinstance(mine[k], (int, float)):
-                            mine[k] += v
-                        else:
-                            mine[k] = v
+            for name, (_, rule) in self._states.items():
+                mine, theirs = getattr(self, name), other[name]
+                if rule == "sum":
+                    setattr(self, name, mine + theirs)
+                elif rule == "max":
+                    setattr(self, name, max(mine, theirs))
+                elif rule == "min":
+                    setattr(self, name, min(mine, theirs))
+                elif rule == "extend":
+                    mine.extend(theirs)
+                else:
+                    overlap = mine.keys() & theirs.keys()
+                    if overlap:
+                        raise ValueError(
+                            f"{type(self).__name__}: shards overlap on {name} keys {sorted(overlap)[:5]}; "
+                            "each image must be scored by one shard"
+                        )
+                    mine.update(theirs)

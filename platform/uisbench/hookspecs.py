@@ -94,9 +94,9 @@ def uisbench_students() -> Iterable[StudentSpec]:
 def uisbench_metrics() -> Iterable[MetricSpec]:
     """Register metrics computed on pseudo-masks and on student predictions.
 
-    :return: an iterable of :class:`uisbench.MetricSpec` with ``higher_is_better`` per value and
-      ``needs`` (``ground_truth``, ``predictions``, ``features``, ``cost``); ``factory(**params)``
-      returns a :class:`uisbench.Metric`.
+    :return: an iterable of :class:`uisbench.MetricSpec` with ``needs`` (``ground_truth``,
+      ``predictions``, ``features``, ``cost``) and ``stages``; ``factory(**params)`` returns a
+      :class:`uisbench.Metric`, which declares ``higher_is_better`` and ``headline`` per value.
 
     .. versionadded:: 0.1
 
@@ -105,8 +105,7 @@ def uisbench_metrics() -> Iterable[MetricSpec]:
         @uisbench.hookimpl
         def uisbench_metrics():
             yield uisbench.MetricSpec(name="mask-count", description="Mean number of masks per image.",
-                                      factory=MaskCount, higher_is_better={"masks_per_image": True},
-                                      needs=frozenset({"predictions"}))
+                                      factory=MaskCount, needs=frozenset({"predictions"}))
     """
 
 

@@ -192,12 +192,12 @@ class StudentSpec(PluginSpec):
 class MetricSpec(PluginSpec):
     """A metric plugin: factory returns a :class:`uisbench.Metric`.
 
-    ``higher_is_better`` maps each value the metric reports to its direction; ``needs`` says what
-    the metric reads (``ground_truth``, ``predictions``, ``features``, ``cost``) so the engine can
-    skip it, with a reason, where the data lacks it. ``stages`` says where it applies.
+    ``needs`` says what the metric reads (``ground_truth``, ``predictions``, ``features``, ``cost``)
+    so the engine can skip it, with a reason, where the data lacks it. ``stages`` says where it
+    applies. The values' directions and headline are the :class:`uisbench.Metric`'s own
+    (``higher_is_better``, ``headline``): they may depend on its parameters.
     """
 
-    higher_is_better: Mapping[str, bool] = field(default_factory=dict)
     needs: frozenset[str] = frozenset({"ground_truth", "predictions"})
     stages: frozenset[str] = frozenset({"pseudo-masks", "student"})
     kind: str = field(default="metric", init=False)

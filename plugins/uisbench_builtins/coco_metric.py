@@ -6,14 +6,24 @@ class-agnostic annotation files; ``COCOeval`` then runs with ``useCats=1`` on th
 100 for COCO, 300 for LVIS (entry ``coco-lvis``), and the AR value is named after it
 (``AR100mask``, ``AR300mask``).
 
+Every value is read at the largest ``maxDets`` (``max_dets``) from ``COCOeval.eval``, not from
+``COCOeval.stats``: the classic summary takes its headline AP at ``maxDets=100`` whatever the
+parameters say, so with ``[1, 10, 300]`` it has no such entry and gives ``-1``. Each value is the
+mean of the defined entries (``> -1``) of ``eval['precision']`` (T x R x K x A x M) or
+``eval['recall']`` (T x K x A x M), as ``COCOeval.summarize`` computes it; at ``max_dets=100`` the
+values are therefore those of ``stats[0:6]`` and ``stats[8]``.
+
 The mask evaluation sees predictions *without* their box, so pycocotools takes a detection's area
 from its mask, not from its box, when it sorts detections into small/medium/large (detectron2's
 ``_evaluate_predictions_on_coco`` does the same). Values pycocotools cannot define (``-1``, e.g.
 ``APmask_l`` with no large ground-truth instance) are reported as ``nan``.
 
 State: per image its size, its ground truth and its ``max_dets`` highest-scoring predictions
-(pycocotools would discard the others anyway), so memory stays bounded and shards merge by
-concatenation.
+(pycocotools would discard the others anyway), so memory stays bounded and shards merge by union.
+
+Confidence intervals (:meth:`CocoMetric.resample`) reuse pycocotools' per-image evaluation: the
+images of a bootstrap draw (with repeats) are accumulated from ``COCOeval.evalImgs`` without
+re-matching anything, so 200 draws cost 200 ``accumulate`` calls of the mask evaluation.
 """
 
 from __future__ import annotations
@@ -25,8 +35,8 @@ from typing import Any
 
 import uisbench
 
-#: AP values per evaluation type, in the order of ``COCOeval.stats[:6]`` (AP, AP50, AP75, then
-#: AP of small, medium, large instances); ``stats[8]`` gives the AR value.
+#: AP values per evaluation type, in the order ``_summary`` returns them (AP, AP50, AP75, then AP of
+#: small, medium, large instances, as ``COCOeval.stats[:6]``); the AR value follows them.
 _AP_KEYS = (
     "APmask",
     "AP50mask",
@@ -51,22 +61,18 @@ def value_names(max_dets: int = 100) -> dict[str, bool]:
 class CocoMetric(uisbench.Metric):
     """Class-agnostic COCO evaluation of masks (``segm``) and boxes (``bbox``).
 
-    The instance's ``higher_is_better`` is authoritative (the engine reads it): its AR keys follow
-    ``max_dets``, while the spec's lists the values at the default ``max_dets=100``.
+    ``higher_is_better`` and ``headline`` follow ``max_dets`` (the AR value is named after it).
     """
 
     def __init__(self, max_dets: int = 100) -> None:
+        super().__init__()
         if not isinstance(max_dets, int) or isinstance(max_dets, bool) or max_dets < 10:
             raise uisbench.ConfigError(f"metric coco: max_dets must be an integer >= 10, got {max_dets!r}.")
         self.max_dets = max_dets
         self.higher_is_better = value_names(max_dets)
-        super().__init__()
-
-    # -- state -------------------------------------------------------------------------------
-
-    def reset(self) -> None:
+        self.headline = ("AP50mask", "APmask", f"AR{max_dets}mask")
         #: image id -> {"width", "height", "gt": [...], "dt": [...]}
-        self.images: dict[int, dict[str, Any]] = {}
+        self.add_state("images", default={}, merge="union")
 
     def update(self, sample: uisbench.EvalSample) -> None:
         rec = sample.record
@@ -91,22 +97,6 @@ class CocoMetric(uisbench.Metric):
             for p in kept
         ]
         self.images[rec.id] = {"width": int(rec.width), "height": int(rec.height), "gt": gt, "dt": dt}
-
-    def state(self) -> dict[str, Any]:
-        return {"max_dets": self.max_dets, "images": dict(self.images)}
-
-    def merge(self, states) -> None:
-        for other in states:
-            if other["max_dets"] != self.max_dets:
-                raise uisbench.PluginError(
-                    f"metric coco: cannot merge a shard with max_dets={other['max_dets']} into max_dets={self.max_dets}."
-                )
-            overlap = self.images.keys() & other["images"].keys()
-            if overlap:
-                raise uisbench.DataError(
-                    f"metric coco: shards overlap on image ids {sorted(overlap)[:5]}; give each image to one shard."
-                )
-            self.images.update(other["images"])
 
     # -- evaluation --------------------------------------------------------------------------
 
@@ -137,33 +127,101 @@ class CocoMetric(uisbench.Metric):
             )
             names = (f"AP{suffix}", f"AP50{suffix}", f"AP75{suffix}", f"AP{suffix}_s", f"AP{suffix}_m", f"AP{suffix}_l")
             out.update(zip(names, stats[:6], strict=True))
-            out[f"AR{self.max_dets}{suffix}"] = stats[8]  # AR at maxDets[2], all areas
+            out[f"AR{self.max_dets}{suffix}"] = stats[6]  # AR at max_dets, all areas
         return {k: out[k] for k in self.higher_is_better}
+
+    def resample(self, draws):
+        """The headline (mask) values on bootstrap resamples of the images, reusing pycocotools'
+        per-image evaluation: ``COCOeval.evaluate`` runs once, then for each draw its per-image
+        records are picked (repeats included) and ``accumulate`` runs on them."""
+        import copy
+
+        gt_dict, results = self.coco_dicts()
+        if not gt_dict["images"]:
+            return [dict.fromkeys(self.headline, math.nan) for _ in draws]
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator = _evaluator(gt_dict, [{k: v for k, v in r.items() if k != "bbox"} for r in results], "segm", self.max_dets)
+            evaluator.evaluate()
+        per_image = list(evaluator.evalImgs)  # K x A x I, image index fastest
+        ids = list(evaluator.params.imgIds)
+        position = {image_id: i for i, image_id in enumerate(ids)}
+        blocks = len(per_image) // len(ids)
+        names = ("APmask", "AP50mask", "AP75mask", "APmask_s", "APmask_m", "APmask_l", f"AR{self.max_dets}mask")
+        out = []
+        for draw in draws:
+            picked = [position[i] for i in draw if i in position]
+            evaluator.evalImgs = [per_image[b * len(ids) + i] for b in range(blocks) for i in picked]
+            evaluator.params.imgIds = [ids[i] for i in picked]
+            evaluator._paramsEval = copy.copy(evaluator.params)  # accumulate reads the images from here
+            with contextlib.redirect_stdout(io.StringIO()):
+                evaluator.accumulate()
+            values = dict(zip(names, _summary(evaluator), strict=True))
+            out.append({k: values[k] for k in self.headline})
+        return out
 
 
 def _evaluate(gt_dict: dict[str, Any], results: list[dict[str, Any]], iou_type: str, max_dets: int) -> list[float]:
-    """``COCOeval.stats`` of one evaluation, with pycocotools' prints silenced and -1 as nan."""
+    """AP, AP50, AP75, AP small/medium/large and AR of one evaluation at ``max_dets`` (``_summary``),
+    with pycocotools' prints silenced."""
+    if not gt_dict["images"]:
+        return [math.nan] * 7
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = _evaluator(gt_dict, results, iou_type, max_dets)
+        evaluator.evaluate()
+        evaluator.accumulate()
+    return _summary(evaluator)
+
+
+def _evaluator(gt_dict: dict[str, Any], results: list[dict[str, Any]], iou_type: str, max_dets: int) -> Any:
+    """A ``COCOeval`` of ``results`` against ``gt_dict`` with maxDets ``[1, 10, max_dets]`` (not yet run)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    if not gt_dict["images"]:
-        return [math.nan] * 12
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt_dict
-        coco_gt.createIndex()
-        if results:
-            coco_dt = coco_gt.loadRes([dict(r) for r in results])
-        else:  # loadRes cannot take an empty list: an empty results set scores 0 where GT exists
-            coco_dt = COCO()
-            coco_dt.dataset = {"images": gt_dict["images"], "categories": gt_dict["categories"], "annotations": []}
-            coco_dt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_dt, iou_type)
-        evaluator.params.maxDets = [1, 10, max_dets]
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return [float(v) if v >= 0 else math.nan for v in evaluator.stats]
+    coco_gt = COCO()
+    coco_gt.dataset = gt_dict
+    coco_gt.createIndex()
+    if results:
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])
+    else:  # loadRes cannot take an empty list: an empty results set scores 0 where GT exists
+        coco_dt = COCO()
+        coco_dt.dataset = {"images": gt_dict["images"], "categories": gt_dict["categories"], "annotations": []}
+        coco_dt.createIndex()
+    evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+    evaluator.params.maxDets = [1, 10, max_dets]
+    return evaluator
+
+
+def _summary(evaluator: Any) -> list[float]:
+    """AP, AP50, AP75, AP small/medium/large and AR, all areas, at the largest ``maxDets``.
+
+    Read from ``evaluator.eval`` the way ``COCOeval.summarize`` reads each of its values (the mean of
+    the entries ``> -1``; none defined gives ``nan`` instead of ``-1``), but always at the last, largest
+    ``maxDets``: ``summarize`` takes its headline AP at a hard-coded ``maxDets=100``.
+    """
+    import numpy as np
+
+    params = evaluator.params
+    precision = evaluator.eval["precision"]  # T x R x K x A x M
+    recall = evaluator.eval["recall"]  # T x K x A x M
+    m = len(params.maxDets) - 1  # maxDets = [1, 10, max_dets] with max_dets >= 10: the last is the largest
+    area = {label: a for a, label in enumerate(params.areaRngLbl)}
+
+    def mean(values: Any) -> float:
+        defined = values[values > -1]
+        return float(np.mean(defined)) if defined.size else math.nan
+
+    def at_iou(threshold: float) -> Any:
+        return np.where(params.iouThrs == threshold)[0]  # exact match, as summarize does
+
+    return [
+        mean(precision[:, :, :, area["all"], m]),
+        mean(precision[at_iou(0.5)][:, :, :, area["all"], m]),
+        mean(precision[at_iou(0.75)][:, :, :, area["all"], m]),
+        mean(precision[:, :, :, area["small"], m]),
+        mean(precision[:, :, :, area["medium"], m]),
+        mean(precision[:, :, :, area["large"], m]),
+        mean(recall[:, :, area["all"], m]),
+    ]
 
 
 @uisbench.hookimpl
@@ -173,8 +231,7 @@ def uisbench_metrics():
         description="Class-agnostic COCO AP/AR of masks and boxes (pycocotools), small/medium/large.",
         factory=CocoMetric,
         params=(uisbench.Param("max_dets", "int", 100, "detections kept per image (COCO 100, LVIS 300); names ARN"),),
-        higher_is_better=value_names(100),
         needs=frozenset({"ground_truth", "predictions"}),
         stages=frozenset({"pseudo-masks", "student"}),
-        version="1",
+        version="2",  # 2: every value read at max_dets (AP at 300 was nan); unchanged at 100
     )

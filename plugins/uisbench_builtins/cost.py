@@ -47,17 +47,19 @@ class Cost(uisbench.Metric):
     """Cost per pipeline stage from the engine's :class:`uisbench.StageCost` measurements."""
 
     def __init__(self, stages: list[str] | tuple[str, ...] = STAGES) -> None:
+        super().__init__()
         if not stages or len(set(stages)) != len(stages):
             raise uisbench.ConfigError(
                 f"metric cost: stages must be a non-empty list of distinct names, got {stages!r}."
             )
         self.stages = tuple(stages)
         self.higher_is_better = value_names(self.stages)
-        super().__init__()
+        #: stage -> {"images", "seconds", "peak_host_mb", "peak_gpu_mb", "device", "hardware"};
+        #: merged by state()/merge() below (shards ran side by side: no simple rule fits)
+        self.costs: dict[str, dict[str, Any]] = {}
 
     def reset(self) -> None:
-        #: stage -> {"images", "seconds", "peak_host_mb", "peak_gpu_mb", "device", "hardware"}
-        self.costs: dict[str, dict[str, Any]] = {}
+        self.costs = {}
 
     def update(self, sample: uisbench.EvalSample) -> None:
         """Per-image samples carry no cost; nothing to do."""
@@ -80,7 +82,7 @@ class Cost(uisbench.Metric):
         self.costs[cost.stage] = new if old is None else _combine(old, new, seconds=lambda a, b: a + b)
 
     def state(self) -> dict[str, Any]:
-        return {"stages": self.stages, "costs": {k: dict(v) for k, v in self.costs.items()}}
+        return {"costs": {k: dict(v) for k, v in self.costs.items()}}
 
     def merge(self, states) -> None:
         for other in states:
@@ -143,7 +145,6 @@ def uisbench_metrics():
         description="Per stage: images/s, wall time, peak host and GPU memory; hardware via describe().",
         factory=Cost,
         params=(uisbench.Param("stages", "list[str]", list(STAGES), "pipeline stages reported, in order"),),
-        higher_is_better=value_names(STAGES),
         needs=frozenset({"cost"}),
         stages=frozenset({"features", "pseudo-masks", "student"}),  # the pipeline stages it scores
         version="1",

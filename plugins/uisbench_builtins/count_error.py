@@ -7,12 +7,15 @@ averaged over images (crowd regions are not instances and are not counted).
 
 The recipe, in the order of this file:
 
-1. A :class:`uisbench.Metric` subclass: state in :meth:`reset`, one image at a time in
-   :meth:`update`, a pure :meth:`compute` that returns floats named as in ``higher_is_better``.
-2. State made of plain numbers and lists, so shards merge without extra code: the inherited
-   :meth:`uisbench.Metric.merge` adds numbers and concatenates lists.
+1. A :class:`uisbench.Metric` subclass: ``super().__init__()``, then its state declared with
+   :meth:`~uisbench.Metric.add_state` (how shards merge it: here a dict keyed by image id, merged by
+   ``union``), one image at a time in :meth:`update`, and a pure :meth:`compute` that returns floats
+   named as in ``higher_is_better``. ``headline`` names the values the leaderboard shows.
+2. Optionally :meth:`resample`: the values on bootstrap resamples of the images, from which the
+   bench reports a 95 % confidence interval. Keeping per-image evidence (not a running total) is what
+   makes it a few lines.
 3. A hook that yields a :class:`uisbench.MetricSpec`: name, one-line description, factory,
-   parameters, the direction of each value, what it ``needs`` and the ``stages`` it applies to.
+   parameters, what it ``needs`` and the ``stages`` it applies to.
 4. An entry point in your package's ``pyproject.toml`` (``[project.entry-points.uisbench]``)
    and an entry under ``metrics:`` in a registry file.
 
@@ -29,38 +32,40 @@ import uisbench
 class CountError(uisbench.Metric):
     """Mean absolute error of the instance count per image."""
 
-    # 1. The direction of every value compute() returns: a lower count error is better.
+    # 1. The direction of every value compute() returns (a lower count error is better), and the
+    #    values the leaderboard shows first.
     higher_is_better = {"count_mae": False}
+    headline = ("count_mae",)
 
     def __init__(self, score_threshold: float = 0.5) -> None:
+        super().__init__()
         # Check arguments eagerly, with a message that says what to change.
         if not 0.0 <= score_threshold <= 1.0:
             raise uisbench.ConfigError(
                 f"metric count-error: score_threshold must be in [0, 1], got {score_threshold!r}."
             )
-        self.score_threshold = float(score_threshold)
-        super().__init__()  # calls reset()
-
-    def reset(self) -> None:
-        # 2. State: plain numbers (and lists), which the default merge() adds (and concatenates).
-        #    Parameters such as score_threshold are left out of state() below, so they are not added.
-        self.images = 0
-        self.abs_error = 0
+        self.score_threshold = float(score_threshold)  # a parameter, not state: never merged
+        # 2. State: the error of each image, keyed by its id; shards merge by union.
+        self.add_state("errors", default={}, merge="union")
 
     def update(self, sample: uisbench.EvalSample) -> None:
         # One image: ground truth and predictions of the stage being scored.
         true_count = sum(1 for g in (sample.ground_truth or []) if not g.iscrowd)
         predicted = sum(1 for p in sample.predictions if p.score >= self.score_threshold)
-        self.images += 1
-        self.abs_error += abs(predicted - true_count)
-
-    def state(self) -> dict[str, int]:
-        # What another shard sends to be merged: only the accumulated numbers.
-        return {"images": self.images, "abs_error": self.abs_error}
+        self.errors[sample.record.id] = abs(predicted - true_count)
 
     def compute(self) -> dict[str, float]:
         # Pure: no state change. nan, not 0, when nothing was seen (0 would read as "perfect").
-        return {"count_mae": self.abs_error / self.images if self.images else math.nan}
+        return {"count_mae": self._mean(self.errors)}
+
+    def resample(self, draws):
+        # 3. Each draw lists image ids, with repeats: the same mean over those images.
+        return [{"count_mae": self._mean([self.errors[i] for i in draw if i in self.errors])} for draw in draws]
+
+    @staticmethod
+    def _mean(errors) -> float:
+        values = list(errors.values()) if isinstance(errors, dict) else list(errors)
+        return sum(values) / len(values) if values else math.nan
 
 
 @uisbench.hookimpl
@@ -75,7 +80,6 @@ def uisbench_metrics():
                 "score_threshold", "float", 0.5, "predictions with at least this score are counted (0: all)"
             ),
         ),
-        higher_is_better={"count_mae": False},
         needs=frozenset({"ground_truth", "predictions"}),  # the engine skips it on data without ground truth
         stages=frozenset({"pseudo-masks", "student"}),
         version="1",

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any
 
 import uisbench
 
@@ -96,8 +95,10 @@ class InstanceAwareness(uisbench.Metric):
     """Recall of candidates on single- vs multi-instance ground truth, and feature separability."""
 
     higher_is_better = HIGHER_IS_BETTER
+    headline = ("recall_multi", "recall_single", "separability_auroc")
 
     def __init__(self, iou: float = 0.5, max_patches: int = 256, seed: int = 0) -> None:
+        super().__init__()
         if not 0.0 < float(iou) <= 1.0:
             raise uisbench.ConfigError(f"metric instance-awareness: iou must be in (0, 1], got {iou!r}.")
         if int(max_patches) < 2:
@@ -105,14 +106,8 @@ class InstanceAwareness(uisbench.Metric):
         self.iou = float(iou)
         self.max_patches = int(max_patches)
         self.seed = int(seed)
-        super().__init__()
-
-    def reset(self) -> None:
-        self.single_total = 0
-        self.single_hit = 0
-        self.multi_total = 0
-        self.multi_hit = 0
-        self.auroc_per_image: list[float] = []
+        #: image id -> [single total, single recalled, multi total, multi recalled, AUROC or None]
+        self.add_state("images", default={}, merge="union")
 
     # -- update ------------------------------------------------------------------------------
 
@@ -132,16 +127,13 @@ class InstanceAwareness(uisbench.Metric):
         else:
             best = np.zeros(len(gts))
         hit = best >= self.iou
-        self.single_total += int((~multi).sum())
-        self.single_hit += int((hit & ~multi).sum())
-        self.multi_total += int(multi.sum())
-        self.multi_hit += int((hit & multi).sum())
+        counts = [int((~multi).sum()), int((hit & ~multi).sum()), int(multi.sum()), int((hit & multi).sum())]
 
         # Separability: only instances with a sibling of their class, only with features.
+        value = None
         if sample.features is not None and multi.any():
             value = self._separability(sample, [g for g, m in zip(gts, multi, strict=True) if m])
-            if not math.isnan(value):
-                self.auroc_per_image.append(value)
+        self.images[sample.record.id] = [*counts, None if value is None or math.isnan(value) else value]
 
     def _separability(self, sample: uisbench.EvalSample, gts: list[uisbench.GroundTruth]) -> float:
         import numpy as np
@@ -166,26 +158,24 @@ class InstanceAwareness(uisbench.Metric):
         same_inst = inst[:, None] == inst[None, :]
         return auroc(sim[upper & same_inst], sim[upper & same_class & ~same_inst])
 
-    # -- shards and result -------------------------------------------------------------------
-
-    def state(self) -> dict[str, Any]:
-        keys = ("single_total", "single_hit", "multi_total", "multi_hit")
-        return {**{k: getattr(self, k) for k in keys}, "auroc_per_image": list(self.auroc_per_image)}
-
-    def merge(self, states) -> None:
-        for other in states:
-            self.single_total += other["single_total"]
-            self.single_hit += other["single_hit"]
-            self.multi_total += other["multi_total"]
-            self.multi_hit += other["multi_hit"]
-            self.auroc_per_image.extend(other["auroc_per_image"])
+    # -- result ------------------------------------------------------------------------------
 
     def compute(self) -> dict[str, float]:
-        single = self.single_hit / self.single_total if self.single_total else math.nan
-        multi = self.multi_hit / self.multi_total if self.multi_total else math.nan
+        return self._values(sorted(self.images))
+
+    def resample(self, draws):
+        return [{k: v for k, v in self._values(draw).items() if k in self.headline} for draw in draws]
+
+    def _values(self, image_ids) -> dict[str, float]:
+        """The values over ``image_ids`` (an image listed twice counts twice); integer counts and
+        an exactly rounded sum, so the result does not depend on the order of images or shards."""
+        rows = [self.images[i] for i in image_ids if i in self.images]
+        single_total, single_hit, multi_total, multi_hit = (sum(r[k] for r in rows) for k in range(4))
+        single = single_hit / single_total if single_total else math.nan
+        multi = multi_hit / multi_total if multi_total else math.nan
         ratio = multi / single if single > 0 else math.nan  # nan stays nan
-        # fsum is exactly rounded, so the mean does not depend on the order in which shards merged
-        sep = math.fsum(self.auroc_per_image) / len(self.auroc_per_image) if self.auroc_per_image else math.nan
+        aurocs = [r[4] for r in rows if r[4] is not None]
+        sep = math.fsum(aurocs) / len(aurocs) if aurocs else math.nan
         return {"recall_single": single, "recall_multi": multi, "recall_ratio": ratio, "separability_auroc": sep}
 
 
@@ -200,7 +190,6 @@ def uisbench_metrics():
             uisbench.Param("max_patches", "int", 256, "patches per image entering the separability AUROC (all pairs)"),
             uisbench.Param("seed", "int", 0, "seed of the per-image patch subset"),
         ),
-        higher_is_better=HIGHER_IS_BETTER,
         needs=frozenset({"ground_truth", "predictions", "features"}),
         stages=frozenset({"pseudo-masks"}),
         version="1",

@@ -49,17 +49,17 @@ class MasksPerImage(uisbench.Metric):
     """Mean number of predicted masks per image (no ground truth needed)."""
 
     higher_is_better = {"masks_per_image": False}
+    headline = ("masks_per_image",)
 
-    def reset(self) -> None:
-        self.images = 0
-        self.masks = 0
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("masks", default={}, merge="union")  # image id -> number of masks
 
     def update(self, sample: uisbench.EvalSample) -> None:
-        self.images += 1
-        self.masks += len(sample.predictions)
+        self.masks[sample.record.id] = len(sample.predictions)
 
     def compute(self) -> dict[str, float]:
-        return {"masks_per_image": self.masks / self.images if self.images else float("nan")}
+        return {"masks_per_image": sum(self.masks.values()) / len(self.masks) if self.masks else float("nan")}
 
 
 @uisbench.hookimpl
@@ -81,6 +81,5 @@ def uisbench_metrics():
         name="example-masks-per-image",
         description="Example vendor metric: mean number of predicted masks per image.",
         factory=MasksPerImage,
-        higher_is_better={"masks_per_image": False},
         needs=frozenset({"predictions"}),
     )

@@ -104,7 +104,6 @@ def build_results(
         entry = plan.entry("metrics", name)
         metrics[name] = {
             **entry.describe(),
-            "higher_is_better": {k: bool(v) for k, v in entry.spec.higher_is_better.items()},
             "needs": sorted(entry.spec.needs),
             "stages": sorted(entry.spec.stages),
         }

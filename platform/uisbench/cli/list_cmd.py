@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
             item["presets"] = sorted(getattr(spec, "presets", {}))
             item["splits"] = list(spec.splits)
         if args.kind == "metrics":
-            item["higher_is_better"] = dict(spec.higher_is_better)
+            item["needs"], item["stages"] = sorted(spec.needs), sorted(spec.stages)
         items.append(item)
     if args.json:
         print_json(items)
