@@ -4,7 +4,7 @@ Every stage output lives under a key, the SHA-256 of a canonical JSON of everyth
 (plugin name, ``spec.version``, uisbench version, resolved parameters, weights file hash, dataset
 fingerprint, split, upstream keys, seed). Layout::
 
-    cache/features/<key>/<image_id>.pt            fp16 (C, h, w) + valid mask, one per image
+    cache/features/<key>/<image_id>.pt            float32 (C, h, w) + valid mask, one per image
     cache/features/<key>/summary-<ids>.json       written when the split's images are all done
     cache/pseudo-masks/<key>/<image_id>.json      one per image (resume granularity)
     cache/pseudo-masks/<key>/summary-<ids>.json   all images' masks + cost, when complete

@@ -86,7 +86,8 @@ class FeaturesStage(Stage):
                         )
                     for j, image_id in enumerate(batch_ids):
                         record = {
-                            "features": feats[j].to(torch.float16).clone(),
+                            # float32: float16 storage flipped MaskCut masks (benchmarks/bench_feature_storage.py)
+                            "features": feats[j].clone(),
                             "valid": None if valid is None else valid[j].clone(),
                             "coverage": _coverage(backbone, dataset.record(image_id), None if valid is None else valid[j]),
                             "patch_size": int(fm.patch_size),
