@@ -94,6 +94,9 @@ class Stage(abc.ABC):
     per_image: ClassVar[bool] = False
     #: suffix of the per-image files
     item_suffix: ClassVar[str] = ".json"
+    #: whole stages: compute on every torchrun rank (e.g. distributed training), not on rank 0 alone;
+    #: :meth:`finish` still runs on rank 0 with every rank's report
+    all_ranks: ClassVar[bool] = False
 
     def __init__(self, ctx: BenchContext, label: str, split: str | None = None) -> None:
         self.ctx = ctx
@@ -250,7 +253,8 @@ class StageRunner:
         if stage.per_image:
             report = self.collective(stage.label, lambda: stage.compute(key, self._todo(stage, key, forced)))
         else:
-            report = self.collective(stage.label, lambda: stage.compute(key, None) if ctx.shard.main else None)
+            compute_here = ctx.shard.main or stage.all_ranks
+            report = self.collective(stage.label, lambda: stage.compute(key, None) if compute_here else None)
         reports = ctx.shard.gather(report)
 
         def finish() -> dict[str, Any] | None:
