@@ -561,3 +561,61 @@ def test_feature_coverage_of_padded_grids():
     valid[:3, :] = True  # 3 patch rows = 48 px hold the 45 px of content
     assert _coverage(_Padded(), record, valid) == (45 / 48, 1.0)
     assert _coverage(_Padded(), record, None) == (1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the leaderboard ranks by, intervals, seeds
+# ---------------------------------------------------------------------------------------------
+
+
+def test_rank_by_a_renamed_metric_entry_and_its_headline_columns(tmp_path):
+    registry = {"metrics": {"mask-ap": {"plugin": "fake-recall"}}, "bench": {**fakes.REGISTRY["bench"], "metrics": ["mask-ap"]}}
+    out = _bench(tmp_path, registry=registry, backbones=["pixels"], students=[], rank_by="mask-ap.APmask")
+    assert out["primary_metric"] == {"stage": "pseudo-masks", "metric": "mask-ap", "value": "APmask"}
+    board = render_leaderboard(out, "csv").splitlines()
+    assert board[0].startswith("rank,backbone,masker,pm AP50mask,pm APmask,") and "pm APmask ci low" in board[0]
+    with pytest.raises(uisbench.ConfigError, match="metric entry 'coco' is not in this run"):
+        _bench(tmp_path, "w2", registry=registry, backbones=["pixels"], students=[], rank_by="coco.APmask")
+
+
+def test_a_vendor_metric_shows_in_the_leaderboard_and_can_rank(tmp_path):
+    """The example plugin's metric (installed with the test extras) next to the fakes'."""
+    host = uisbench.get_plugin_manager(plugins=[("fakes", fakes)], strict=True)
+    metrics = {"coco": {"plugin": "fake-recall"}, "masks": {"plugin": "example-masks-per-image"}}
+    path = fakes.write_registry(tmp_path / "registry.yaml", metrics=metrics)
+    reg = uisbench.load_registry([path], host, include_default=False)
+    options = BenchOptions(workdir=tmp_path / "w", backbones=["oracle", "pixels"], students=[], metrics=["coco", "masks"],
+                           rank_by="masks.masks_per_image", report=False)
+    out = run_bench(host, reg, options)
+    table = render_leaderboard(out, "table")
+    assert "pm masks_per_image ↓" in table and out["ranking"]["higher_is_better"] is False
+    values = [r["value"] for r in out["ranking"]["rows"] + out["ranking"]["calibration"]]
+    assert all(v is not None for v in values)
+
+
+def test_intervals_seeds_and_ties_within_noise(tmp_path):
+    out = _bench(tmp_path, backbones=["oracle", "semantic", "pixels"], seeds=2, bootstrap=50)
+    pm = _cell(out, "oracle")["pseudo_masks"]["metrics"]["coco"]
+    lo, hi = pm["ci"]["AP50mask"]
+    assert lo <= pm["values"]["AP50mask"] <= hi and "bootstrap" not in pm  # draws stay out of results.json
+    student = _cell(out, "pixels")["student_stage"]["metrics"]["coco"]
+    assert student["seeds"]["n"] == 2 and len(student["seeds"]["values"]["AP50mask"]) == 2
+    ranking = out["ranking"]
+    assert ranking["seeds"] == 2 and ranking["bootstrap"] == 50 and out["provenance"]["seeds"]["repeats"] == 2
+    assert [r["id"] for r in ranking["calibration"]] == ["oracle/groups/student", "semantic/groups/student"]
+    assert validate_results(out) == []
+
+
+def test_within_noise_is_a_paired_bootstrap_difference():
+    from uisbench.bench._uncertainty import rank_rows
+
+    shared = [0.1 * (i % 7) for i in range(100)]  # image noise both rows share (paired draws)
+    rows = [
+        {"id": "a", "value": 0.50, "draws": [0.5 + v for v in shared], "tiebreak": "a"},
+        {"id": "b", "value": 0.45, "draws": [0.45 + v for v in shared], "tiebreak": "b"},  # always 0.05 below a
+        {"id": "c", "value": 0.44, "draws": [0.44 + v + (0.05 if i % 2 else -0.05) for i, v in enumerate(shared)], "tiebreak": "c"},
+    ]
+    ranked = rank_rows(rows, higher_is_better=True)
+    assert [r["id"] for r in ranked] == ["a", "b", "c"]
+    assert [r["within_noise_of_previous"] for r in ranked] == [None, False, True]
+    assert rank_rows(rows, higher_is_better=False)[0]["id"] == "c"

@@ -574,3 +574,14 @@ def test_instance_awareness_rises_with_oracle_instance_weight(host):
     assert abs(results[0]["separability_auroc"] - 0.5) < 0.05
     assert results[-1]["separability_auroc"] > 0.95
     assert results[0]["recall_ratio"] < 0.7 < results[-1]["recall_ratio"]
+
+
+def test_coco_resample_equals_a_fresh_evaluation_of_the_draw():
+    """The bootstrap reuses pycocotools' per-image evaluation; a draw without repeats must give exactly
+    what a fresh pycocotools evaluation of those images gives."""
+    samples = coco_case()
+    metric = feed(CocoMetric(), samples)
+    ids = sorted(s[0].id for s in samples)
+    for subset in (ids, ids[1:-1], [ids[0], ids[-1]]):
+        fresh = feed(CocoMetric(), [s for s in samples if s[0].id in subset]).compute()
+        assert metric.resample([subset])[0] == {k: fresh[k] for k in metric.headline}, subset

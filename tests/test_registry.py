@@ -235,3 +235,18 @@ def test_validate_rejects_what_the_plugin_rejects_at_run_time(tmp_path, host, ki
     params = {k: v for k, v in body.items() if k != "plugin"}
     with pytest.raises(uisbench.ConfigError, match=re.escape(needle)):
         host.spec(kind, body["plugin"]).build(**({"split": "val"} if kind == "datasets" else {}), **params)
+
+
+def test_bench_seeds_bootstrap_and_rank_by_are_validated(tmp_path, host):
+    import yaml
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"version": 1, "bench": {"seeds": 0, "bootstrap": -1, "rank_by": "cocoo.AP50mask"}}))
+    with pytest.raises(uisbench.ConfigError) as info:
+        uisbench.load_registry([path], host)
+    text = "\n".join(info.value.problems)
+    assert "bench seeds must be an integer >= 1" in text and "bench bootstrap must be an integer >= 0" in text
+    assert "rank_by names unknown metric entry 'cocoo'. Did you mean 'coco'?" in text
+    path.write_text(yaml.safe_dump({"version": 1, "bench": {"seeds": 3, "rank_by": "student.count-error.count_mae"}}))
+    bench = uisbench.load_registry([path], host).bench
+    assert (bench.seeds, bench.bootstrap, bench.rank_by) == (3, 200, "student.count-error.count_mae")

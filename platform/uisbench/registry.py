@@ -60,7 +60,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 _TOP_KEYS = ("version", *KINDS, "bench")
-_BENCH_KEYS = ("backbones", "maskers", "students", "metrics", "dataset", "seed")
+_BENCH_KEYS = ("backbones", "maskers", "students", "metrics", "dataset", "seed", "seeds", "bootstrap", "rank_by")
 _ENTRY_META = ("plugin", "description")
 #: Most YAML values (scalars, lists, mappings) one registry file may stand for once its aliases are
 #: expanded. The shipped registry.yaml has about 400; an alias bomb reaches this within a few lines.
@@ -164,6 +164,13 @@ class BenchDefaults:
     metrics: tuple[str, ...] = ()
     dataset: str = "synth-instances"
     seed: int = 0
+    #: repetitions of the stochastic stages (k-means init, student training), seeds seed .. seed+seeds-1
+    seeds: int = 1
+    #: bootstrap resamples of the images behind each confidence interval (0: no intervals)
+    bootstrap: int = 200
+    #: the value the leaderboard ranks by: ``METRIC.VALUE`` or ``STAGE.METRIC.VALUE`` (stage
+    #: ``pseudo-masks`` or ``student``); ``None``: the first headline value of the first metric
+    rank_by: str | None = None
 
 
 @dataclass
@@ -343,9 +350,14 @@ def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problem
                 if not isinstance(value, str):
                     problems.append(f"{where}:{line}: bench dataset must be an entry name.")
                 values[key] = str(value)
-            elif key == "seed":
-                if not isinstance(value, int) or isinstance(value, bool):
-                    problems.append(f"{where}:{line}: bench seed must be an integer.")
+            elif key in ("seed", "seeds", "bootstrap"):
+                low = {"seed": None, "seeds": 1, "bootstrap": 0}[key]
+                if not isinstance(value, int) or isinstance(value, bool) or (low is not None and value < low):
+                    problems.append(f"{where}:{line}: bench {key} must be an integer{'' if low is None else f' >= {low}'}.")
+                values[key] = value
+            elif key == "rank_by":
+                if not isinstance(value, str) or not 2 <= len(value.split(".")) <= 3:
+                    problems.append(f"{where}:{line}: bench rank_by must be METRIC.VALUE or STAGE.METRIC.VALUE, e.g. coco.AP50mask.")
                 values[key] = value
             elif key == "backbones" and value == "all":
                 values[key] = "all"
@@ -372,6 +384,14 @@ def _check_bench(registry: Registry, problems: list[str]) -> None:
             if name not in registry.entries[kind]:
                 src, line = lines.get(kind, unset)
                 problems.append(f"{src}:{line}: bench {kind} names unknown entry {name!r}.{_suggest(name, registry.entries[kind])}")
+    if isinstance(b.rank_by, str) and len(b.rank_by.split(".")) in (2, 3):
+        parts = b.rank_by.split(".")
+        stage, metric = (parts[0], parts[1]) if len(parts) == 3 else (None, parts[0])
+        src, line = lines.get("rank_by", unset)
+        if stage not in (None, "pseudo-masks", "student"):
+            problems.append(f"{src}:{line}: bench rank_by stage {stage!r} is not pseudo-masks or student.")
+        if metric not in registry.entries["metrics"]:
+            problems.append(f"{src}:{line}: bench rank_by names unknown metric entry {metric!r}.{_suggest(metric, registry.entries['metrics'])}")
     if b.dataset not in registry.entries["datasets"]:
         src, line = lines.get("dataset", unset)
         problems.append(f"{src}:{line}: bench dataset {b.dataset!r} is not a datasets entry.{_suggest(b.dataset, registry.entries['datasets'])}")

@@ -36,6 +36,12 @@ class BenchOptions:
     skip_bad_images: bool = False
     limit: int | None = None
     seed: int | None = None
+    #: repetitions of the stochastic stages (default: the registry's bench seeds)
+    seeds: int | None = None
+    #: bootstrap resamples per confidence interval (default: the registry's bench bootstrap; 0: none)
+    bootstrap: int | None = None
+    #: METRIC.VALUE or STAGE.METRIC.VALUE to rank by (default: the registry's bench rank_by)
+    rank_by: str | None = None
     batch_size: int = 8
     num_workers: int | None = None
     report: bool = True
@@ -87,7 +93,7 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Any:
 class BenchContext:
     """The run-wide state every stage and evaluator reads (one per ``run_bench``)."""
 
-    def __init__(self, options: BenchOptions, seed: int) -> None:
+    def __init__(self, options: BenchOptions, seed: int, seeds: int = 1, bootstrap: int = 0) -> None:
         self.options = options
         self.workdir = Path(options.workdir)
         self.cache = Cache(self.workdir)
@@ -97,6 +103,10 @@ class BenchContext:
             self.device = f"cuda:{self.shard.local_rank}"
         self.device_type = self.device.split(":")[0]
         self.seed = int(seed)
+        if int(seeds) < 1 or int(bootstrap) < 0:
+            raise ConfigError(f"--seeds must be >= 1 and --bootstrap >= 0 (got {seeds}, {bootstrap}).")
+        self.seeds = int(seeds)
+        self.bootstrap = int(bootstrap)
         self.force = _expand_force(options.force)
         self.batch_size = max(1, int(options.batch_size))
         default_workers = 0 if self.device_type == "cpu" else 4

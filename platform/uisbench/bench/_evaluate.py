@@ -18,6 +18,7 @@ from ._code import code_fingerprint
 from ._context import short_error
 from ._cost import to_stage_cost
 from ._stage import CacheDamaged, StageError
+from ._uncertainty import bootstrap_draws, with_intervals
 
 if TYPE_CHECKING:
     from ._features import FeaturesStage
@@ -67,6 +68,13 @@ class MetricEvaluator:
         self.pipeline = pipeline
         self.ctx = pipeline.ctx
         self.plan = pipeline.plan
+        self._draws: list[list[int]] | None = None
+
+    def draws(self) -> list[list[int]]:
+        """The run's bootstrap resamples of the val images (the same for every cell: paired)."""
+        if self._draws is None:
+            self._draws = bootstrap_draws(self.pipeline.data.usable("val"), self.ctx.bootstrap, self.ctx.seed)
+        return self._draws
 
     def _spec(self, name: str) -> Any:
         return self.plan.entry("metrics", name).spec
@@ -84,6 +92,7 @@ class MetricEvaluator:
             val=data.identity("val"),
             val_ids=ids_digest(data.ids("val")),
             seed=self.ctx.seed,
+            bootstrap=self.ctx.bootstrap,
             code=code_fingerprint(__name__),
         )
 
@@ -222,7 +231,11 @@ class MetricEvaluator:
         }
         if info:
             result["info"] = {str(k): str(v) for k, v in info.items()}
-        return result
+        try:
+            return with_intervals(result, metric, self.draws())
+        except Exception as err:  # an interval is extra: its failure is logged, the values stand
+            self.ctx.log_failure(f"{scoring.what} metric {name} resample", err)
+            return result
 
 
 def _valid_region(features: Any, valid: Any) -> Any:

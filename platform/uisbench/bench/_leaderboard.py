@@ -13,41 +13,21 @@ from typing import Any
 
 FORMATS = ("table", "markdown", "json", "csv")
 
-#: (column title, stage, metric, value) of the key numbers, in display order; ``*`` matches digits.
-_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
-    ("pm AP50mask", "pseudo-masks", "coco", "AP50mask"),
-    ("pm APmask", "pseudo-masks", "coco", "APmask"),
-    ("pm AR@mask", "pseudo-masks", "coco", "AR*mask"),
-    ("st AP50mask", "student", "coco", "AP50mask"),
-    ("st APmask", "student", "coco", "APmask"),
-    ("st AP50box", "student", "coco", "AP50box"),
-    ("st AR@mask", "student", "coco", "AR*mask"),
-    ("multi-inst recall", "pseudo-masks", "instance-awareness", "recall_multi"),
-    ("single-inst recall", "pseudo-masks", "instance-awareness", "recall_single"),
-    ("recall ratio", "pseudo-masks", "instance-awareness", "recall_ratio"),
-    ("separability AUROC", "pseudo-masks", "instance-awareness", "separability_auroc"),
-    ("pm count MAE", "pseudo-masks", "count-error", "count_mae"),
-)
+_STAGES = {"pseudo-masks": ("pseudo_masks", "pm"), "student": ("student_stage", "st")}
 
 
 def _stage_block(cell: dict[str, Any], stage: str) -> dict[str, Any]:
-    block = cell.get("pseudo_masks") if stage == "pseudo-masks" else cell.get("student_stage")
-    return (block or {}).get("metrics") or {}
+    return (cell.get(_STAGES[stage][0]) or {}).get("metrics") or {}
+
+
+def _result(cell: dict[str, Any], stage: str, metric: str) -> dict[str, Any]:
+    return _stage_block(cell, stage).get(metric) or {}
 
 
 def _lookup(cell: dict[str, Any], stage: str, metric: str, value: str) -> tuple[float | None, bool | None, str]:
-    """(value, higher_is_better, actual value name) of one number of a cell."""
-    result = _stage_block(cell, stage).get(metric) or {}
-    values = result.get("values") or {}
-    name = value
-    if "*" in value:
-        prefix, suffix = value.split("*")
-        matches = [k for k in values if k.startswith(prefix) and k.endswith(suffix) and k[len(prefix) : -len(suffix) or None].isdigit()]
-        if not matches:
-            return None, None, value.replace("*", "")
-        name = sorted(matches, key=lambda k: int(k[len(prefix) : -len(suffix)]))[0]
-    hib = (result.get("higher_is_better") or {}).get(name)
-    return values.get(name), hib, name
+    """(value, higher_is_better, value name) of one number of a cell."""
+    result = _result(cell, stage, metric)
+    return (result.get("values") or {}).get(value), (result.get("higher_is_better") or {}).get(value), value
 
 
 def _cost_cells(cell: dict[str, Any]) -> dict[str, Any]:
@@ -64,63 +44,70 @@ def status_text(cell: dict[str, Any], width: int | None = None) -> str:
     return text if width is None or len(text) <= width else text[: width - 3] + "..."
 
 
-def primary_value(results: dict[str, Any], cell: dict[str, Any]) -> float | None:
-    pm = results.get("primary_metric") or {"stage": "pseudo-masks", "metric": "coco", "value": "AP50mask"}
-    return _lookup(cell, pm["stage"], pm["metric"], pm["value"])[0]
+def _cell_id(cell: dict[str, Any]) -> str:
+    return f"{cell['backbone']}/{cell['masker']}/{cell.get('student') or '-'}"
+
+
+def headline_columns(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """``(title, stage, metric, value)`` of every headline value a metric of the run reported, per
+    stage (pseudo-masks, then student), in the run's metric order: a renamed entry or a team's own
+    metric shows up like the built-ins."""
+    cells = results.get("cells", [])
+    found: list[tuple[str, str, str]] = []
+    for stage in _STAGES:
+        for metric in results.get("metrics", {}):
+            headline = next((_result(c, stage, metric).get("headline") for c in cells if _result(c, stage, metric).get("headline")), [])
+            found += [(stage, metric, value) for value in headline]
+    names = [value for _, _, value in found]
+    columns = []
+    for stage, metric, value in found:
+        clash = sum(1 for s, _, v in found if v == value and s == stage) > 1 or names.count(value) > 2
+        title = f"{_STAGES[stage][1]} {metric + '.' if clash else ''}{value}"
+        columns.append((title, stage, metric, value))
+    return columns
 
 
 def leaderboard(results: dict[str, Any]) -> dict[str, Any]:
-    """Rows of the leaderboard: ``{"columns", "rows", "calibration", "primary", "header"}``."""
+    """Rows of the leaderboard: ``{"columns", "rows", "calibration", "primary", "header", ...}`` in the
+    order of ``results["ranking"]``; ``rank`` marks a row within noise of the one above with ``≈``."""
     cells = results.get("cells", [])
-    any_student = any(c.get("student") for c in cells)
-    columns = ["backbone", "masker"] + (["student"] if any_student else [])
-    number_cols: list[tuple[str, str, str, str]] = []
-    arrows: dict[str, str] = {}
-    for title, stage, metric, value in _COLUMNS:
-        found = [_lookup(c, stage, metric, value) for c in cells]
-        present = [
-            f for f, c in zip(found, cells, strict=True) if f[2] in ((_stage_block(c, stage).get(metric) or {}).get("values") or {})
-        ]
-        if not present:
-            continue
-        name = present[0][2]
-        shown = title.replace("AR@", name[:-4] if name.endswith("mask") and name.startswith("AR") else "AR@") if "AR@" in title else title
-        number_cols.append((shown, stage, metric, name))
-        hib = next((f[1] for f in present if f[1] is not None), None)
-        arrows[shown] = "" if hib is None else (" ↑" if hib else " ↓")
-    columns += [t for t, *_ in number_cols] + ["features img/s", "stage seconds", "status"]
-    rows, calibration = [], []
-    for cell in cells:
-        row: dict[str, Any] = {"backbone": cell["backbone"], "masker": cell["masker"]}
-        if any_student:
-            row["student"] = cell.get("student") or "-"
-        for title, stage, metric, name in number_cols:
-            row[title] = _lookup(cell, stage, metric, name)[0]
-        row.update(_cost_cells(cell))
-        row["status"] = status_text(cell)
-        row["_primary"] = primary_value(results, cell)
-        row["_secondary"] = _lookup(cell, "pseudo-masks", "coco", "AP50mask")[0]
-        row["_pretrained"] = cell.get("pretrained")
-        (calibration if cell.get("calibration") else rows).append(row)
-    for group in (rows, calibration):
-        group.sort(
-            key=lambda r: (
-                r["_primary"] is None,
-                -(r["_primary"] or 0.0),
-                r["_secondary"] is None,
-                -(r["_secondary"] or 0.0),
-                r["backbone"],
-                r["masker"],
-                str(r.get("student")),
-            )
-        )
+    ranking = results.get("ranking") or {}
     primary = results.get("primary_metric") or {}
+    any_student = any(c.get("student") for c in cells)
+    number_cols = headline_columns(results)
+    rank_title = next((t for t, st, me, va in number_cols if (st, me, va) == (primary.get("stage"), primary.get("metric"), primary.get("value"))), None)
+    columns = ["rank", "backbone", "masker"] + (["student"] if any_student else [])
+    columns += [t for t, *_ in number_cols] + ["features img/s", "stage seconds", "status"]
+    arrows = {"features img/s": " ↑", "stage seconds": " ↓"}
+    for title, stage, metric, value in number_cols:
+        hib = next((h for c in cells if (h := _lookup(c, stage, metric, value)[1]) is not None), None)
+        arrows[title] = "" if hib is None else (" ↑" if hib else " ↓")
+    by_id = {_cell_id(c): c for c in cells}
+    groups: dict[str, list[dict[str, Any]]] = {"rows": [], "calibration": []}
+    for group, ranked in (("rows", ranking.get("rows") or []), ("calibration", ranking.get("calibration") or [])):
+        for position, entry in enumerate(ranked, start=1):
+            cell = by_id[entry["id"]]
+            row: dict[str, Any] = {"rank": f"{position}{' ≈' if entry.get('within_noise_of_previous') else ''}",
+                                   "backbone": cell["backbone"], "masker": cell["masker"]}
+            if any_student:
+                row["student"] = cell.get("student") or "-"
+            for title, stage, metric, value in number_cols:
+                result = _result(cell, stage, metric)
+                row[title] = (result.get("values") or {}).get(value)
+                row[f"_ci {title}"] = (result.get("ci") or {}).get(value)
+                row[f"_std {title}"] = ((result.get("seeds") or {}).get("std") or {}).get(value)
+            row.update(_cost_cells(cell))
+            row["status"] = status_text(cell)
+            row["_pretrained"] = cell.get("pretrained")
+            row["_within_noise"] = entry.get("within_noise_of_previous")
+            groups[group].append(row)
     return {
         "columns": columns,
-        "arrows": {**arrows, "features img/s": " ↑", "stage seconds": " ↓"},
-        "rows": rows,
-        "calibration": calibration,
+        "arrows": arrows,
+        "rows": groups["rows"],
+        "calibration": groups["calibration"],
         "primary": primary,
+        "rank_column": rank_title,
         "header": _header_lines(results),
     }
 
@@ -136,7 +123,8 @@ def _header_lines(results: dict[str, Any]) -> list[str]:
     lines = [
         f"uisbench {prov.get('uisbench', '?')} leaderboard - dataset {ds.get('name', '?')} ({sizes}); "
         f"device {run.get('device', '?')} ({run.get('hardware', '?')}); seed {run.get('seed')}",
-        f"sorted by {pm.get('stage', '?')} {pm.get('metric', '?')} {pm.get('value', '?')}; "
+        f"sorted by {pm.get('stage', '?')} {pm.get('metric', '?')}.{pm.get('value', '?')} "
+        f"({_uncertainty_note(results)}); "
         f"torch {prov.get('torch')}; git {str(git.get('commit', 'n/a'))[:12]}{' (dirty)' if git.get('dirty') else ''}; "
         f"registry sha256 {str((prov.get('registry') or {}).get('sha256', ''))[:12]}",
     ]
@@ -150,16 +138,41 @@ def _header_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _uncertainty_note(results: dict[str, Any]) -> str:
+    ranking = results.get("ranking") or {}
+    seeds = int(ranking.get("seeds") or 1)
+    parts = []
+    if ranking.get("bootstrap"):
+        parts.append(f"[95% bootstrap interval over images, {ranking['bootstrap']} draws]; ≈: within noise of the row above")
+    if seeds > 1:
+        parts.append(f"mean ± std over {seeds} seeds")
+    return "; ".join(parts) or "no intervals"
+
+
 def _fmt(value: Any) -> Any:
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
     return "-" if value is None else value
 
 
+def _fmt_cell(row: dict[str, Any], column: str, board: dict[str, Any]) -> Any:
+    """A number with its spread over seeds (``±``) and, in the ranking column, its interval."""
+    text = _fmt(row.get(column))
+    if row.get(column) is None:
+        return text
+    std = row.get(f"_std {column}")
+    if std is not None:
+        text += f"±{std:.3f}"
+    ci = row.get(f"_ci {column}")
+    if column == board.get("rank_column") and ci:
+        text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return text
+
+
 def rows_for_table(board: dict[str, Any], rows: list[dict[str, Any]], width: int | None) -> list[list[Any]]:
     out = []
     for r in rows:
-        line = [_fmt(r.get(c)) for c in board["columns"]]
+        line = [_fmt_cell(r, c, board) for c in board["columns"]]
         if width is not None:
             line[-1] = line[-1] if len(line[-1]) <= width else line[-1][: width - 3] + "..."
         out.append(line)
@@ -174,7 +187,8 @@ def render(results: dict[str, Any], fmt: str = "table") -> str:
     headers = [c + board["arrows"].get(c, "") for c in board["columns"]]
     if fmt == "json":
         def clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+            return [{k.lstrip("_") if k.startswith("_ci ") else k: v for k, v in r.items() if not k.startswith("_") or k.startswith("_ci ")}
+                    for r in rows]
 
         return json.dumps(
             {
@@ -189,10 +203,14 @@ def render(results: dict[str, Any], fmt: str = "table") -> str:
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(board["columns"] + ["calibration", "pretrained"])
+        rank = board.get("rank_column")
+        interval = [f"{rank} ci low", f"{rank} ci high"] if rank else []
+        writer.writerow(board["columns"] + interval + ["calibration", "pretrained"])
         for group, calib in ((board["rows"], False), (board["calibration"], True)):
             for r in group:
-                writer.writerow(["" if r.get(c) is None else r.get(c) for c in board["columns"]] + [calib, "" if r["_pretrained"] is None else r["_pretrained"]])
+                ci = (r.get(f"_ci {rank}") or ["", ""]) if rank else []
+                writer.writerow(["" if r.get(c) is None else r.get(c) for c in board["columns"]] + list(ci)
+                                + [calib, "" if r["_pretrained"] is None else r["_pretrained"]])
         return buf.getvalue()
     from tabulate import tabulate
 

@@ -23,8 +23,12 @@ class PseudoMasksStage(Stage):
     name = "pseudo-masks"
     per_image = True
 
-    def __init__(self, pipeline: Pipeline, backbone: str, masker: str, split: str) -> None:
-        super().__init__(pipeline.ctx, f"{backbone} / {masker} pseudo-masks ({split})", split)
+    def __init__(self, pipeline: Pipeline, backbone: str, masker: str, split: str, repeat: int = 0) -> None:
+        # a masker is stochastic when it has a seed: only then does a repetition (--seeds) redo it
+        stochastic = pipeline.plan.entry("maskers", masker).spec.param("seed") is not None
+        self.repeat = repeat if stochastic else 0
+        label = f"{backbone} / {masker} pseudo-masks ({split})" + (f" seed +{self.repeat}" if self.repeat else "")
+        super().__init__(pipeline.ctx, label, split)
         self.pipeline = pipeline
         self.backbone = backbone
         self.masker = masker
@@ -32,11 +36,14 @@ class PseudoMasksStage(Stage):
 
     @property
     def address(self) -> tuple[Any, ...]:
-        return (self.name, self.backbone, self.masker, self.split)
+        return (self.name, self.backbone, self.masker, self.split, self.repeat)
 
     def identity(self) -> dict[str, Any]:
         entry = self.pipeline.plan.entry("maskers", self.masker)
-        return {"masker": entry.identity, "device": self.ctx.device_type, "seed": self.ctx.seed}
+        identity = entry.identity
+        if self.repeat:
+            identity = {**identity, "params": self.pipeline.masker_params(self.masker, self.repeat)}
+        return {"masker": identity, "device": self.ctx.device_type, "seed": self.ctx.seed + self.repeat}
 
     def inputs(self) -> list[Stage]:
         return [self.features]
@@ -53,7 +60,7 @@ class PseudoMasksStage(Stage):
         if not chunks:
             return None
         ctx = self.ctx
-        masker = self.pipeline.masker(self.masker)
+        masker = self.pipeline.masker(self.masker, self.repeat)
         dataset = self.pipeline.data.dataset(self.split)
         features_key = self.pipeline.runner.key(self.features)
         meter = Meter(self.name, ctx.device)
@@ -73,7 +80,7 @@ class PseudoMasksStage(Stage):
                         layer=loaded[0]["layer"],
                         valid=valid,
                     )
-                    seed_everything(ctx.seed + chunk[0])
+                    seed_everything(ctx.seed + self.repeat + chunk[0])
                     with torch.no_grad():
                         preds = masker.predict(fm, [dataset.record(i) for i in chunk])
                     if len(preds) != len(chunk):

@@ -32,18 +32,18 @@ class Pipeline:
         self._lock = lock
         self.runner = StageRunner(ctx)
         self.backbones = {b: BackboneHandle(plan.entry("backbones", b), ctx, data) for b in plan.backbones}
-        self._maskers: dict[str, Any] = {}
+        self._maskers: dict[tuple[str, int], Any] = {}
 
     # -- stages -------------------------------------------------------------------------------
 
     def features(self, backbone: str, split: str) -> FeaturesStage:
         return FeaturesStage(self, backbone, split)
 
-    def pseudo_masks(self, backbone: str, masker: str, split: str) -> PseudoMasksStage:
-        return PseudoMasksStage(self, backbone, masker, split)
+    def pseudo_masks(self, backbone: str, masker: str, split: str, repeat: int = 0) -> PseudoMasksStage:
+        return PseudoMasksStage(self, backbone, masker, split, repeat)
 
-    def student(self, backbone: str, masker: str, student: str) -> StudentStage:
-        return StudentStage(self, backbone, masker, student)
+    def student(self, backbone: str, masker: str, student: str, repeat: int = 0) -> StudentStage:
+        return StudentStage(self, backbone, masker, student, repeat)
 
     def run(self, stage: Stage) -> StageOutput:
         return self.runner.run(stage)
@@ -59,10 +59,18 @@ class Pipeline:
 
     # -- shared plugin objects ----------------------------------------------------------------
 
-    def masker(self, name: str) -> Any:
-        """The masker object of entry ``name``, built once per run."""
-        if name not in self._maskers:
-            masker = self.plan.entry("maskers", name).build()
-            self._maskers[name] = masker.to(self.ctx.device) or masker
+    def masker_params(self, name: str, repeat: int = 0) -> dict[str, Any]:
+        """Entry ``name``'s parameters for repetition ``repeat`` of ``--seeds``: its ``seed`` shifted."""
+        params = dict(self.plan.entry("maskers", name).params)
+        if repeat:
+            params["seed"] = int(params["seed"]) + repeat
+        return params
+
+    def masker(self, name: str, repeat: int = 0) -> Any:
+        """The masker object of entry ``name`` (for repetition ``repeat``), built once per run."""
+        if (name, repeat) not in self._maskers:
+            entry = self.plan.entry("maskers", name)
+            masker = entry.spec.factory(**self.masker_params(name, repeat))
+            self._maskers[(name, repeat)] = masker.to(self.ctx.device) or masker
             self.ctx.built.append(f"masker:{name}")
-        return self._maskers[name]
+        return self._maskers[(name, repeat)]

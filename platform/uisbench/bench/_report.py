@@ -108,8 +108,8 @@ def image_figure(pipeline: Any, results: dict[str, Any], image_id: int) -> bytes
 
 
 def bar_chart(results: dict[str, Any]) -> bytes:
-    """Horizontal bars per cell, in leaderboard order: pseudo-mask and student AP50mask side by side;
-    calibration rows hatched."""
+    """Horizontal bars per cell, in leaderboard order: the ranking value at the pseudo-mask and the
+    student stage side by side; calibration rows hatched."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,9 +118,10 @@ def bar_chart(results: dict[str, Any]) -> bytes:
     board = leaderboard(results)
     entries = [(r, False) for r in board["rows"]] + [(r, True) for r in board["calibration"]]
     by_key = {(c["backbone"], c["masker"], c.get("student") or "-"): c for c in results["cells"]}
-    series = [("pseudo-masks", "pseudo-mask AP50mask", "#3a76af"), ("student", "student AP50mask", "#e07b39")]
+    metric, value = board["primary"].get("metric") or "", board["primary"].get("value") or ""
+    series = [("pseudo-masks", f"pseudo-mask {value}", "#3a76af"), ("student", f"student {value}", "#e07b39")]
     values = {
-        name: [_lookup(by_key[(r["backbone"], r["masker"], r.get("student", "-"))], name, "coco", "AP50mask")[0] for r, _ in entries]
+        name: [_lookup(by_key[(r["backbone"], r["masker"], r.get("student", "-"))], name, metric, value)[0] for r, _ in entries]
         for name, _, _ in series
     }
     series = [s for s in series if any(v is not None for v in values[s[0]])]
@@ -144,7 +145,7 @@ def bar_chart(results: dict[str, Any]) -> bytes:
     ax.set_yticks(range(len(entries)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.15 * top)
-    ax.set_xlabel("AP50mask (higher is better; hatched = calibration backbone reading ground truth)", fontsize=8)
+    ax.set_xlabel(f"{metric} {value} (hatched = calibration backbone reading ground truth)", fontsize=8)
     if series:
         ax.legend(fontsize=7, loc="lower right")
     else:

@@ -21,8 +21,7 @@ from .. import __version__
 
 SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
-SCHEMA_VERSION = 1
-PRIMARY_METRIC = ("coco", "AP50mask")
+SCHEMA_VERSION = 2
 
 
 def _git(root: Path) -> dict[str, Any] | None:
@@ -74,18 +73,13 @@ def _sha256(path: str) -> str | None:
         return None
 
 
-def primary_metric(cells: list[dict[str, Any]]) -> dict[str, str]:
-    """Student AP50mask when a student ran in some cell, else pseudo-mask AP50mask."""
-    student_ran = any((c.get("student_stage") or {}).get("status") == "ok" for c in cells)
-    return {"stage": "student" if student_ran else "pseudo-masks", "metric": PRIMARY_METRIC[0], "value": PRIMARY_METRIC[1]}
-
-
 def build_results(
     pipeline: Any,
     host: Any,
     registry: Any,
     cells: list[dict[str, Any]],
     backbones: dict[str, dict[str, Any]],
+    ranking: dict[str, Any],
     computed: dict[str, int],
     started: datetime,
     seconds: float,
@@ -154,9 +148,10 @@ def build_results(
             "plugin_failures": [
                 {"name": f.name, "distribution": f.distribution, "version": f.version, "error": f.error} for f in host.failures
             ],
-            "seeds": {"bench": ctx.seed},
+            "seeds": {"bench": ctx.seed, "repeats": ctx.seeds, "bootstrap": ctx.bootstrap},
         },
-        "primary_metric": primary_metric(cells),
+        "primary_metric": {"stage": ranking["stage"], "metric": ranking["metric"], "value": ranking["value"]},
+        "ranking": ranking,
         "metrics": metrics,
         "backbones": backbones,
         "cells": cells,

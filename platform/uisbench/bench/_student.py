@@ -30,18 +30,21 @@ class StudentStage(Stage):
 
     name = "student"
 
-    def __init__(self, pipeline: Pipeline, backbone: str, masker: str, student: str) -> None:
-        super().__init__(pipeline.ctx, f"{backbone} / {masker} / {student} student")
+    def __init__(self, pipeline: Pipeline, backbone: str, masker: str, student: str, repeat: int = 0) -> None:
+        label = f"{backbone} / {masker} / {student} student" + (f" seed +{repeat}" if repeat else "")
+        super().__init__(pipeline.ctx, label)
         self.pipeline = pipeline
         self.backbone = backbone
         self.masker = masker
         self.student = student
-        self.train_masks: PseudoMasksStage = pipeline.pseudo_masks(backbone, masker, "train")
+        self.repeat = repeat  # training is stochastic: every repetition (--seeds) trains anew
+        self.seed = pipeline.ctx.seed + repeat
+        self.train_masks: PseudoMasksStage = pipeline.pseudo_masks(backbone, masker, "train", repeat)
         self._built: Any = None
 
     @property
     def address(self) -> tuple[Any, ...]:
-        return (self.name, self.backbone, self.masker, self.student)
+        return (self.name, self.backbone, self.masker, self.student, self.repeat)
 
     def identity(self) -> dict[str, Any]:
         data = self.pipeline.data
@@ -52,7 +55,7 @@ class StudentStage(Stage):
             "val": data.identity("val"),
             "val_ids": ids_digest(data.ids("val")),
             "device": self.ctx.device_type,
-            "seed": self.ctx.seed,
+            "seed": self.seed,
         }
 
     def inputs(self) -> list[Stage]:
@@ -77,9 +80,9 @@ class StudentStage(Stage):
         handle = self.pipeline.backbones[self.backbone]
         handle.bind("train")
         atomic_write_json(workdir / "started.json", {"started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        seed_everything(ctx.seed)
+        seed_everything(self.seed)
         with Meter("student-train", ctx.device) as fit_meter:
-            samples = student.fit(data.dataset("train"), pseudo, workdir=workdir, seed=ctx.seed)
+            samples = student.fit(data.dataset("train"), pseudo, workdir=workdir, seed=self.seed)
         # Throughput is samples processed (iterations x batch size) over the training time, not the
         # size of the training set: a student that does not say reports none.
         fit_meter.images = int(samples or 0)

@@ -42,6 +42,13 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (listed in results.json) instead of failing")
     p.add_argument("--limit", type=int, metavar="N", help="use only the first N images of each split (smoke runs)")
     p.add_argument("--seed", type=int, help="bench seed (default: the registry's bench seed)")
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="repeat the stochastic stages (k-means init, student training) with N seeds; values are means ± std "
+                   "(default: the registry's bench seeds, 1)")
+    p.add_argument("--bootstrap", type=int, metavar="B",
+                   help="bootstrap resamples of the images per 95%% confidence interval; 0: none (default: the registry's, 200)")
+    p.add_argument("--rank-by", metavar="[STAGE.]METRIC.VALUE",
+                   help="the value the leaderboard ranks by, e.g. coco.AP50mask or pseudo-masks.count-error.count_mae")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch for features and pseudo-masks (default: 8)")
     p.add_argument("--workers", type=int, metavar="N", help="data-loader workers (default: 0 on CPU, 4 on CUDA)")
     p.add_argument("--no-report", action="store_true", help="do not render report.html and its PNGs")
@@ -67,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         skip_bad_images=args.skip_bad_images,
         limit=args.limit,
         seed=args.seed,
+        seeds=args.seeds,
+        bootstrap=args.bootstrap,
+        rank_by=args.rank_by,
         batch_size=args.batch_size,
         num_workers=args.workers,
         report=not args.no_report,
