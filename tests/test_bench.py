@@ -619,3 +619,43 @@ def test_within_noise_is_a_paired_bootstrap_difference():
     assert [r["id"] for r in ranked] == ["a", "b", "c"]
     assert [r["within_noise_of_previous"] for r in ranked] == [None, False, True]
     assert rank_rows(rows, higher_is_better=False)[0]["id"] == "c"
+
+
+def test_a_300_detection_dataset_refuses_100_detection_metrics_and_students(tmp_path):
+    """LVIS keeps 300 detections per image: the metric and student entries must follow, or be refused."""
+    host = uisbench.get_plugin_manager(plugins=[("fakes", fakes)], load_entry_points=False, strict=True)
+
+    class Protocol300:
+        @uisbench.hookimpl
+        def uisbench_metrics(self):
+            yield uisbench.MetricSpec(name="fake-recall-n", description="Fake recall with max_dets.", factory=lambda max_dets: fakes.Recall(),
+                                      params=(uisbench.Param("max_dets", "int", 100),))
+
+        @uisbench.hookimpl
+        def uisbench_students(self):
+            yield uisbench.StudentSpec(name="fake-student-n", description="Fake student with max_detections.",
+                                       factory=lambda backbone=None, max_detections=100: fakes.Student(backbone),
+                                       params=(uisbench.Param("max_detections", "int", 100),))
+
+    host.register(Protocol300(), "protocol300")
+    original = fakes.Shapes.__init__
+
+    def shapes_300(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.max_dets = 300
+
+    registry = {"metrics": {"ap": {"plugin": "fake-recall-n"}, "ap-300": {"plugin": "fake-recall-n", "max_dets": 300}},
+                "students": {"capped": {"plugin": "fake-student-n"}, "lvis": {"plugin": "fake-student-n", "max_detections": 300}}}
+    reg = uisbench.load_registry([fakes.write_registry(tmp_path / "registry.yaml", **registry)], host, include_default=False)
+    fakes.Shapes.__init__ = shapes_300
+    try:
+        out = run_bench(host, reg, BenchOptions(workdir=tmp_path / "w", backbones=["pixels"], students=["capped", "lvis"],
+                                                metrics=["ap", "ap-300"], report=False))
+    finally:
+        fakes.Shapes.__init__ = original
+    capped, lvis = _cell(out, "pixels", student="capped"), _cell(out, "pixels", student="lvis")
+    pm = capped["pseudo_masks"]["metrics"]
+    assert pm["ap"]["status"] == "skipped" and "use metric entry 'ap-300'" in pm["ap"]["reason"]
+    assert pm["ap-300"]["status"] == "ok"
+    assert capped["status"] == "skipped" and "max_detections: 300" in capped["reason"]
+    assert lvis["student_stage"]["status"] == "ok" and lvis["status"] == "ok"

@@ -134,6 +134,13 @@ class CellWalker:
 
     def student_part(self, b: str, m: str, s: str) -> dict[str, Any]:
         """The student trained and scored once per seed (training is stochastic)."""
+        params = self.plan.entry("students", s).params
+        wanted = getattr(self.pipeline.data.dataset("val"), "max_dets", 100)
+        if params.get("max_detections", wanted) < wanted:  # a student capped below the protocol
+            reason = (f"student entry {s!r} predicts {params['max_detections']} detections per image, dataset "
+                      f"{self.pipeline.data.name!r} is evaluated with {wanted}; use a student entry with "
+                      f"max_detections: {wanted} (e.g. maskrcnn-gpu-lvis)")
+            return {"status": "skipped", "reason": reason, "metrics": {}}
         return _combine_parts([self._student_part(b, m, s, r) for r in range(self.ctx.seeds)])
 
     def _student_part(self, b: str, m: str, s: str, repeat: int) -> dict[str, Any]:

@@ -79,6 +79,18 @@ class MetricEvaluator:
     def _spec(self, name: str) -> Any:
         return self.plan.entry("metrics", name).spec
 
+    def _max_dets_mismatch(self, name: str) -> str | None:
+        """A metric entry with a ``max_dets`` parameter must keep as many detections per image as the
+        dataset's evaluation protocol (COCO 100, LVIS 300): a mismatch is refused, not scored."""
+        entry = self.plan.entry("metrics", name)
+        wanted = getattr(self.pipeline.data.dataset("val"), "max_dets", 100)
+        if "max_dets" not in entry.params or entry.params["max_dets"] == wanted:
+            return None
+        fitting = [n for n in self.plan.metrics if self.plan.entry("metrics", n).params.get("max_dets") == wanted]
+        hint = f"use metric entry {fitting[0]!r}" if fitting else f"add a metric entry with max_dets: {wanted}"
+        return (f"dataset {self.pipeline.data.name!r} is evaluated with {wanted} detections per image, metric entry "
+                f"{name!r} keeps {entry.params['max_dets']}; {hint} (e.g. --metrics coco-lvis for LVIS)")
+
     def key(self, scoring: Scoring, name: str) -> str:
         data = self.pipeline.data
         features = None
@@ -106,6 +118,10 @@ class MetricEvaluator:
             if "ground_truth" in self._spec(name).needs and not self.pipeline.data.has_ground_truth:
                 reason = f"dataset {self.pipeline.data.name!r} has no ground truth"
                 results[name] = {"status": "skipped", "reason": reason, "values": {}}
+                continue
+            mismatch = self._max_dets_mismatch(name)
+            if mismatch:
+                results[name] = {"status": "skipped", "reason": mismatch, "values": {}}
                 continue
             key = self.key(scoring, name)
             path = ctx.cache.metric_file(key)
