@@ -659,3 +659,46 @@ def test_a_300_detection_dataset_refuses_100_detection_metrics_and_students(tmp_
     assert pm["ap-300"]["status"] == "ok"
     assert capped["status"] == "skipped" and "max_detections: 300" in capped["reason"]
     assert lvis["student_stage"]["status"] == "ok" and lvis["status"] == "ok"
+
+
+TORCHRUN_REGISTRY = """\
+version: 1
+datasets:
+  tiny-synth: {plugin: synth-instances, train_images: 4, val_images: 6, size: 64}
+backbones:
+  tiny-oracle-instance: {plugin: oracle, instance_weight: 3.0, noise: 0.05, size: 64, patch_size: 8}
+  tiny-oracle-semantic: {plugin: oracle, instance_weight: 0.0, noise: 0.05, size: 64, patch_size: 8}
+  tiny-pixels: {plugin: pixels, size: 64, patch_size: 8}
+bench:
+  backbones: [tiny-oracle-instance, tiny-oracle-semantic, tiny-pixels]
+  maskers: [ncut, kmeans]
+  students: []
+  metrics: [coco, instance-awareness, count-error]
+  dataset: tiny-synth
+  bootstrap: 20
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_with_the_real_built_ins_matches_one_process(tmp_path):
+    """The shards claim with real plugins: oracle and pixels backbones, ncut and kmeans, coco and
+    instance-awareness; 2 gloo ranks give every value of one process, intervals included."""
+    registry = tmp_path / "real.yaml"
+    registry.write_text(TORCHRUN_REGISTRY)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["bench", "--registry", str(registry), "--device", "cpu", "--no-report", "--batch-size", "2", "--format", "json"]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "uisbench", *common,
+                          "--workdir", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "uisbench", *common, "--workdir", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    r1, r2 = (json.loads((tmp_path / w / "results.json").read_text()) for w in ("one", "two"))
+    assert r2["run"]["world_size"] == 2 and r1["run"]["world_size"] == 1
+    values = _values(r1)
+    assert len(values) == 6 * 3 and all(status == "ok" for status, _ in values.values())
+    assert values == _values(r2)
+    intervals = {(c["backbone"], c["masker"]): c["pseudo_masks"]["metrics"]["coco"]["ci"] for c in r1["cells"]}
+    assert intervals == {(c["backbone"], c["masker"]): c["pseudo_masks"]["metrics"]["coco"]["ci"] for c in r2["cells"]}
+    assert r1["ranking"]["rows"] == r2["ranking"]["rows"]
