@@ -59,7 +59,8 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-_TOP_KEYS = ("version", *KINDS, "bench")
+_TOP_KEYS = ("version", *KINDS, "bench", "report")
+_REPORT_KEYS = ("images",)
 _BENCH_KEYS = ("backbones", "maskers", "students", "metrics", "dataset", "seed", "seeds", "bootstrap", "rank_by")
 _ENTRY_META = ("plugin", "description")
 #: Most YAML values (scalars, lists, mappings) one registry file may stand for once its aliases are
@@ -179,6 +180,9 @@ class Registry:
 
     entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
     bench: BenchDefaults = field(default_factory=BenchDefaults)
+    #: the ``report:`` section: ``images: false`` keeps image pixels and paths out of every output
+    #: (as ``--private``), for images that may not leave the site
+    report_images: bool = True
     files: list[str] = field(default_factory=list)
     sha256: str = ""
     #: where each bench key was last set: key -> (file, line), for error messages
@@ -336,6 +340,13 @@ def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problem
                     continue
                 _check_params(spec, entry, body.key_lines, where, problems)
             registry.entries[kind][entry.name] = entry
+    report = data.get("report")
+    if report is not None:
+        line = data.key_lines["report"]
+        if not isinstance(report, dict) or set(report) - set(_REPORT_KEYS) or not isinstance(report.get("images", True), bool):
+            problems.append(f"{where}:{line}: 'report' takes images: true|false (false: no image pixels or paths in the outputs).")
+        else:
+            registry.report_images = bool(report.get("images", True))
     bench = data.get("bench")
     if bench is not None:
         if not isinstance(bench, dict):

@@ -19,14 +19,27 @@ from ._context import BenchOptions
 from ._leaderboard import FORMATS
 from ._run import BenchOutcome, run_bench
 
-__all__ = ["BenchOptions", "BenchOutcome", "run_bench", "render_leaderboard", "validate_results", "load_results", "FORMATS", "STAGES"]
+__all__ = ["BenchOptions", "BenchOutcome", "run_bench", "dry_run", "render_leaderboard", "validate_results", "load_results", "FORMATS", "STAGES"]
 
 
-def render_leaderboard(results: dict[str, Any], fmt: str = "table") -> str:
-    """The leaderboard of a results dict as text (``table``, ``markdown``, ``json`` or ``csv``)."""
+def render_leaderboard(results: dict[str, Any], fmt: str = "table", columns: str | list[str] | None = None) -> str:
+    """The leaderboard of a results dict as text (``table``, ``markdown``, ``json`` or ``csv``);
+    ``columns`` for the table: ``None`` (fits 120 characters), ``"all"`` or a list of column names."""
     from ._leaderboard import render
 
-    return render(results, fmt)
+    return render(results, fmt, columns)
+
+
+def dry_run(host: Any, registry: Any, options: BenchOptions) -> list[str]:
+    """The plan of ``options``' run (cells, cache hits, downloads, estimated time), computing nothing."""
+    from ._outlook import outlook
+    from ._run import open_pipeline
+
+    pipeline = open_pipeline(host, registry, options)
+    try:
+        return outlook(pipeline)
+    finally:
+        pipeline.close()
 
 
 def validate_results(results: Any) -> list[str]:

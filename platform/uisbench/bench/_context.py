@@ -46,6 +46,9 @@ class BenchOptions:
     num_workers: int | None = None
     report: bool = True
     report_images: int = 4
+    #: no image pixels, thumbnails or image file paths in any output (ids only): for images that may
+    #: not leave the site (``--private``; the registry's ``report: {images: false}`` too)
+    private: bool = False
     argv: list[str] = field(default_factory=list)
 
 
@@ -118,6 +121,8 @@ class BenchContext:
         name = f"bench-rank{self.shard.rank}.log" if self.shard.distributed else "bench.log"
         self.log_path = self.workdir / "logs" / name
         self.show_progress = self.shard.main
+        #: no image pixels or paths in the outputs (``BenchOptions.private`` or the registry's report section)
+        self.private = bool(options.private)
 
     def say(self, text: str) -> None:
         """A line for the user on stderr, from rank 0 only."""

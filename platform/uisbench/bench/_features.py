@@ -124,6 +124,7 @@ class FeaturesStage(Stage):
             provenance = previous[0].get("provenance") if previous else backbone_provenance(self.handle.get())
         return {
             "key": key,
+            "backbone": self.backbone,  # which entry: a later dry run estimates time from this cost
             "split": self.split,
             "images": len(ids),
             "cost": cost,

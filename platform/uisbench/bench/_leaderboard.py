@@ -87,7 +87,8 @@ def leaderboard(results: dict[str, Any]) -> dict[str, Any]:
     for group, ranked in (("rows", ranking.get("rows") or []), ("calibration", ranking.get("calibration") or [])):
         for position, entry in enumerate(ranked, start=1):
             cell = by_id[entry["id"]]
-            row: dict[str, Any] = {"rank": f"{position}{' ≈' if entry.get('within_noise_of_previous') else ''}",
+            rank = "-" if entry.get("value") is None else f"{position}{' ≈' if entry.get('within_noise_of_previous') else ''}"
+            row: dict[str, Any] = {"rank": rank,
                                    "backbone": cell["backbone"], "masker": cell["masker"]}
             if any_student:
                 row["student"] = cell.get("student") or "-"
@@ -98,6 +99,7 @@ def leaderboard(results: dict[str, Any]) -> dict[str, Any]:
                 row[f"_std {title}"] = ((result.get("seeds") or {}).get("std") or {}).get(value)
             row.update(_cost_cells(cell))
             row["status"] = status_text(cell)
+            row["_status"], row["_reason"], row["_id"] = cell["status"], cell.get("reason"), entry["id"]
             row["_pretrained"] = cell.get("pretrained")
             row["_within_noise"] = entry.get("within_noise_of_previous")
             groups[group].append(row)
@@ -123,8 +125,8 @@ def _header_lines(results: dict[str, Any]) -> list[str]:
     lines = [
         f"uisbench {prov.get('uisbench', '?')} leaderboard - dataset {ds.get('name', '?')} ({sizes}); "
         f"device {run.get('device', '?')} ({run.get('hardware', '?')}); seed {run.get('seed')}",
-        f"sorted by {pm.get('stage', '?')} {pm.get('metric', '?')}.{pm.get('value', '?')} "
-        f"({_uncertainty_note(results)}); "
+        (f"sorted by {pm.get('stage')} {pm.get('metric')}.{pm.get('value')} ({_uncertainty_note(results)}); "
+         if pm.get("metric") else "nothing scored; ") +
         f"torch {prov.get('torch')}; git {str(git.get('commit', 'n/a'))[:12]}{' (dirty)' if git.get('dirty') else ''}; "
         f"registry sha256 {str((prov.get('registry') or {}).get('sha256', ''))[:12]}",
     ]
@@ -179,56 +181,152 @@ def rows_for_table(board: dict[str, Any], rows: list[dict[str, Any]], width: int
     return out
 
 
-def render(results: dict[str, Any], fmt: str = "table") -> str:
-    """The leaderboard as text in ``fmt`` (table, markdown, json, csv)."""
+#: the terminal table's width budget (``--columns all`` or a list of columns goes past it on purpose)
+TERMINAL_WIDTH = 120
+
+
+def render(results: dict[str, Any], fmt: str = "table", columns: str | list[str] | None = None) -> str:
+    """The leaderboard as text in ``fmt`` (table, markdown, json, csv).
+
+    ``columns`` (table only): ``None``, a compact table within :data:`TERMINAL_WIDTH` columns (the
+    ranking value with its interval first, then as many headline values as fit, the status word; the
+    reasons of rows that did not run listed once below); ``"all"``; or a list of column names.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     board = leaderboard(results)
-    headers = [c + board["arrows"].get(c, "") for c in board["columns"]]
     if fmt == "json":
-        def clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            return [{k.lstrip("_") if k.startswith("_ci ") else k: v for k, v in r.items() if not k.startswith("_") or k.startswith("_ci ")}
-                    for r in rows]
-
-        return json.dumps(
-            {
-                "primary_metric": board["primary"],
-                "columns": board["columns"],
-                "rows": clean(board["rows"]),
-                "calibration": clean(board["calibration"]),
-                "header": board["header"],
-            },
-            indent=2,
-        )
+        return _render_json(board)
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        rank = board.get("rank_column")
-        interval = [f"{rank} ci low", f"{rank} ci high"] if rank else []
-        writer.writerow(board["columns"] + interval + ["calibration", "pretrained"])
-        for group, calib in ((board["rows"], False), (board["calibration"], True)):
-            for r in group:
-                ci = (r.get(f"_ci {rank}") or ["", ""]) if rank else []
-                writer.writerow(["" if r.get(c) is None else r.get(c) for c in board["columns"]] + list(ci)
-                                + [calib, "" if r["_pretrained"] is None else r["_pretrained"]])
-        return buf.getvalue()
+        return _render_csv(board)
+    if fmt == "markdown":
+        return _render_markdown(board)
+    return _render_terminal(board, columns)
+
+
+def _tabulate(board: dict[str, Any], rows: list[dict[str, Any]], columns: list[str], tablefmt: str, width: int | None) -> str:
     from tabulate import tabulate
 
-    markdown = fmt == "markdown"
-    tablefmt = "github" if markdown else "simple"
-    width = None if markdown else 60
-    parts = []
-    if markdown:
-        parts.append("# uisbench leaderboard\n")
-        parts.extend(f"- {line}" for line in board["header"])
-        parts.append("")
-    else:
-        parts.extend(board["header"])
-        parts.append("")
-    parts.append(tabulate(rows_for_table(board, board["rows"], width), headers=headers, tablefmt=tablefmt, disable_numparse=True) if board["rows"] else "(no backbone rows)")
+    view = {**board, "columns": columns}
+    headers = [c + board["arrows"].get(c, "") for c in columns]
+    return tabulate(rows_for_table(view, rows, width), headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def _render_json(board: dict[str, Any]) -> str:
+    def clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k.lstrip("_") if k.startswith("_ci ") else k: v for k, v in r.items() if not k.startswith("_") or k.startswith("_ci ")}
+                for r in rows]
+
+    return json.dumps(
+        {
+            "primary_metric": board["primary"],
+            "columns": board["columns"],
+            "rows": clean(board["rows"]),
+            "calibration": clean(board["calibration"]),
+            "header": board["header"],
+        },
+        indent=2,
+    )
+
+
+def _render_csv(board: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    rank = board.get("rank_column")
+    interval = [f"{rank} ci low", f"{rank} ci high"] if rank else []
+    writer.writerow(board["columns"] + interval + ["calibration", "pretrained"])
+    for group, calib in ((board["rows"], False), (board["calibration"], True)):
+        for r in group:
+            ci = (r.get(f"_ci {rank}") or ["", ""]) if rank else []
+            writer.writerow(["" if r.get(c) is None else r.get(c) for c in board["columns"]] + list(ci)
+                            + [calib, "" if r["_pretrained"] is None else r["_pretrained"]])
+    return buf.getvalue()
+
+
+def _render_markdown(board: dict[str, Any]) -> str:
+    parts = ["# uisbench leaderboard\n", *(f"- {line}" for line in board["header"]), ""]
+    parts.append(_tabulate(board, board["rows"], board["columns"], "github", None) if board["rows"] else "(no backbone rows)")
     if board["calibration"]:
-        title = "Calibration backbones (read ground truth: upper bounds, not contenders)"
-        parts.append("")
-        parts.append(f"## {title}\n" if markdown else title + ":")
-        parts.append(tabulate(rows_for_table(board, board["calibration"], width), headers=headers, tablefmt=tablefmt, disable_numparse=True))
+        parts += ["", "## Calibration backbones (read ground truth: upper bounds, not contenders)\n"]
+        parts.append(_tabulate(board, board["calibration"], board["columns"], "github", None))
     return "\n".join(parts) + "\n"
+
+
+def _choose_columns(board: dict[str, Any], requested: str | list[str] | None) -> list[str]:
+    from ..errors import UnknownNameError
+
+    ids = ["rank", "backbone", "masker"] + (["student"] if "student" in board["columns"] else [])
+    if requested == "all":
+        return list(board["columns"])
+    if requested:
+        for name in requested:
+            if name not in board["columns"]:
+                raise UnknownNameError("leaderboard column", name, board["columns"], hint="`--columns all` shows every column.")
+        return ids + [c for c in requested if c not in ids]
+    rank = board.get("rank_column")
+    chosen = ids + ([rank] if rank else [])
+    numbers = [c for c in board["columns"] if c not in (*ids, rank, "status", "features img/s", "stage seconds")]
+    for column in numbers:
+        candidate = [*chosen, column, "status"]
+        if _width(board, candidate) <= TERMINAL_WIDTH:
+            chosen.append(column)
+    return [*chosen, "status"]
+
+
+def _width(board: dict[str, Any], columns: list[str]) -> int:
+    rows = [{**r, "status": r["_status"]} for r in board["rows"] + board["calibration"]]
+    return max((len(line) for line in _tabulate(board, rows, columns, "simple", None).splitlines()), default=0)
+
+
+def _render_terminal(board: dict[str, Any], requested: str | list[str] | None) -> str:
+    import textwrap
+
+    columns = _choose_columns(board, requested)
+    compact = requested is None
+
+    def rows(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**r, "status": r["_status"]} for r in group] if compact else group
+
+    wrap = textwrap.TextWrapper(width=TERMINAL_WIDTH, subsequent_indent="  ")
+    parts = [line for text in board["header"] for line in wrap.wrap(text)] + [""]
+    parts.append(_tabulate(board, rows(board["rows"]), columns, "simple", None if compact else 60) if board["rows"] else "(no backbone rows)")
+    if board["calibration"]:
+        parts += ["", "Calibration backbones (read ground truth: upper bounds, not contenders):"]
+        parts.append(_tabulate(board, rows(board["calibration"]), columns, "simple", None if compact else 60))
+    if compact:
+        parts += _not_scored(board["rows"] + board["calibration"], wrap)
+    return "\n".join(parts) + "\n"
+
+
+def _first_sentence(text: str, limit: int = 90) -> str:
+    import re
+
+    flat = " ".join(text.split())
+    flat = re.sub(r"^Backbone '[^']*': ", "", flat)
+    sentence = re.split(r"(?<=[.;])\s", flat, maxsplit=1)[0].rstrip(".;")
+    return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."
+
+
+def _not_scored(rows: list[dict[str, Any]], wrap: Any) -> list[str]:
+    """Below the compact table: one short line per row (per backbone when a whole row is unavailable)
+    that did not run, and the full how-to of the unavailable ones once."""
+    lines: list[str] = []
+    unavailable: dict[str, str] = {}
+    def line(status: str, name: str, reason: str) -> str:
+        head = f"  {status:<11} {name}: "
+        return head + _first_sentence(reason, TERMINAL_WIDTH - len(head))
+
+    for r in rows:
+        if r["_status"] == "unavailable":
+            unavailable.setdefault(r["backbone"], r["_reason"] or "")
+        elif r["_status"] != "ok" and r["_reason"]:
+            lines.append(line(r["_status"], r["_id"], r["_reason"]))
+    lines += [line("unavailable", backbone, reason) for backbone, reason in unavailable.items()]
+    if not lines:
+        return []
+    out = ["", "Not scored here:", *lines]
+    if unavailable:
+        first, reason = next(iter(unavailable.items()))
+        out += ["", f"How to score the unavailable backbones ({first}; the others alike):"]
+        out += [wrap.fill(paragraph) for paragraph in reason.split("\n") if paragraph.strip()]
+    return out

@@ -112,6 +112,7 @@ class PseudoMasksStage(Stage):
             cost = next((p.get("cost") for p in previous if p and p.get("cost")), None)
         return {
             "key": key,
+            "masker": self.masker,  # which entry: a later dry run estimates time from this cost
             "split": self.split,
             "images": len(predictions),
             "skipped": self.pipeline.data.skipped_among(self.split, self.summary_ids()),

@@ -91,7 +91,11 @@ def build_results(
     skipped: list[dict[str, Any]] = []
     for split in splits:
         for entry in data.skipped.get(split, {}).values():
-            skipped.append({"split": split, **entry})
+            skipped.append({"split": split, **(_redacted(entry) if ctx.private else entry)})
+    dataset_entry = data.entry.describe()
+    if ctx.private:  # where the images are stays on site too
+        paths = {p.name for p in data.entry.spec.params if p.type == "path"}
+        dataset_entry["params"] = {k: ("<private>" if k in paths and v is not None else v) for k, v in dataset_entry["params"].items()}
     root = Path(__file__).resolve().parents[3]
     metrics = {}
     for name in plan.metrics:
@@ -121,13 +125,14 @@ def build_results(
                 "skip_bad_images": bool(options.skip_bad_images),
                 "batch_size": int(options.batch_size),
                 "num_workers": int(ctx.num_workers),
+                "private": ctx.private,
             },
             "computed": dict(computed),
             "built": sorted(set(ctx.built)),
         },
         "dataset": {
             "name": plan.dataset,
-            **data.entry.describe(),
+            **dataset_entry,
             "has_ground_truth": data.has_ground_truth,
             "transductive": data.transductive() if plan.students else None,
             "splits": {split: {"images": len(data.ids(split)), "fingerprint": data.identity(split)["fingerprint"]} for split in splits},
@@ -158,6 +163,15 @@ def build_results(
     }
     # JSON round trip: plain types only (tuples -> lists, paths -> str), what a reader will see.
     return json.loads(json.dumps(results, default=_plain))
+
+
+def _redacted(skipped: dict[str, Any]) -> dict[str, Any]:
+    """A skipped image without its file path (in the reason too): ids only."""
+    file = skipped.get("file")
+    reason = str(skipped.get("reason", ""))
+    if file:
+        reason = reason.replace(str(file), f"image {skipped.get('image_id')}")
+    return {**skipped, "file": None, "reason": reason}
 
 
 def _plain(obj: Any) -> Any:

@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ._cells import CellWalker
 from ._context import BenchContext, BenchOptions
 from ._data import BenchData
+from ._outlook import outlook
 from ._pipeline import Pipeline
 from ._plan import make_plan
 from ._ranking import build_ranking, resolve_rank_by
@@ -71,6 +72,7 @@ def open_pipeline(host: Any, registry: Any, options: BenchOptions) -> Pipeline:
         problem = ctx.shard.broadcast(problem)
         if problem:
             raise ConfigError(problem)
+        ctx.private = bool(options.private or not registry.report_images)
         plan = make_plan(host, registry, options, ctx.cache.hash_memo())
         data = BenchData(plan.entry("datasets", plan.dataset), options.limit, options.skip_bad_images)
         return Pipeline(ctx, plan, data, lock)
@@ -91,8 +93,8 @@ def run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
     pipeline = open_pipeline(host, registry, options)
     ctx, plan = pipeline.ctx, pipeline.plan
     try:
-        ctx.say(f"uisbench bench: {len(plan.backbones)} backbone(s) x {len(plan.maskers)} masker(s) x "
-                f"{max(1, len(plan.students))} student(s) on {plan.dataset} ({ctx.device}, workdir {ctx.workdir})")
+        for line in outlook(pipeline):
+            ctx.say(line)
         for failure in host.failures:
             ctx.say(f"warning: plugin {failure.name} ({failure.distribution} {failure.version}) failed to load: {failure.error}")
         walker = CellWalker(pipeline)

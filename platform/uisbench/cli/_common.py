@@ -26,3 +26,8 @@ def table(rows: list[list[Any]], headers: list[str], fmt: str = "simple") -> str
     from tabulate import tabulate
 
     return tabulate(rows, headers=headers, tablefmt=fmt)
+
+
+def parse_columns(text: str) -> str | list[str]:
+    """``--columns``: ``all`` or a comma-separated list of leaderboard columns."""
+    return "all" if text.strip() == "all" else [c.strip() for c in text.split(",") if c.strip()]

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from ..bench import FORMATS, STAGES
+from ._common import parse_columns
 
 
 def _names(text: str) -> list[str]:
@@ -37,6 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--workdir", default="runs/default", metavar="DIR", help="cache and outputs (default: runs/default)")
     p.add_argument("--format", choices=FORMATS, default="table", help="how to print the leaderboard (default: table)")
+    p.add_argument("--columns", type=parse_columns, metavar="all|A,B",
+                   help="table columns: all, or a comma list (default: what fits 120 characters)")
     p.add_argument("--force", action="append", choices=STAGES, default=[], metavar="STAGE",
                    help=f"recompute STAGE and the stages after it ({', '.join(STAGES)}); repeatable")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (listed in results.json) instead of failing")
@@ -52,6 +55,11 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch for features and pseudo-masks (default: 8)")
     p.add_argument("--workers", type=int, metavar="N", help="data-loader workers (default: 0 on CPU, 4 on CUDA)")
     p.add_argument("--no-report", action="store_true", help="do not render report.html and its PNGs")
+    p.add_argument("--private", action="store_true",
+                   help="no image pixels, thumbnails or image paths in results.json or report.html (ids only): "
+                   "for images that may not leave the site (registry: report: {images: false})")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (cells, cache hits, downloads, estimated time) and exit without computing")
     p.set_defaults(run=run)
 
 
@@ -80,14 +88,20 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         report=not args.no_report,
+        private=args.private,
         argv=list(sys.argv),
     )
     if args.all:
         options.backbones = list(registry.names("backbones"))
+    if args.dry_run:
+        from ..bench import dry_run
+
+        print("\n".join(dry_run(host, registry, options)))
+        return 0
     outcome = run_bench(host, registry, options)
     if outcome["run"]["world_size"] > 1 and not _is_rank0():
         return outcome.exit_code
-    sys.stdout.write(render_leaderboard(outcome, args.format))
+    sys.stdout.write(render_leaderboard(outcome, args.format, args.columns))
     sys.stdout.flush()
     failed = [c for c in outcome["cells"] if c["status"] == "failed"]
     if failed:

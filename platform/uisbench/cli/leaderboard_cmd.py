@@ -6,12 +6,15 @@ import argparse
 import sys
 
 from ..bench import FORMATS
+from ._common import parse_columns
 
 
 def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("leaderboard", parents=[common], help="print the leaderboard of a finished bench run")
     p.add_argument("--workdir", default="runs/default", metavar="DIR", help="work directory of `platform bench` (default: runs/default)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    p.add_argument("--columns", type=parse_columns, metavar="all|A,B",
+                   help="table columns: all, or a comma list (default: what fits 120 characters)")
     p.add_argument("--write", action="store_true", help="also rewrite leaderboard.md and leaderboard.csv in the work directory")
     p.set_defaults(run=run)
 
@@ -23,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import atomic_write_text
 
     results = load_results(args.workdir)
-    sys.stdout.write(render_leaderboard(results, args.format))
+    sys.stdout.write(render_leaderboard(results, args.format, args.columns))
     if args.write:
         atomic_write_text(Path(args.workdir) / "leaderboard.md", render_leaderboard(results, "markdown"))
         atomic_write_text(Path(args.workdir) / "leaderboard.csv", render_leaderboard(results, "csv"))

@@ -1,0 +1,91 @@
+"""The plan of a run before any work: how many cells, what the cache already holds, what must be
+downloaded (and how big), and how long the rest should take. ``platform bench`` prints it first;
+``platform bench --dry-run`` prints it and stops.
+
+The time estimate comes from earlier runs in the same work directory: a stage summary names its
+entry (``backbone``, ``masker``) and holds its measured images/s, so an uncached stage of the same
+entry is estimated at that speed; stages never run before are counted as "unknown", not guessed.
+"""
+
+from __future__ import annotations
+
+from ._pipeline import Pipeline
+
+__all__ = ["outlook"]
+
+
+def _measured_speeds(pipeline: Pipeline) -> dict[tuple[str, str], float]:
+    """``(stage, entry name) -> images/s`` from every finished summary in the work directory."""
+    speeds: dict[tuple[str, str], list[float]] = {}
+    root = pipeline.ctx.cache.root
+    for stage, field in (("features", "backbone"), ("pseudo-masks", "masker")):
+        for path in sorted((root / stage).glob("*/summary-*.json")) if (root / stage).is_dir() else []:
+            summary = pipeline.ctx.cache.read(path)
+            if not isinstance(summary, dict):
+                continue
+            ips = (summary.get("cost") or {}).get("images_per_s")
+            if isinstance(summary.get(field), str) and isinstance(ips, (int, float)) and ips > 0:
+                speeds.setdefault((stage, summary[field]), []).append(float(ips))
+    return {k: sum(v) / len(v) for k, v in speeds.items()}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def outlook(pipeline: Pipeline) -> list[str]:
+    """Lines describing what the run will do (computes nothing; may read dataset annotations)."""
+    ctx, plan, data = pipeline.ctx, pipeline.plan, pipeline.data
+    splits = ["train", "val"] if plan.students else ["val"]
+    sizes = {split: len(data.ids(split)) for split in splits}
+    cells = len(plan.backbones) * len(plan.maskers) * max(1, len(plan.students))
+    lines = [
+        f"plan: {len(plan.backbones)} backbone(s) x {len(plan.maskers)} masker(s) x {max(1, len(plan.students))} "
+        f"student(s) = {cells} cell(s) on {plan.dataset} ({', '.join(f'{k} {v}' for k, v in sizes.items())} images); "
+        f"device {ctx.device}; {ctx.seeds} seed(s); workdir {ctx.workdir}"
+    ]
+    speeds = _measured_speeds(pipeline)
+    counts = {"features": [0, 0], "pseudo-masks": [0, 0], "student": [0, 0]}
+    seconds, unknown = 0.0, set()
+    downloads = []
+    for b in plan.backbones:
+        spec, params = plan.entry("backbones", b).spec, plan.entry("backbones", b).params
+        need = spec.downloads(params) if callable(getattr(spec, "downloads", None)) else None
+        if need:
+            downloads.append(f"{b}: {need}")
+        for split in splits:
+            cached = pipeline.peek(pipeline.features(b, split)) is not None
+            counts["features"][0] += cached
+            counts["features"][1] += 1
+            if not cached:
+                if ("features", b) in speeds:
+                    seconds += sizes[split] / speeds[("features", b)]
+                else:
+                    unknown.add(f"features of {b}")
+            for m in plan.maskers:
+                cached = pipeline.peek(pipeline.pseudo_masks(b, m, split)) is not None
+                counts["pseudo-masks"][0] += cached
+                counts["pseudo-masks"][1] += 1
+                if not cached:
+                    if ("pseudo-masks", m) in speeds:
+                        seconds += sizes[split] / speeds[("pseudo-masks", m)]
+                    else:
+                        unknown.add(f"{m} pseudo-masks")
+        for m in plan.maskers:
+            for s in plan.students:
+                for repeat in range(ctx.seeds):
+                    cached = pipeline.peek(pipeline.student(b, m, s, repeat)) is not None
+                    counts["student"][0] += cached
+                    counts["student"][1] += 1
+                    if not cached:
+                        unknown.add(f"student {s}")
+    lines.append("cached: " + ", ".join(f"{stage} {done}/{total}" for stage, (done, total) in counts.items() if total))
+    if downloads:
+        lines.append("to download (online; offline these rows are unavailable): " + "; ".join(downloads))
+    estimate = f"about {_duration(seconds)} for the stages measured before" if seconds else "nothing measured before"
+    lines.append(f"time: {estimate}" + (f"; unknown for {', '.join(sorted(unknown))}" if unknown else ""))
+    return lines
