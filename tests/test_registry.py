@@ -250,3 +250,19 @@ def test_bench_seeds_bootstrap_and_rank_by_are_validated(tmp_path, host):
     path.write_text(yaml.safe_dump({"version": 1, "bench": {"seeds": 3, "rank_by": "student.count-error.count_mae"}}))
     bench = uisbench.load_registry([path], host).bench
     assert (bench.seeds, bench.bootstrap, bench.rank_by) == (3, 200, "student.count-error.count_mae")
+
+
+def test_bench_defaults_follow_the_device(tmp_path, host, registry):
+    """On a CPU the default matrix is CPU-sized; `cuda:` keys apply on a GPU; a bad override names its line."""
+    cpu, cuda = registry.bench.for_device("cpu"), registry.bench.for_device("cuda")
+    assert "dino-vitb8" not in cpu.backbones and {"oracle-instance", "pixels", "dino-vits16-cpu"} <= set(cpu.backbones)
+    assert cuda.backbones == "all" and cpu.maskers == cuda.maskers == registry.bench.maskers
+    import yaml
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"version": 1, "bench": {"cpu": {"backbones": ["pixelz"], "seeds": 0}}}))
+    with pytest.raises(uisbench.ConfigError) as info:
+        uisbench.load_registry([path], host)
+    text = "\n".join(info.value.problems)
+    assert "bench cpu seeds must be an integer >= 1" in text and "bench cpu backbones names unknown entry 'pixelz'" in text
+    assert f"{path}:" in text

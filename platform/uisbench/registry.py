@@ -34,7 +34,7 @@ import difflib
 import hashlib
 import os
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,8 @@ SCHEMA_VERSION = 1
 _TOP_KEYS = ("version", *KINDS, "bench", "report")
 _REPORT_KEYS = ("images",)
 _BENCH_KEYS = ("backbones", "maskers", "students", "metrics", "dataset", "seed", "seeds", "bootstrap", "rank_by")
+#: device types whose bench defaults may differ (``bench: {cpu: {...}, cuda: {...}}``)
+_DEVICES = ("cpu", "cuda")
 _ENTRY_META = ("plugin", "description")
 #: Most YAML values (scalars, lists, mappings) one registry file may stand for once its aliases are
 #: expanded. The shipped registry.yaml has about 400; an alias bomb reaches this within a few lines.
@@ -172,6 +174,14 @@ class BenchDefaults:
     #: the value the leaderboard ranks by: ``METRIC.VALUE`` or ``STAGE.METRIC.VALUE`` (stage
     #: ``pseudo-masks`` or ``student``); ``None``: the first headline value of the first metric
     rank_by: str | None = None
+    #: per device type (``cpu``, ``cuda``): keys that replace the ones above on that device, so the
+    #: default matrix suits the machine (small models at CPU size on a laptop, the full set on a GPU)
+    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_device(self, device_type: str) -> BenchDefaults:
+        """These defaults with the overrides of ``device_type`` applied."""
+        overrides = self.devices.get(device_type, {})
+        return replace(self, **overrides, devices={}) if overrides else self
 
 
 @dataclass
@@ -352,60 +362,92 @@ def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problem
         if not isinstance(bench, dict):
             problems.append(f"{where}:{data.key_lines['bench']}: 'bench' must be a mapping.")
             return raw
-        values: dict[str, Any] = {}
-        for key, value in bench.items():
-            line = bench.key_lines.get(key, bench.line)
-            if key not in _BENCH_KEYS:
-                problems.append(f"{where}:{line}: unknown bench key {key!r}.{_suggest(key, _BENCH_KEYS)}")
-            elif key == "dataset":
-                if not isinstance(value, str):
-                    problems.append(f"{where}:{line}: bench dataset must be an entry name.")
-                values[key] = str(value)
-            elif key in ("seed", "seeds", "bootstrap"):
-                low = {"seed": None, "seeds": 1, "bootstrap": 0}[key]
-                if not isinstance(value, int) or isinstance(value, bool) or (low is not None and value < low):
-                    problems.append(f"{where}:{line}: bench {key} must be an integer{'' if low is None else f' >= {low}'}.")
-                values[key] = value
-            elif key == "rank_by":
-                if not isinstance(value, str) or not 2 <= len(value.split(".")) <= 3:
-                    problems.append(f"{where}:{line}: bench rank_by must be METRIC.VALUE or STAGE.METRIC.VALUE, e.g. coco.AP50mask.")
-                values[key] = value
-            elif key == "backbones" and value == "all":
-                values[key] = "all"
-            elif not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                problems.append(f"{where}:{line}: bench {key} must be a list of entry names.")
-            else:
-                values[key] = tuple(value)
+        values = _bench_values(bench, where, problems, "bench")
+        for device in _DEVICES:
+            section = bench.get(device)
+            if section is None:
+                continue
+            if not isinstance(section, dict):
+                problems.append(f"{where}:{bench.key_lines[device]}: bench {device} must be a mapping of bench keys.")
+                continue
+            overrides = _bench_values(section, where, problems, f"bench {device}")
+            values.setdefault("devices", dict(registry.bench.devices))[device] = {**registry.bench.devices.get(device, {}), **overrides}
+            registry.bench_lines.update({f"{device}.{k}": (where, section.key_lines.get(k, section.line)) for k in overrides})
         current = registry.bench.__dict__
         registry.bench = BenchDefaults(**{**current, **values})
-        registry.bench_lines.update({k: (where, bench.key_lines.get(k, bench.line)) for k in values})
+        registry.bench_lines.update({k: (where, bench.key_lines.get(k, bench.line)) for k in values if k != "devices"})
     return raw
 
 
+def _bench_values(bench: Any, where: str, problems: list[str], what: str) -> dict[str, Any]:
+    """The validated keys of a ``bench:`` mapping (or of its ``cpu:``/``cuda:`` overrides)."""
+    values: dict[str, Any] = {}
+    for key, value in bench.items():
+        line = bench.key_lines.get(key, bench.line)
+        if key in _DEVICES and what == "bench":
+            continue  # parsed by the caller
+        if key not in _BENCH_KEYS:
+            problems.append(f"{where}:{line}: unknown {what} key {key!r}.{_suggest(key, _BENCH_KEYS)}")
+        elif key == "dataset":
+            if not isinstance(value, str):
+                problems.append(f"{where}:{line}: {what} dataset must be an entry name.")
+            values[key] = str(value)
+        elif key in ("seed", "seeds", "bootstrap"):
+            low = {"seed": None, "seeds": 1, "bootstrap": 0}[key]
+            if not isinstance(value, int) or isinstance(value, bool) or (low is not None and value < low):
+                problems.append(f"{where}:{line}: {what} {key} must be an integer{'' if low is None else f' >= {low}'}.")
+            values[key] = value
+        elif key == "rank_by":
+            if not isinstance(value, str) or not 2 <= len(value.split(".")) <= 3:
+                problems.append(f"{where}:{line}: {what} rank_by must be METRIC.VALUE or STAGE.METRIC.VALUE, e.g. coco.AP50mask.")
+            values[key] = value
+        elif key == "backbones" and value == "all":
+            values[key] = "all"
+        elif not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append(f"{where}:{line}: {what} {key} must be a list of entry names.")
+        else:
+            values[key] = tuple(value)
+    return values
+
+
 def _check_bench(registry: Registry, problems: list[str]) -> None:
+    """Every entry the bench defaults name exists (the plain defaults and each device's)."""
+    for device in (None, *registry.bench.devices):
+        _check_bench_names(registry, registry.bench.for_device(device) if device else registry.bench, device, problems)
+
+
+def _check_bench_names(registry: Registry, b: BenchDefaults, device: str | None, problems: list[str]) -> None:
     lines = registry.bench_lines
     # a default nobody wrote (e.g. the dataset synth-instances) is blamed on the last file read
     unset = (registry.files[-1] if registry.files else "<registry>", 1)
-    b = registry.bench
+
+    def where(key: str) -> tuple[str, int]:
+        return lines.get(f"{device}.{key}") or lines.get(key, unset) if device else lines.get(key, unset)
+
+    what = f"bench {device}" if device else "bench"
     named = {"maskers": b.maskers, "students": b.students, "metrics": b.metrics}
     if b.backbones != "all":
         named["backbones"] = b.backbones  # type: ignore[assignment]
     for kind, names in named.items():
         for name in names:
             if name not in registry.entries[kind]:
-                src, line = lines.get(kind, unset)
-                problems.append(f"{src}:{line}: bench {kind} names unknown entry {name!r}.{_suggest(name, registry.entries[kind])}")
+                src, line = where(kind)
+                problem = f"{src}:{line}: {what} {kind} names unknown entry {name!r}.{_suggest(name, registry.entries[kind])}"
+                if problem not in problems:
+                    problems.append(problem)
     if isinstance(b.rank_by, str) and len(b.rank_by.split(".")) in (2, 3):
         parts = b.rank_by.split(".")
         stage, metric = (parts[0], parts[1]) if len(parts) == 3 else (None, parts[0])
-        src, line = lines.get("rank_by", unset)
+        src, line = where("rank_by")
         if stage not in (None, "pseudo-masks", "student"):
-            problems.append(f"{src}:{line}: bench rank_by stage {stage!r} is not pseudo-masks or student.")
+            problems.append(f"{src}:{line}: {what} rank_by stage {stage!r} is not pseudo-masks or student.")
         if metric not in registry.entries["metrics"]:
-            problems.append(f"{src}:{line}: bench rank_by names unknown metric entry {metric!r}.{_suggest(metric, registry.entries['metrics'])}")
+            problem = f"{src}:{line}: {what} rank_by names unknown metric entry {metric!r}.{_suggest(metric, registry.entries['metrics'])}"
+            if problem not in problems:
+                problems.append(problem)
     if b.dataset not in registry.entries["datasets"]:
-        src, line = lines.get("dataset", unset)
-        problems.append(f"{src}:{line}: bench dataset {b.dataset!r} is not a datasets entry.{_suggest(b.dataset, registry.entries['datasets'])}")
+        src, line = where("dataset")
+        problems.append(f"{src}:{line}: {what} dataset {b.dataset!r} is not a datasets entry.{_suggest(b.dataset, registry.entries['datasets'])}")
 
 
 def load_registry(

@@ -122,8 +122,8 @@ def _names(registry: Any, kind: str, given: list[str] | None, default: Any) -> l
     return list(dict.fromkeys(names))
 
 
-def make_plan(host: Any, registry: Any, options: Any, hash_memo: Path) -> Plan:
-    bench = registry.bench
+def make_plan(host: Any, registry: Any, options: Any, hash_memo: Path, device_type: str) -> Plan:
+    bench = registry.bench.for_device(device_type)  # the defaults that suit this machine
     names = {
         "backbones": _names(registry, "backbones", options.backbones, bench.backbones),
         "maskers": _names(registry, "maskers", options.maskers, bench.maskers),

@@ -46,11 +46,18 @@ class BenchOutcome(dict):
         return 1 if any(p["status"] == "failed" for p in parts) else 0
 
 
+def _device_type(device: str) -> str:
+    """``cpu`` or ``cuda``, as ``--device`` will resolve (without building the run's context)."""
+    from ._context import resolve_device
+
+    return resolve_device(device).split(":")[0]
+
+
 def open_pipeline(host: Any, registry: Any, options: BenchOptions) -> Pipeline:
     """The pipeline of ``options``' matrix, nothing computed yet: the work directory checked and
     locked, stale temporary files removed, the process group up under torchrun. Release all that
     with ``pipeline.close()``."""
-    bench = registry.bench
+    bench = registry.bench.for_device(_device_type(options.device))
     ctx = BenchContext(
         options,
         seed=options.seed if options.seed is not None else bench.seed,
@@ -73,7 +80,7 @@ def open_pipeline(host: Any, registry: Any, options: BenchOptions) -> Pipeline:
         if problem:
             raise ConfigError(problem)
         ctx.private = bool(options.private or not registry.report_images)
-        plan = make_plan(host, registry, options, ctx.cache.hash_memo())
+        plan = make_plan(host, registry, options, ctx.cache.hash_memo(), ctx.device_type)
         data = BenchData(plan.entry("datasets", plan.dataset), options.limit, options.skip_bad_images)
         return Pipeline(ctx, plan, data, lock)
     except BaseException:
@@ -99,7 +106,7 @@ def run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
             ctx.say(f"warning: plugin {failure.name} ({failure.distribution} {failure.version}) failed to load: {failure.error}")
         walker = CellWalker(pipeline)
         cells, backbones = walker.walk()
-        rank_by = resolve_rank_by(options.rank_by or registry.bench.rank_by, plan.metrics, cells)
+        rank_by = resolve_rank_by(options.rank_by or registry.bench.for_device(ctx.device_type).rank_by, plan.metrics, cells)
         ranking = build_ranking(cells, walker.draws, rank_by, ctx.bootstrap, ctx.seeds)
         computed = ctx.shard.gather(dict(ctx.computed))
         total = {k: sum(c[k] for c in computed) for k in ctx.computed}
