@@ -228,8 +228,12 @@ def test_statuses_unavailable_skipped_failed_and_exit_code(tmp_path):
     assert broken["status"] == "failed" and "boom" in broken["reason"]
     log = (tmp_path / "w" / "logs" / "bench.log").read_text()
     assert "Traceback" in log and "RuntimeError: boom" in log
-    table = render_leaderboard(out, "table")
-    assert "unavailable: fake-missing" in table and "failed: broken features" in table
+    table = render_leaderboard(out, "table")  # compact: status words, the reasons once below
+    assert "unavailable missing: fake-missing: weights /nowhere/fake.pth not found" in table
+    assert "failed      broken/groups/student: broken features" in table
+    assert max(len(line) for line in table.splitlines()) <= 120
+    full = render_leaderboard(out, "table", "all")
+    assert "unavailable: fake-missing" in full and "failed: broken features" in full
     assert validate_results(out) == []
     # The skip decision is cached too: a rerun neither builds the student nor the calibration backbone.
     again = _bench(tmp_path, registry=registry, backbones=["oracle", "pixels", "missing"])

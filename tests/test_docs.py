@@ -39,3 +39,18 @@ def test_readme_yaml_example_validates(tmp_path, host, line, text):
         uisbench.load_registry([path], host)
     except uisbench.ConfigError as err:
         pytest.fail(f"README.md:{line}: the example does not validate:\n" + "\n".join(err.problems))
+
+
+_FENCED_PYTHON = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+
+def test_readme_python_api_example_runs(tmp_path, monkeypatch):
+    """The README's example of uisbench.evaluate runs as written (in a scratch folder)."""
+    examples = [code for code in _FENCED_PYTHON.findall(README) if "uisbench.evaluate(" in code]
+    assert examples, "the README lost its uisbench.evaluate example"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(examples[0], "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    results = namespace["results"]
+    assert results.exit_code == 0 and (tmp_path / "runs" / "notebook" / "results.json").is_file()
+    assert namespace["best"]["backbone"] == "oracle-instance"  # the calibration ceiling leads

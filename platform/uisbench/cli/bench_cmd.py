@@ -64,14 +64,11 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
 
 
 def run(args: argparse.Namespace) -> int:
+    """A thin layer over :func:`uisbench.evaluate` (``--dry-run``: the plan only)."""
     from pathlib import Path
 
-    from ..bench import BenchOptions, render_leaderboard, run_bench
-    from ._common import host_and_registry
-
-    host, registry = host_and_registry(args)
-    options = BenchOptions(
-        backbones=None if args.all else args.backbones,
+    selection = dict(
+        backbones="all" if args.all else args.backbones,
         maskers=args.maskers,
         students=args.students,
         metrics=args.metrics,
@@ -89,26 +86,33 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         report=not args.no_report,
         private=args.private,
-        argv=list(sys.argv),
     )
-    if args.all:
-        options.backbones = list(registry.names("backbones"))
     if args.dry_run:
-        from ..bench import dry_run
-
-        print("\n".join(dry_run(host, registry, options)))
+        print("\n".join(_dry_run(args, selection)))
         return 0
-    outcome = run_bench(host, registry, options)
-    if outcome["run"]["world_size"] > 1 and not _is_rank0():
-        return outcome.exit_code
-    sys.stdout.write(render_leaderboard(outcome, args.format, args.columns))
+    from ..api import evaluate
+
+    results = evaluate(**selection, registry=args.registry, strict_plugins=args.strict_plugins, argv=list(sys.argv))
+    if results["run"]["world_size"] > 1 and not _is_rank0():
+        return results.exit_code
+    sys.stdout.write(results.leaderboard(args.format, args.columns))
     sys.stdout.flush()
-    failed = [c for c in outcome["cells"] if c["status"] == "failed"]
+    failed = [c for c in results.rows if c["status"] == "failed"]
     if failed:
         print(f"{len(failed)} cell(s) failed; tracebacks in {Path(args.workdir) / 'logs'}.", file=sys.stderr)
-    report = f"  report: {outcome.report_path}" if outcome.report_path else ""
+    report = f"  report: {results.report_path}" if results.report_path else ""
     print(f"results: {Path(args.workdir) / 'results.json'}{report}", file=sys.stderr)
-    return outcome.exit_code
+    return results.exit_code
+
+
+def _dry_run(args: argparse.Namespace, selection: dict) -> list[str]:
+    from ..bench import BenchOptions, dry_run
+    from ._common import host_and_registry
+
+    host, registry = host_and_registry(args)
+    if selection["backbones"] == "all":
+        selection = {**selection, "backbones": list(registry.names("backbones"))}
+    return dry_run(host, registry, BenchOptions(**selection, argv=list(sys.argv)))
 
 
 def _is_rank0() -> bool:
