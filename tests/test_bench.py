@@ -706,3 +706,52 @@ def test_torchrun_with_the_real_built_ins_matches_one_process(tmp_path):
     intervals = {(c["backbone"], c["masker"]): c["pseudo_masks"]["metrics"]["coco"]["ci"] for c in r1["cells"]}
     assert intervals == {(c["backbone"], c["masker"]): c["pseudo_masks"]["metrics"]["coco"]["ci"] for c in r2["cells"]}
     assert r1["ranking"]["rows"] == r2["ranking"]["rows"]
+
+
+def test_a_new_stage_is_one_class(tmp_path):
+    """The stage contract in use: a per-image stage counting each image's pseudo-masks gets keys,
+    caching, resume and --force from the runner without a line of engine code."""
+    from uisbench.bench._run import open_pipeline
+    from uisbench.bench._stage import Stage
+
+    class MaskCounts(Stage):
+        name = "pseudo-masks"  # reuses a --force name; a real stage adds its own to STAGES
+        per_image = True
+
+        def __init__(self, pipeline, backbone, masker):
+            super().__init__(pipeline.ctx, f"{backbone} / {masker} mask counts", "val")
+            self.pipeline, self.masks = pipeline, pipeline.pseudo_masks(backbone, masker, "val")
+
+        address = property(lambda self: ("mask-counts", self.masks.address))
+
+        def identity(self):
+            return {"counts": 1}
+
+        def inputs(self):
+            return [self.masks]
+
+        def image_ids(self):
+            return self.pipeline.data.usable("val")
+
+        def compute(self, key, chunks):
+            predictions = self.pipeline.run(self.masks).summary["predictions"]
+            for image_id in [i for chunk in chunks for i in chunk]:
+                self.ctx.cache.write(self.item_path(key, image_id), {"count": len(predictions[str(image_id)])})
+            return sum(len(c) for c in chunks)
+
+        def finish(self, key, reports):
+            counts = {i: self.ctx.cache.read(self.item_path(key, i))["count"] for i in self.image_ids()}
+            return {"key": key, "items": self.item_sizes(key, self.image_ids()), "computed": sum(reports), "counts": counts}
+
+    def run(**options):
+        host, reg = _setup(tmp_path)
+        pipeline = open_pipeline(host, reg, BenchOptions(workdir=tmp_path / "w", backbones=["oracle"], students=[], **options))
+        try:
+            return pipeline.run(MaskCounts(pipeline, "oracle", "groups")).summary
+        finally:
+            pipeline.close()
+
+    first = run()
+    assert first["computed"] == 6 and sorted(first["counts"].values()) == [1, 1, 2, 2, 3, 3]  # 1-3 squares per image
+    assert run() == first  # cached: nothing recomputed
+    assert run(force=frozenset({"pseudo-masks"}))["computed"] == 6

@@ -262,7 +262,8 @@ class StageRunner:
                 return None
             summary = stage.finish(key, reports)
             ctx.cache.write(path, summary)
-            return summary
+            # what a later run reads back (JSON: string keys, lists): a fresh and a cached run see the same
+            return ctx.cache.read(path)
 
         summary = ctx.shard.broadcast(self.collective(f"{stage.label} summary", finish))
         return StageOutput(stage.name, key, path, summary)
