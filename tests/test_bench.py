@@ -154,7 +154,7 @@ def test_a_code_change_recomputes_the_stage(tmp_path, monkeypatch):
 
     first = bench()
     assert first["run"]["computed"]["pseudo-masks"] == 6 and ap(first) == 1.0  # 8 px tiles are the instances
-    assert bench()["run"]["computed"] == {"features": 0, "pseudo-masks": 0, "student": 0, "metrics": 0}
+    assert bench()["run"]["computed"] == {"features": 0, "pseudo-masks": 0, "student": 0, "finetune": 0, "metrics": 0}
     (package / "_geometry.py").write_text("SIDE = 32\n")  # one tile, the whole image: same version, other masks
     importlib.reload(importlib.import_module("uisbench_tmp_tiles._geometry"))
     importlib.reload(module)
@@ -181,7 +181,7 @@ def test_bench_ranks_oracle_first_and_rerun_computes_nothing(tmp_path):
     train, predict = cell["timings"]["student-train"], cell["timings"]["student-predict"]
     assert (train["stage"], train["images"], predict["stage"], predict["images"]) == ("student-train", 12, "student-predict", 6)
     assert train["images_per_s"] == round(12 / train["seconds"], 3) and predict["images_per_s"] == round(6 / predict["seconds"], 3)
-    assert first["run"]["computed"] == {"features": 36, "pseudo-masks": 36, "student": 3, "metrics": 15}
+    assert first["run"]["computed"] == {"features": 36, "pseudo-masks": 36, "student": 3, "finetune": 0, "metrics": 15}
     assert first["primary_metric"] == {"stage": "student", "metric": "coco", "value": "AP50mask"}
     assert first["backbones"]["pixels"]["pretrained"] is False
     assert first["dataset"]["transductive"] is False and "transductive" not in render_leaderboard(first)
@@ -194,7 +194,7 @@ def test_bench_ranks_oracle_first_and_rerun_computes_nothing(tmp_path):
     assert validate_results(json.loads((w / "results.json").read_text())) == []
 
     again = _bench(tmp_path, report=True)
-    assert again["run"]["computed"] == {"features": 0, "pseudo-masks": 0, "student": 0, "metrics": 0}
+    assert again["run"]["computed"] == {"features": 0, "pseudo-masks": 0, "student": 0, "finetune": 0, "metrics": 0}
     assert again["run"]["built"] == []  # no backbone, masker or student object was even built
     assert _values(again) == _values(first)
     assert again["cells"][0]["timings"] == first["cells"][0]["timings"]  # costs come back from the cache
@@ -264,13 +264,13 @@ def test_failing_backbone_level_metric_sets_the_exit_code(tmp_path):
 def test_force_redoes_a_stage_and_the_ones_after_it(tmp_path):
     _bench(tmp_path, backbones=["pixels"])
     assert _bench(tmp_path, backbones=["pixels"], force=frozenset({"metrics"}))["run"]["computed"] == {
-        "features": 0, "pseudo-masks": 0, "student": 0, "metrics": 5}
+        "features": 0, "pseudo-masks": 0, "student": 0, "finetune": 0, "metrics": 5}
     # --force student trains afresh: the old checkpoints must not be resumed from
     forced = _bench(tmp_path, backbones=["pixels"], force=frozenset({"student"}))
-    assert forced["run"]["computed"] == {"features": 0, "pseudo-masks": 0, "student": 1, "metrics": 5}
+    assert forced["run"]["computed"] == {"features": 0, "pseudo-masks": 0, "student": 1, "finetune": 0, "metrics": 5}
     assert _cell(forced, "pixels")["student_stage"]["provenance"]["epochs_run"] == 2
     assert _bench(tmp_path, backbones=["pixels"], force=frozenset({"pseudo-masks"}))["run"]["computed"] == {
-        "features": 0, "pseudo-masks": 12, "student": 1, "metrics": 5}
+        "features": 0, "pseudo-masks": 12, "student": 1, "finetune": 0, "metrics": 5}
     assert _bench(tmp_path, backbones=["pixels"], force=frozenset({"features"}))["run"]["computed"]["features"] == 12
 
 
@@ -512,7 +512,7 @@ def test_acceptance_real_plugins_rank_cache_schema_and_kill_resume(tmp_path):
     again = subprocess.run([*cmd, "--workdir", str(a)], env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = json.loads((a / "results.json").read_text())
-    assert rerun["run"]["computed"] == {"features": 0, "pseudo-masks": 0, "student": 0, "metrics": 0}
+    assert rerun["run"]["computed"] == {"features": 0, "pseudo-masks": 0, "student": 0, "finetune": 0, "metrics": 0}
     assert rerun["run"]["built"] == []
     assert _values(rerun) == _values(results)
 

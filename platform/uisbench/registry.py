@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Entry",
     "BenchDefaults",
+    "FinetuneSettings",
+    "FINETUNE_SELECTIONS",
     "Registry",
     "load_registry",
     "default_registry_path",
@@ -59,9 +61,13 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-_TOP_KEYS = ("version", *KINDS, "bench", "report")
+_TOP_KEYS = ("version", *KINDS, "finetune", "bench", "report")
+#: how the few-label stage picks the images to label: at random (nested per seed), or the images whose
+#: pseudo-masks the masker was least sure of (mean mask score, lowest first)
+FINETUNE_SELECTIONS = ("random", "uncertain")
+_FINETUNE_KEYS = ("budgets", "selection", "seeds", "student", "description")
 _REPORT_KEYS = ("images",)
-_BENCH_KEYS = ("backbones", "maskers", "students", "metrics", "dataset", "seed", "seeds", "bootstrap", "rank_by")
+_BENCH_KEYS = ("backbones", "maskers", "students", "metrics", "dataset", "seed", "seeds", "bootstrap", "rank_by", "finetune")
 #: device types whose bench defaults may differ (``bench: {cpu: {...}, cuda: {...}}``)
 _DEVICES = ("cpu", "cuda")
 _ENTRY_META = ("plugin", "description")
@@ -177,11 +183,33 @@ class BenchDefaults:
     #: per device type (``cpu``, ``cuda``): keys that replace the ones above on that device, so the
     #: default matrix suits the machine (small models at CPU size on a laptop, the full set on a GPU)
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the ``finetune:`` entry of the few-label stage (``None``: the stage does not run)
+    finetune: str | None = None
 
     def for_device(self, device_type: str) -> BenchDefaults:
         """These defaults with the overrides of ``device_type`` applied."""
         overrides = self.devices.get(device_type, {})
         return replace(self, **overrides, devices={}) if overrides else self
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """A ``finetune:`` entry: the few-label stage's settings (named from ``bench: finetune:``).
+
+    ``budgets``: numbers of labelled train images per curve point, counts or ``"N%"`` of the train
+    split (``0``: the student as trained on pseudo-masks); ``selection``: which images get labels
+    (:data:`FINETUNE_SELECTIONS`); ``seeds``: subsets and trainings repeated per seed; ``student``:
+    parameters of the student entry replaced while fine-tuning (iterations, lr, ...).
+    """
+
+    name: str
+    budgets: tuple[int | str, ...]
+    selection: tuple[str, ...] = ("random",)
+    seeds: int = 1
+    student: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+    source: str = ""
+    line: int = 0
 
 
 @dataclass
@@ -190,6 +218,8 @@ class Registry:
 
     entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
     bench: BenchDefaults = field(default_factory=BenchDefaults)
+    #: the ``finetune:`` section: settings of the few-label stage, by name
+    finetune: dict[str, FinetuneSettings] = field(default_factory=dict)
     #: the ``report:`` section: ``images: false`` keeps image pixels and paths out of every output
     #: (as ``--private``), for images that may not leave the site
     report_images: bool = True
@@ -350,6 +380,9 @@ def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problem
                     continue
                 _check_params(spec, entry, body.key_lines, where, problems)
             registry.entries[kind][entry.name] = entry
+    section = data.get("finetune")
+    if section is not None:
+        _parse_finetune(section, data.key_lines["finetune"], where, registry, problems)
     report = data.get("report")
     if report is not None:
         line = data.key_lines["report"]
@@ -379,6 +412,54 @@ def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problem
     return raw
 
 
+def _parse_finetune(section: Any, line: int, where: str, registry: Registry, problems: list[str]) -> None:
+    if not isinstance(section, dict):
+        problems.append(f"{where}:{line}: 'finetune' must map entry names to their settings.")
+        return
+    for name, body in section.items():
+        at = section.key_lines.get(name, line)
+        if not isinstance(body, dict):
+            problems.append(f"{where}:{at}: finetune entry {name!r} must be a mapping of settings ({', '.join(_FINETUNE_KEYS)}).")
+            continue
+        before = len(problems)
+        for key in body:
+            if key not in _FINETUNE_KEYS:
+                problems.append(f"{where}:{body.key_lines.get(key, at)}: finetune entry {name!r}: unknown setting {key!r}.{_suggest(key, _FINETUNE_KEYS)}")
+        budgets = body.get("budgets")
+        if not isinstance(budgets, list) or not budgets or not all(_budget_ok(b) for b in budgets):
+            problems.append(f"{where}:{body.key_lines.get('budgets', at)}: finetune entry {name!r}: budgets must be a non-empty list "
+                            "of image counts >= 0 or percentages such as '5%'.")
+        selection = body.get("selection", ["random"])
+        selection = [selection] if isinstance(selection, str) else selection
+        if not isinstance(selection, list) or not selection or any(s not in FINETUNE_SELECTIONS for s in selection):
+            problems.append(f"{where}:{body.key_lines.get('selection', at)}: finetune entry {name!r}: selection must be one or more "
+                            f"of {', '.join(FINETUNE_SELECTIONS)}.")
+        seeds = body.get("seeds", 1)
+        if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+            problems.append(f"{where}:{body.key_lines.get('seeds', at)}: finetune entry {name!r}: seeds must be an integer >= 1.")
+        if not isinstance(body.get("student", {}), dict):
+            problems.append(f"{where}:{body.key_lines.get('student', at)}: finetune entry {name!r}: student must map student "
+                            "parameters to their fine-tuning values (e.g. {iterations: 100, lr: 0.0005}).")
+        if len(problems) == before:
+            registry.finetune[str(name)] = FinetuneSettings(
+                name=str(name), budgets=tuple(budgets), selection=tuple(selection), seeds=seeds,
+                student=dict(body.get("student", {})), description=str(body.get("description", "")), source=where, line=at,
+            )
+
+
+def _budget_ok(budget: Any) -> bool:
+    if isinstance(budget, bool):
+        return False
+    if isinstance(budget, int):
+        return budget >= 0
+    if isinstance(budget, str) and budget.endswith("%"):
+        try:
+            return 0 < float(budget[:-1]) <= 100
+        except ValueError:
+            return False
+    return False
+
+
 def _bench_values(bench: Any, where: str, problems: list[str], what: str) -> dict[str, Any]:
     """The validated keys of a ``bench:`` mapping (or of its ``cpu:``/``cuda:`` overrides)."""
     values: dict[str, Any] = {}
@@ -396,6 +477,10 @@ def _bench_values(bench: Any, where: str, problems: list[str], what: str) -> dic
             low = {"seed": None, "seeds": 1, "bootstrap": 0}[key]
             if not isinstance(value, int) or isinstance(value, bool) or (low is not None and value < low):
                 problems.append(f"{where}:{line}: {what} {key} must be an integer{'' if low is None else f' >= {low}'}.")
+            values[key] = value
+        elif key == "finetune":
+            if value is not None and not isinstance(value, str):
+                problems.append(f"{where}:{line}: {what} finetune must name a finetune entry (or be null).")
             values[key] = value
         elif key == "rank_by":
             if not isinstance(value, str) or not 2 <= len(value.split(".")) <= 3:
@@ -445,6 +530,9 @@ def _check_bench_names(registry: Registry, b: BenchDefaults, device: str | None,
             problem = f"{src}:{line}: {what} rank_by names unknown metric entry {metric!r}.{_suggest(metric, registry.entries['metrics'])}"
             if problem not in problems:
                 problems.append(problem)
+    if b.finetune is not None and b.finetune not in registry.finetune:
+        src, line = where("finetune")
+        problems.append(f"{src}:{line}: {what} finetune names unknown finetune entry {b.finetune!r}.{_suggest(b.finetune, registry.finetune)}")
     if b.dataset not in registry.entries["datasets"]:
         src, line = where("dataset")
         problems.append(f"{src}:{line}: {what} dataset {b.dataset!r} is not a datasets entry.{_suggest(b.dataset, registry.entries['datasets'])}")

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..io import atomic_write_json
 
-STAGES = ("features", "pseudo-masks", "student", "metrics")
+STAGES = ("features", "pseudo-masks", "student", "finetune", "metrics")
 
 
 def canonical(obj: Any) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from ._cost import combine_parts
 from ._evaluate import MetricEvaluator, Scoring
 from ._features import backbone_provenance
+from ._label_efficiency import finetune_part
 from ._pipeline import Pipeline
 from ._stage import StageError
 from ._uncertainty import combine_repeats
@@ -80,6 +81,8 @@ class CellWalker:
         self.plan = pipeline.plan
         self.evaluator = MetricEvaluator(pipeline)
         self.splits = ["train", "val"] if self.plan.students else ["val"]
+        #: (backbone, masker, student) -> the student part of every seed repeat
+        self.student_repeats: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         #: (cell id, stage, metric) -> {value: per-draw values}: the bootstrap draws, out of results.json
         self.draws: dict[tuple[str, str, str], dict[str, list[float | None]]] = {}
 
@@ -141,7 +144,9 @@ class CellWalker:
                       f"{self.pipeline.data.name!r} is evaluated with {wanted}; use a student entry with "
                       f"max_detections: {wanted} (e.g. maskrcnn-gpu-lvis)")
             return {"status": "skipped", "reason": reason, "metrics": {}}
-        return _combine_parts([self._student_part(b, m, s, r) for r in range(self.ctx.seeds)])
+        parts = [self._student_part(b, m, s, r) for r in range(self.ctx.seeds)]
+        self.student_repeats[(b, m, s)] = parts  # the few-label stage starts from each repeat
+        return _combine_parts(parts)
 
     def _student_part(self, b: str, m: str, s: str, repeat: int) -> dict[str, Any]:
         try:
@@ -278,4 +283,8 @@ class CellWalker:
                     cell["status"], cell["reason"] = part["status"], part["reason"]
                 elif part["status"] == "failed":
                     cell["status"], cell["reason"] = "failed", part["reason"]
+                if part["status"] == "ok" and self.plan.finetune is not None:
+                    cell["finetune"] = finetune_part(self, b, m, s, self.student_repeats[(b, m, s)])
+                    if cell["finetune"]["status"] == "failed":
+                        cell["status"], cell["reason"] = "failed", cell["finetune"]["reason"]
         return cell

@@ -42,6 +42,8 @@ class BenchOptions:
     bootstrap: int | None = None
     #: METRIC.VALUE or STAGE.METRIC.VALUE to rank by (default: the registry's bench rank_by)
     rank_by: str | None = None
+    #: the few-label stage's ``finetune:`` entry, or ``"none"`` (default: the registry's bench finetune)
+    finetune: str | None = None
     batch_size: int = 8
     num_workers: int | None = None
     report: bool = True

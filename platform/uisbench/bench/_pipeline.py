@@ -2,7 +2,7 @@
 
 ::
 
-    features(b, split) -> pseudo_masks(b, m, split) -> student(b, m, s)
+    features(b, split) -> pseudo_masks(b, m, split) -> student(b, m, s) -> finetune(b, m, s, k, ...)
 
 A new stage is a :class:`~uisbench.bench._stage.Stage` subclass plus one method here that creates it.
 """
@@ -14,6 +14,7 @@ from typing import Any
 from ._context import BenchContext
 from ._data import BenchData
 from ._features import FeaturesStage
+from ._finetune import FinetuneStage
 from ._masks import PseudoMasksStage
 from ._plan import BackboneHandle, Plan
 from ._stage import Stage, StageOutput, StageRunner
@@ -44,6 +45,10 @@ class Pipeline:
 
     def student(self, backbone: str, masker: str, student: str, repeat: int = 0) -> StudentStage:
         return StudentStage(self, backbone, masker, student, repeat)
+
+    def finetune(self, backbone: str, masker: str, student: str, settings: Any, k: int, selection: str, init: str,
+                 repeat: int = 0) -> FinetuneStage:
+        return FinetuneStage(self, backbone, masker, student, settings, k, selection, init, repeat)
 
     def run(self, stage: Stage) -> StageOutput:
         return self.runner.run(stage)

@@ -98,6 +98,8 @@ class Plan:
     metrics: list[str]
     dataset: str
     entries: dict[tuple[str, str], ResolvedEntry]
+    #: the few-label stage's settings (a registry ``finetune:`` entry), or ``None``
+    finetune: Any = None
 
     def entry(self, kind: str, name: str) -> ResolvedEntry:
         return self.entries[(kind, name)]
@@ -136,7 +138,15 @@ def make_plan(host: Any, registry: Any, options: Any, hash_memo: Path, device_ty
     if not names["maskers"]:
         raise ConfigError("nothing to bench: no masker selected; fill `bench: maskers:` in the registry or pass --maskers.")
     entries = {(kind, n): resolve_entry(host, registry, kind, n, hash_memo) for kind, ns in names.items() for n in ns}
-    return Plan(names["backbones"], names["maskers"], names["students"], names["metrics"], names["datasets"][0], entries)
+    finetune = getattr(options, "finetune", None) or bench.finetune
+    if finetune in ("none", ""):
+        finetune = None
+    if finetune is not None and finetune not in registry.finetune:
+        from ..errors import UnknownNameError
+
+        raise UnknownNameError("finetune entry", finetune, registry.finetune, hint="They are the registry's `finetune:` section.")
+    settings = registry.finetune.get(finetune) if finetune and names["students"] else None
+    return Plan(names["backbones"], names["maskers"], names["students"], names["metrics"], names["datasets"][0], entries, settings)
 
 
 class BackboneHandle:

@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ._cells import CellWalker
 from ._context import BenchContext, BenchOptions
 from ._data import BenchData
+from ._label_efficiency import label_efficiency
 from ._outlook import outlook
 from ._pipeline import Pipeline
 from ._plan import make_plan
@@ -111,6 +112,9 @@ def run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
         computed = ctx.shard.gather(dict(ctx.computed))
         total = {k: sum(c[k] for c in computed) for k in ctx.computed}
         results = build_results(pipeline, host, registry, cells, backbones, ranking, total, started_wall, time.perf_counter() - t0)
+        efficiency = label_efficiency(cells, ranking)
+        if efficiency is not None:
+            results["label_efficiency"] = efficiency
         outcome = BenchOutcome(results)
         if ctx.shard.main:
             outcome.report_path = write_outputs(pipeline, outcome, report=options.report)

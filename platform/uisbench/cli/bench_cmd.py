@@ -55,6 +55,8 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch for features and pseudo-masks (default: 8)")
     p.add_argument("--workers", type=int, metavar="N", help="data-loader workers (default: 0 on CPU, 4 on CUDA)")
     p.add_argument("--no-report", action="store_true", help="do not render report.html and its PNGs")
+    p.add_argument("--finetune", metavar="ENTRY|none",
+                   help="the few-label stage's finetune: entry, or none (default: the registry's bench finetune)")
     p.add_argument("--private", action="store_true",
                    help="no image pixels, thumbnails or image paths in results.json or report.html (ids only): "
                    "for images that may not leave the site (registry: report: {images: false})")
@@ -82,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         bootstrap=args.bootstrap,
         rank_by=args.rank_by,
+        finetune=args.finetune,
         batch_size=args.batch_size,
         num_workers=args.workers,
         report=not args.no_report,
