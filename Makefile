@@ -40,3 +40,9 @@ gpu-check:
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# `make report-check`: open $(WORKDIR)/report.html in headless Chromium (apt-get install chromium),
+# run its self-test (sort, filter, gallery) and save a screenshot next to it.
+.PHONY: report-check
+report-check: setup
+	$(PY) scripts/report_check.py $(WORKDIR)/report.html --screenshot $(WORKDIR)/report-check.png

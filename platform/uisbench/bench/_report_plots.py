@@ -1,0 +1,279 @@
+"""The report's four pictures, per backbone x masker, as inline SVG (``_svg.Axes``):
+
+1. instance awareness: recall on instances alone of their class vs with a same-class sibling, the
+   diagonal drawn;
+2. quality against cost: the ranking value against images/s (one SVG per cost: features +
+   pseudo-masks, features, student training), the Pareto front of the contenders marked;
+3. pseudo-mask value next to the student's, per cell, in ranking order;
+4. label efficiency (when the few-label stage ran): the metric against the number of labelled
+   images, pseudo-mask pre-training vs the baseline.
+
+Colour = backbone, shape = masker, hollow = calibration backbone, in every plot; whiskers are 95 %
+bootstrap intervals (``ci``), else ± one standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._report_data import View, fmt, fmt_ci, fmt_rate, images_per_s, interval, label, number
+from ._svg import PALETTE, SHAPES, Axes, empty, esc, nice_ticks, text_width
+
+#: cost axes of plot 2: (id, timings stages run one after the other, words)
+COSTS = [
+    ("pipeline", ("features", "pseudo-masks"), "features + pseudo-masks"),
+    ("features", ("features",), "feature extraction"),
+    ("student", ("student-train",), "student training"),
+]
+
+
+class Styles:
+    """Colour per backbone, shape per masker: the same in every plot."""
+
+    def __init__(self, view: View) -> None:
+        backbones = list(dict.fromkeys(r.cell["backbone"] for r in view.contenders + view.calibration))
+        self.colour = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(backbones)}
+        self.shape = {m: SHAPES[i % len(SHAPES)] for i, m in enumerate(view.maskers)}
+        self.calibration = {r.cell["backbone"] for r in view.calibration}
+
+    def legend(self, backbones: list[str], maskers: list[str]) -> list[tuple[str, str, str, bool]]:
+        out = [(b + (" (calib.)" if b in self.calibration else ""), self.colour.get(b, "#444"), "circle", b in self.calibration)
+               for b in backbones]
+        if len(maskers) > 1:
+            out += [(f"masker {m}", "#555", self.shape.get(m, "circle"), False) for m in maskers]
+        return out
+
+
+def _span(values: list[float], *, floor0: bool = True, top1: bool = False) -> tuple[float, float]:
+    lo = 0.0 if floor0 else min(values)
+    hi = max(values) if values else 1.0
+    if top1 and hi <= 1.0:
+        return lo, max(0.1, min(1.0, nice_ticks(0, hi * 1.08)[-1] if hi > 0 else 0.1))
+    return lo, (nice_ticks(lo, hi * 1.08)[-1] if hi > lo else lo + 1.0)
+
+
+def instance_plot(view: View, st: Styles) -> str:
+    title = "Instance awareness: recall alone vs with a same-class sibling"
+    pts, seen = [], set()
+    for r in view.ranked:
+        c = r.cell
+        single = number(c, "pseudo-masks", "instance-awareness", "recall_single")
+        multi = number(c, "pseudo-masks", "instance-awareness", "recall_multi")
+        if single is None or multi is None or (c["backbone"], c["masker"]) in seen:
+            continue
+        seen.add((c["backbone"], c["masker"]))
+        pts.append((c, single, multi, r.calibration))
+    if not pts:
+        return empty(600, 80, title, "No instance-awareness values in this run (metric entry instance-awareness).", "instance")
+    ax = Axes(600, 420, x=(-0.03, 1.03), y=(-0.03, 1.03), margin=(34, 200, 56, 64), title=title)
+    ax.err_opacity = 0.3
+    ticks = [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    ax.frame("recall, instances alone of their class (IoU ≥ 0.5)", "recall, instances with a same-class sibling",
+             xticks=ticks, yticks=ticks)
+    ax.line([(0, 0), (1, 1)], "#999", dash="4 4", width=1)
+    ax.text(0.98, 0.04, "below the diagonal: same-class instances", anchor="end", cls="faint")
+    ax.text(0.98, 0.04, "merged or missed", anchor="end", dy=-14, cls="faint")
+    for c, single, multi, calib in pts:
+        colour = st.colour.get(c["backbone"], "#444")
+        ci_s = interval(c, "pseudo-masks", "instance-awareness", "recall_single")
+        ci_m = interval(c, "pseudo-masks", "instance-awareness", "recall_multi")
+        ax.errorbar(single, multi, xerr=ci_s, yerr=ci_m, colour=colour)
+        tip = (f"{label(c, student=False)}: recall alone {fmt(single)} {fmt_ci(ci_s)}, with a sibling {fmt(multi)} {fmt_ci(ci_m)}"
+               + (" (calibration)" if calib else ""))
+        ax.point(single, multi, colour=colour, shape=st.shape.get(c["masker"], "circle"), hollow=calib, tip=tip)
+    backbones = list(dict.fromkeys(p[0]["backbone"] for p in pts))
+    maskers = list(dict.fromkeys(p[0]["masker"] for p in pts))
+    return ax.render(st.legend(backbones, maskers), legend_title="backbone", plot_id="instance")
+
+
+def _pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
+    """Indices of the points no other point beats on both speed (x, higher) and quality (y)."""
+    sign = 1.0 if higher_is_better else -1.0
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (x2 >= x and sign * y2 >= sign * y) and (x2 > x or sign * y2 > sign * y) for j, (x2, y2) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def cost_plot(view: View, st: Styles, cost: tuple[str, tuple[str, ...], str]) -> str | None:
+    """Plot 2 for one cost axis; ``None`` when no cell has that timing."""
+    key, stages, words = cost
+    title = f"Quality against cost ({words})"
+    pts = []
+    for r in view.ranked:
+        q, ci, stage = view.quality(r.cell)
+        rate = images_per_s(r.cell, stages)
+        if q is not None and rate:
+            pts.append((r.cell, rate, q, ci, stage, r.calibration))
+    if not pts:
+        return None
+    rates = [p[1] for p in pts]
+    lo, hi = min(rates) / 1.6, max(rates) * 1.6
+    ys = [p[2] for p in pts] + [v for p in pts if p[3] for v in p[3]]
+    y0, y1 = _span(ys, top1=all(0 <= v <= 1 for v in ys))
+    stages_used = sorted({p[4] for p in pts})
+    which = " (student where trained, else pseudo-masks)" if len(stages_used) > 1 else f" ({stages_used[0]})"
+    ax = Axes(600, 420, x=(lo, hi), y=(y0, y1), xlog=True, margin=(34, 200, 56, 64), title=title)
+    unit = "training samples / s" if key == "student" else "images / s"
+    hardware = next((t.get("hardware") for p in pts for t in (p[0].get("timings") or {}).values() if t.get("hardware")), None)
+    ax.frame(f"{unit}, {words}, log scale" + (f" ({hardware})" if hardware else ""), f"{view.value}{which}"[:60])
+    contenders = [i for i, p in enumerate(pts) if not p[5]]
+    front = [contenders[i] for i in _pareto([(pts[i][1], pts[i][2]) for i in contenders], view.higher_is_better)]
+    if len(front) > 1:
+        ax.line([(pts[i][1], pts[i][2]) for i in front], "#111", dash="3 3", width=1.2, tip="Pareto front of the contenders")
+    for i, (c, rate, q, ci, stage, calib) in enumerate(pts):
+        colour = st.colour.get(c["backbone"], "#444")
+        ax.errorbar(rate, q, yerr=ci, colour=colour)
+        tip = (f"{label(c)}: {view.value} {fmt(q)} {fmt_ci(ci)} ({stage}); {fmt_rate(rate)} {unit}"
+               + (" (calibration)" if calib else "") + (" - on the Pareto front" if i in front else ""))
+        ax.point(rate, q, colour=colour, shape=st.shape.get(c["masker"], "circle"), hollow=calib, tip=tip, ring=i in front)
+        if i in front:  # label the front, alternately above and below so neighbours do not collide
+            k = front.index(i)
+            low = ax.sy(q) > ax.top + 0.85 * ax.ph  # near the x axis: always above
+            ax.text(rate, q, label(c, student=False), dx=9, dy=-9 - (12 if low and k % 2 else 0) if low or k % 2 == 0 else 17)
+    backbones = list(dict.fromkeys(p[0]["backbone"] for p in pts))
+    maskers = list(dict.fromkeys(p[0]["masker"] for p in pts))
+    legend = st.legend(backbones, maskers) + [("Pareto front (ringed)", "#111", "line-dashed", False)]
+    return ax.render(legend, legend_title="backbone", plot_id=f"cost-{key}")
+
+
+def stages_plot(view: View, st: Styles) -> str:
+    """Plot 3: pseudo-mask value and student value side by side, per cell, in ranking order."""
+    title = f"Pseudo-mask {view.value} next to student {view.value}" + (f" ({view.students[0]})" if len(view.students) == 1 else "")
+    rows = []
+    for r in view.ranked:
+        c = r.cell
+        pm = number(c, "pseudo-masks", view.metric, view.value)
+        stv = number(c, "student", view.metric, view.value)
+        if pm is None and stv is None:
+            continue
+        rows.append((r, pm, stv))
+    if not rows:
+        return empty(600, 80, title, f"No cell has a {view.value} value.", "stages")
+    any_student = any(s is not None for _, _, s in rows)
+    bar, gap = 9, 9
+    step = (2 * bar if any_student else bar + 2) + gap
+    names = [label(r.cell, student=len(view.students) > 1) for r, _, _ in rows]
+    left = int(min(260, max(text_width(n, 11) for n in names) + 14))
+    n_calib = sum(1 for r, _, _ in rows if r.calibration)
+    extra = 22 if n_calib and n_calib < len(rows) else 0
+    height = 34 + 52 + len(rows) * step + extra + 8
+    values = [v for _, a, b in rows for v in (a, b) if v is not None]
+    values += [x for r, _, _ in rows for s in ("pseudo-masks", "student") for x in (interval(r.cell, s, view.metric, view.value) or [])]
+    x0, x1 = _span(values, top1=all(0 <= v <= 1 for v in values))
+    ax = Axes(max(600, left + 360 + 150), height, x=(x0, x1), y=(0, 1), margin=(34, 150, 52, left), title=title)
+    ax.frame(f"{view.metric}.{view.value} ({'higher' if view.higher_is_better else 'lower'} is better)", "", yticks=[])
+    colours = {"pseudo-masks": "#4c78a8", "student": "#f58518"}
+    y = ax.top + gap / 2
+    for k, (r, pm, stv) in enumerate(rows):
+        if extra and r.calibration and not rows[k - 1][0].calibration:
+            ax.add(f"<line x1='4' x2='{ax.left + ax.pw:.1f}' y1='{y + 4:.1f}' y2='{y + 4:.1f}' stroke='#bbb' stroke-dasharray='4 3'/>")
+            ax.add(f"<text x='{ax.left + 4}' y='{y + 16:.1f}' class='faint'>calibration backbones (read the ground truth)</text>")
+            y += extra
+        name = names[k]
+        ax.add(f"<text x='{ax.left - 6}' y='{y + (step - gap) / 2 + 4:.1f}' text-anchor='end' class='tick'>{esc(name)}</text>")
+        for j, (stage, v) in enumerate((("pseudo-masks", pm), ("student", stv)) if any_student else (("pseudo-masks", pm),)):
+            top = y + j * bar
+            if v is None:
+                continue
+            ci = interval(r.cell, stage, view.metric, view.value)
+            x_start = ax.sx(x0)
+            w = max(0.0, ax.sx(v) - x_start)
+            opacity = "0.45" if r.calibration else "0.95"
+            ax.add(f"<rect x='{x_start:.1f}' y='{top:.1f}' width='{w:.1f}' height='{bar - 1}' fill='{colours[stage]}' "
+                   f"opacity='{opacity}'><title>{esc(name)}: {stage} {fmt(v)} {fmt_ci(ci)}</title></rect>")
+            if ci:
+                a, b = ax.sx(ci[0]), ax.sx(ci[1])
+                mid = top + (bar - 1) / 2
+                ax.add(f"<path d='M{a:.1f},{mid:.1f}H{b:.1f}M{a:.1f},{mid - 3:.1f}v6M{b:.1f},{mid - 3:.1f}v6' stroke='#222' "
+                       "stroke-width='1' fill='none'/>")
+            end = max(ax.sx(v), ax.sx(ci[1]) if ci else 0)
+            ax.add(f"<text x='{end + 4:.1f}' y='{top + bar - 1:.1f}' class='note'>{fmt(v)}</text>")
+        y += step
+    legend = [("pseudo-masks", colours["pseudo-masks"], "bar", False)]
+    legend += [("student", colours["student"], "bar", False)] if any_student else [("(no student run)", "#ccc", "bar", False)]
+    legend += [("faded: calibration", "#999", "bar", True)] if n_calib else []
+    return ax.render(legend, legend_title="stage", plot_id="stages")
+
+
+def _series_err(point: dict[str, Any]) -> list[float] | None:
+    ci = point.get("ci")
+    if ci and None not in ci:
+        return [float(ci[0]), float(ci[1])]
+    std, mean = point.get("std"), point.get("mean")
+    return [mean - std, mean + std] if std is not None and mean is not None else None
+
+
+def label_efficiency_plot(results: dict[str, Any], st: Styles) -> str | None:
+    """Plot 4; ``None`` when the few-label stage did not run. ``k = 0`` (the pseudo-mask student before
+    any label) sits left of the log axis, at its own tick "0"."""
+    le = results.get("label_efficiency") or {}
+    rows = [r for r in le.get("rows") or [] if r.get("pseudo") or r.get("baseline")]
+    if not rows:
+        return None
+    value = le.get("value", "")
+    points = [p for r in rows for s in ("pseudo", "baseline") for p in r.get(s) or [] if p.get("k") is not None and p.get("mean") is not None]
+    ks = sorted({float(p["k"]) for p in points})
+    ys = [v for p in points for v in [p["mean"], *(_series_err(p) or [])] if v is not None]
+    if not ks or not ys:
+        return None
+    positive = [k for k in ks if k > 0]
+    log = bool(positive) and max(positive) / min(positive) >= 8
+    zero = min(positive) / 2.5 if log else 0.0  # where k = 0 is drawn
+
+    def x(k: Any) -> float:
+        return float(k) if float(k) > 0 or not log else zero
+
+    xr = (min(x(k) for k in ks) / 1.3, max(ks) * 1.3) if log else (0.0, max(ks) * 1.05)
+    y0, y1 = _span(ys, top1=all(0 <= v <= 1 for v in ys))
+    ax = Axes(600, 420, x=xr, y=(y0, y1), xlog=log, margin=(34, 210, 56, 64), title=f"Label efficiency ({value})")
+    ticks = [x(k) for k in ks] if len(ks) <= 9 else None
+    ax.frame("labelled training images" + (" (log scale)" if log else ""), f"{value} after fine-tuning", xticks=ticks,
+             xlabels={zero: "0"} if log and 0.0 in ks else None)
+    legend: list[tuple[str, str, str, bool]] = []
+    drawn_baselines: list[Any] = []
+    selections = {r.get("selection") for r in rows}
+    for i, r in enumerate(rows):
+        colour = st.colour.get(r.get("backbone"), PALETTE[i % len(PALETTE)])
+        who = " / ".join(str(r.get(k)) for k in ("backbone", "masker") if r.get(k))
+        who += f" ({r.get('selection')})" if len(selections) > 1 else ""
+        for series, dash in (("pseudo", None), ("baseline", "5 3")):
+            pts = sorted((p for p in r.get(series) or [] if p.get("k") is not None and p.get("mean") is not None), key=lambda p: p["k"])
+            if not pts:
+                continue
+            colour_s = colour
+            if series == "baseline":  # one baseline serves every masker: drawn once, grey when shared
+                signature = [(p["k"], p["mean"]) for p in pts]
+                if signature in drawn_baselines:
+                    continue
+                drawn_baselines.append(signature)
+                colour_s = "#777" if len(rows) > 1 else colour
+            ax.line([(x(p["k"]), float(p["mean"])) for p in pts], colour_s, dash=dash, width=1.8)
+            for p in pts:
+                err = _series_err(p)
+                ax.errorbar(x(p["k"]), float(p["mean"]), yerr=err, colour=colour_s)
+                tip = f"{who} {series}: {p['k']} labels, {value} {fmt(p['mean'])}" + (f" {fmt_ci(err)}" if err else "")
+                ax.point(x(p["k"]), float(p["mean"]), colour=colour_s, hollow=series == "baseline", size=4, tip=tip)
+            name = who if series == "pseudo" else f"baseline ({r.get('student') or 'student'}, own init)"
+            legend.append((name if len(name) <= 32 else name[:31] + "…", colour_s, "line-dashed" if dash else "line", False))
+    return ax.render(legend, legend_title="pseudo-mask pre-training", plot_id="label-efficiency")
+
+
+def all_plots(results: dict[str, Any]) -> dict[str, Any]:
+    """``{"instance": svg, "costs": [(id, words, svg)], "stages": svg, "label_efficiency": svg | None}``."""
+    view = View(results)
+    st = Styles(view)
+    costs = [(key, words, svg) for key, stages, words in COSTS if (svg := cost_plot(view, st, (key, stages, words)))]
+    return {
+        "instance": instance_plot(view, st),
+        "costs": costs,
+        "stages": stages_plot(view, st),
+        "label_efficiency": label_efficiency_plot(results, st),
+    }
+
+
+__all__ = ["all_plots", "COSTS"]

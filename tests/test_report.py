@@ -1,0 +1,265 @@
+"""report.html: summary sentences, the leaderboard table, the four plots, the gallery, private
+reports, and (when Chromium is installed) the page in a real browser (scripts/report_check.py)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import uisbench
+from uisbench.bench import BenchOptions, run_bench
+from uisbench.bench._report import write_outputs, write_report
+from uisbench.bench._report_findings import findings
+from uisbench.bench._report_html import page
+from uisbench.bench._report_plots import all_plots
+from uisbench.bench._run import open_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+CHECK = REPO / "scripts" / "report_check.py"
+NO_CHROMIUM = ("Chromium is not installed (Debian: apt-get install chromium), so report.html is not checked in a "
+               "browser; the checks on the HTML text still ran")
+
+UNAVAILABLE = ("Backbone 'vit_small_patch16_224.dino': no weights on this machine (offline, not in the cache). "
+               "Get timm/vit_small_patch16_224.dino/model.safetensors, then name the file in a registry file.")
+
+
+def _host_registry(extra: str | None = None, tmp: Path | None = None):
+    host = uisbench.get_plugin_manager()  # strict under UISBENCH_STRICT_PLUGINS=1 (make test)
+    paths = []
+    if extra is not None:
+        path = tmp / "mine.yaml"
+        path.write_text(extra)
+        paths.append(str(path))
+    return host, uisbench.load_registry(paths, host)
+
+
+def _bench(workdir: Path, host, registry, **options):
+    options = {"backbones": ["oracle-instance", "pixels"], "maskers": ["kmeans", "ncut"], "students": [],
+               "metrics": ["coco", "instance-awareness", "cost"], "limit": 4, "device": "cpu", "report": True, **options}
+    return run_bench(host, registry, BenchOptions(workdir=workdir, **options))
+
+
+def _render(workdir: Path, host, registry, results, private=False, **options):
+    """write_report on a cached pipeline of the run in ``workdir`` (nothing recomputed)."""
+    options = {"backbones": ["oracle-instance", "pixels"], "maskers": ["kmeans", "ncut"], "students": [],
+               "metrics": ["coco", "instance-awareness", "cost"], "limit": 4, "device": "cpu", **options}
+    pipeline = open_pipeline(host, registry, BenchOptions(workdir=workdir, **options))
+    try:
+        return write_report(pipeline, results, 4, private=private)
+    finally:
+        pipeline.close()
+
+
+def _with_unavailable(results):
+    """The results plus a backbone that could not run here (as an offline DINO row looks)."""
+    out = copy.deepcopy(results)
+    out["backbones"]["dino-vits16"] = {"plugin": "dino", "status": "unavailable", "reason": UNAVAILABLE, "calibration": False, "metrics": {}}
+    for masker in dict.fromkeys(c["masker"] for c in results["cells"]):
+        cell = {"backbone": "dino-vits16", "masker": masker, "student": None, "calibration": False, "pretrained": None,
+                "status": "unavailable", "reason": UNAVAILABLE, "pseudo_masks": None, "student_stage": None, "timings": {}, "seconds": 0.0}
+        out["cells"].append(cell)
+        out["ranking"]["rows"].append({"id": f"dino-vits16/{masker}/-", "value": None, "ci": None, "within_noise_of_previous": None})
+    return out
+
+
+def _label_efficiency():
+    """As _label_efficiency.label_efficiency writes it: k = 0 of the pseudo curve is the student itself."""
+    def series(base, step, ci, ks):
+        return [{"k": k, "mean": base + step * i, "std": 0.02, "ci": [base + step * i - 0.03, base + step * i + 0.03] if ci else None}
+                for i, k in enumerate(ks)]
+
+    return {"metric": "coco", "value": "AP50mask", "rows": [
+        {"backbone": "pixels", "masker": "kmeans", "student": "maskrcnn", "selection": "random", "budgets": [0, 4, 16, 64],
+         "pseudo": series(0.2, 0.1, True, [0, 4, 16, 64]), "baseline": series(0.05, 0.1, False, [4, 16, 64]),
+         "labels_saved": 24.0, "labels_saved_text": "24.0"}]}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One real tiny bench run (oracle-instance, pixels x kmeans, ncut on 4 synth-instances images)."""
+    workdir = tmp_path_factory.mktemp("report") / "w"
+    host, registry = _host_registry()
+    _bench(workdir, host, registry)
+    return workdir, host, registry, json.loads((workdir / "results.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_report_page_top_to_bottom(run):
+    workdir, host, registry, results = run
+    text = (workdir / "report.html").read_text()
+    assert "<script src" not in text and "http://" not in text.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in text  # offline: no CDN, nothing fetched
+    order = [text.index(f"id={s}") for s in ("summary", "leaderboard", "plots", "gallery", "details")]
+    assert order == sorted(order)
+    summary = re.search(r"<section id=summary>(.*?)</section>", text, re.S).group(1)
+    assert "Best contender: <b>pixels</b>" in summary and "Calibration ceiling: oracle-instance" in summary
+    assert "Instance awareness:" in summary and "validation images" in summary
+    # headline columns shown, the rest behind the toggle; calibration rows in their own group
+    assert "AP50mask ↑" in text and "recall_<wbr>multi ↑" in text and "class='num extra" in text and "AP75mask" in text
+    assert "data-group=calibration" in text and "<tr class='calib'" in text
+    for plot in ("instance", "cost-pipeline", "stages"):
+        assert f"data-plot='{plot}'" in text, plot
+    assert "data-plot='label-efficiency'" not in text  # no few-label stage in this run
+    # gallery: the val images and a mask layer per backbone x masker, images only from usable("val")
+    layers = json.loads(re.search(r"<script type='application/json' id=layers>(.*?)</script>", text, re.S).group(1))
+    assert sorted(layers) == ["1", "2", "3", "4"]
+    assert {"gt", "pm|pixels|kmeans", "pm|oracle-instance|ncut"} <= set(layers["1"])
+    assert "data:image/png;base64," in text
+    for name in ("leaderboard.png", "image-1.png", "stages.svg", "instance-awareness.svg", "cost-pipeline.svg"):
+        assert (workdir / "report" / name).is_file(), name
+
+
+def test_unavailable_rows_collapse_into_one_notice_and_label_efficiency_is_drawn(run, tmp_path):
+    workdir, host, registry, results = run
+    more = _with_unavailable(results)
+    more["label_efficiency"] = _label_efficiency()
+    text = page(more, findings(more), all_plots(more), None, private=False)
+    notice = re.search(r"<details id=unavailable class=notice><summary>(.*?)</summary>", text).group(1)
+    assert notice == "1 backbone not scored here: weights not on this machine — how to get them"
+    table = re.search(r"<table id=board.*?</table>", text, re.S).group(0)
+    assert "dino-vits16" not in table  # not a row of numbers that are not there
+    svg = re.search(r"<svg[^>]*data-plot='label-efficiency'.*?</svg>", text, re.S).group(0)
+    assert "labelled training images" in svg and "stroke-dasharray='5 3'" in svg  # baseline dashed
+    assert svg.count("<path d='M") >= 4  # whiskers from ci (pseudo) and std (baseline)
+    assert ">0</text>" in svg  # k = 0 has its own tick left of the log axis
+    assert ("Label efficiency (<b>pixels / kmeans / maskrcnn</b>, random selection): the baseline needs 24.0 labelled images "
+            "to reach what pseudo-mask training reaches with no labels (AP50mask 0.200)") in text
+
+
+def test_findings_follow_the_data():
+    def cell(backbone, masker, value, ci, calibration=False):
+        metrics = {"coco": {"status": "ok", "values": {"AP50mask": value}, "higher_is_better": {"AP50mask": True},
+                            "headline": ["AP50mask"], "ci": {"AP50mask": ci}}}
+        return {"backbone": backbone, "masker": masker, "student": None, "calibration": calibration, "status": "ok", "reason": None,
+                "pseudo_masks": {"status": "ok", "metrics": metrics}, "student_stage": None, "timings": {}}
+
+    cells = [cell("a", "m1", 0.5, [0.45, 0.55]), cell("b", "m1", 0.3, [0.25, 0.35]), cell("a", "m2", 0.2, [0.1, 0.3]),
+             cell("b", "m2", 0.4, [0.3, 0.5])]
+    rows = [{"id": "a/m1/-", "value": 0.5, "ci": [0.45, 0.55], "within_noise_of_previous": None},
+            {"id": "b/m2/-", "value": 0.4, "ci": [0.3, 0.5], "within_noise_of_previous": True},
+            {"id": "b/m1/-", "value": 0.3, "ci": [0.25, 0.35], "within_noise_of_previous": True},
+            {"id": "a/m2/-", "value": 0.2, "ci": [0.1, 0.3], "within_noise_of_previous": True}]
+    results = {"cells": cells, "metrics": {"coco": {}}, "backbones": {}, "dataset": {"name": "d", "splits": {"val": {"images": 500}}},
+               "primary_metric": {"stage": "pseudo-masks", "metric": "coco", "value": "AP50mask"},
+               "ranking": {"higher_is_better": True, "bootstrap": 100, "seeds": 1, "rows": rows, "calibration": []}}
+    text = " ".join(t for _, t in findings(results))
+    assert "lead over <b>b</b> with m2 (0.400) is <span class=tie>within noise</span> (paired bootstrap" in text
+    # a/m1 vs b/m1 are not adjacent rows: their intervals decide
+    assert "with m1: <b>a</b> (0.500; over b 0.300, <span class=sure>beyond noise</span> (95% intervals do not overlap)" in text
+    assert "No masker wins everywhere" in text and "validation images" not in text
+    transductive = {**results, "dataset": {**results["dataset"], "transductive": True}}
+    assert findings(transductive)[0][0] == "caution" and "Transductive" in findings(transductive)[0][1]
+    calib = copy.deepcopy(results)
+    for c in calib["cells"]:
+        c["calibration"] = True
+    calib["ranking"]["calibration"], calib["ranking"]["rows"] = calib["ranking"]["rows"], []
+    assert any("Calibration only" in t for k, t in findings(calib) if k == "caution")
+
+
+def test_private_report_holds_no_image_pixels_or_paths(tmp_path):
+    """A COCO folder on disk (real file paths): the private page holds ids only."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "site-secret-images"
+    (root / "img").mkdir(parents=True)
+    images, annotations = [], []
+    for i in range(1, 4):
+        pixels = np.full((64, 64, 3), 90, dtype=np.uint8)
+        boxes = [(8, 8, 24, 24), (36, 30, 20, 22)]
+        for x, y, w, h in boxes:
+            pixels[y:y + h, x:x + w] = (200, 60 + 40 * i, 40)
+        name = f"patient-{i:03d}.png"
+        Image.fromarray(pixels).save(root / "img" / name)
+        images.append({"id": i, "file_name": name, "width": 64, "height": 64})
+        for k, (x, y, w, h) in enumerate(boxes):
+            poly = [x, y, x + w, y, x + w, y + h, x, y + h]
+            annotations.append({"id": 10 * i + k, "image_id": i, "category_id": 1, "segmentation": [poly], "bbox": [x, y, w, h],
+                                "area": float(w * h), "iscrowd": 0})
+    (root / "ann.json").write_text(json.dumps({"images": images, "annotations": annotations,
+                                               "categories": [{"id": 1, "name": "lesion"}]}))
+    host, registry = _host_registry(f"version: 1\ndatasets:\n  site: {{plugin: coco, root: {root}, images: img, annotations: ann.json}}\n", tmp_path)
+    options = {"dataset": "site", "backbones": ["pixels"], "maskers": ["kmeans"], "limit": 3}
+    workdir = tmp_path / "w"
+    _bench(workdir, host, registry, **options)
+    public = (workdir / "report.html").read_text()
+    assert "data:image/png;base64," in public and "patient-001.png" not in public  # the gallery, by id
+    public_size = len(public)
+    _render(workdir, host, registry, json.loads((workdir / "results.json").read_text()), private=True, **options)
+    text = (workdir / "report.html").read_text()
+    assert "data:image/" not in text and "base64" not in text
+    assert str(root) not in text and "site-secret-images" not in text and "patient-" not in text
+    assert "class=gimg" not in text and "Private report: no images" in text and "data-private='1'" in text
+    assert "data-plot='stages'" in text  # plots as SVG stay
+    assert not list((workdir / "report").glob("image-*.png"))  # the earlier public run's images are gone
+    assert public_size > len(text)
+
+
+def test_gallery_stays_small_for_large_images():
+    """4 gallery images of 640 x 480 px with 20 cells' pseudo-masks and student predictions (20 masks
+    each) stay within a few MB: JPEG for the photos, palette PNG layers for the masks."""
+    import numpy as np
+
+    from uisbench import masks
+    from uisbench.bench._report_gallery import image_uri, layer
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:480, :640]
+    photo = (128 + 60 * np.sin(xx / 17.0)[..., None] + rng.normal(0, 25, (480, 640, 3))).clip(0, 255).astype(np.uint8)
+    rles = []
+    for _ in range(20):
+        cy, cx, r = rng.integers(40, 440), rng.integers(40, 600), rng.integers(15, 90)
+        rles.append(masks.encode(((yy - cy) ** 2 + ((xx - cx) * 0.8) ** 2 < r * r).astype(np.uint8)))
+    image_bytes, layer_bytes = len(image_uri(photo)), len(layer(rles, 480, 640))
+    total = 4 * image_bytes + 4 * 20 * 2 * layer_bytes
+    assert total < 4_000_000, (image_bytes, layer_bytes)
+
+
+def test_write_outputs_passes_the_private_setting(run, tmp_path, monkeypatch):
+    workdir, host, registry, results = run
+    seen = {}
+
+    def fake(pipeline, res, n, *, private=False):
+        seen["private"] = private
+
+    import uisbench.bench._report as report
+
+    monkeypatch.setattr(report, "write_report", fake)
+
+    class Ctx:
+        private = True
+        options = type("O", (), {"report_images": 4})()
+        workdir = tmp_path
+        log_path = tmp_path / "log"
+
+        def say(self, text):
+            pass
+
+    write_outputs(type("P", (), {"ctx": Ctx()})(), results)
+    assert seen == {"private": True}
+
+
+@pytest.mark.skipif(not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")), reason=NO_CHROMIUM)
+def test_report_in_a_real_browser(run, tmp_path):
+    workdir, host, registry, results = run
+    more = _with_unavailable(results)
+    more["label_efficiency"] = _label_efficiency()
+    (workdir / "results.json").write_text(json.dumps(more))
+    try:
+        _render(workdir, host, registry, more)
+        shot = tmp_path / "report.png"
+        out = subprocess.run([sys.executable, str(CHECK), str(workdir / "report.html"), "--screenshot", str(shot)],
+                             capture_output=True, text=True, timeout=300)
+    finally:
+        (workdir / "results.json").write_text(json.dumps(results))
+    assert out.returncode == 0, out.stdout + out.stderr[-2000:]
+    assert "self-test: pass" in out.stdout and shot.stat().st_size > 10_000
