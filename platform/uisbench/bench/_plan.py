@@ -36,6 +36,7 @@ class ResolvedEntry:
     distribution: str
     distribution_version: str
     source: str
+    description: str = ""
 
     def build(self, **extra: Any) -> Any:
         """The plugin object of this entry (``extra`` goes to the factory, e.g. ``split``)."""
@@ -45,6 +46,7 @@ class ResolvedEntry:
         """How results.json names the entry."""
         return {
             "plugin": self.plugin,
+            "description": self.description,
             "version": str(self.spec.version),
             "params": self.params,
             "distribution": self.distribution,
@@ -85,6 +87,7 @@ def resolve_entry(host: Any, registry: Any, kind: str, name: str, hash_memo: Pat
         distribution=info.distribution if info else "local",
         distribution_version=info.version if info else "0",
         source=entry.where(),
+        description=entry.description or spec.description,
     )
 
 
