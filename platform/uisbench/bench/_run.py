@@ -30,6 +30,7 @@ from ._outlook import outlook
 from ._pipeline import Pipeline
 from ._plan import make_plan
 from ._ranking import build_ranking, resolve_rank_by
+from ._shard import check_shared_workdir
 from ._workdir import WorkdirLock, check_workdir, remove_stale_temporaries
 
 __all__ = ["run_bench", "open_pipeline", "BenchOutcome"]
@@ -80,6 +81,7 @@ def open_pipeline(host: Any, registry: Any, options: BenchOptions) -> Pipeline:
         problem = ctx.shard.broadcast(problem)
         if problem:
             raise ConfigError(problem)
+        check_shared_workdir(ctx.shard, ctx.workdir)  # multi-node: every rank must see the same folder
         ctx.private = bool(options.private or not registry.report_images)
         plan = make_plan(host, registry, options, ctx.cache.hash_memo(), ctx.device_type)
         data = BenchData(plan.entry("datasets", plan.dataset), options.limit, options.skip_bad_images)

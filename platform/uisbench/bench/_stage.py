@@ -176,6 +176,7 @@ class StageRunner:
         self.ctx = ctx
         self._keys: dict[tuple[Any, ...], str] = {}
         self._outputs: dict[str, StageOutput] = {}
+        self._peeked: dict[str, StageOutput | None] = {}
         self._failures: dict[str, StageError] = {}
 
     def key(self, stage: Stage) -> str:
@@ -209,6 +210,7 @@ class StageRunner:
                 raise
         stage.adopt(output)
         self._outputs[key] = output
+        self._peeked.pop(key, None)
         return output
 
     def heal(self, err: CacheDamaged) -> None:
@@ -221,17 +223,19 @@ class StageRunner:
                 summary.unlink(missing_ok=True)
             (err.stage.folder(err.key) / "summary.json").unlink(missing_ok=True)
         self._outputs.pop(err.key, None)
+        self._peeked.pop(err.key, None)
         self._failures.pop(err.key, None)
 
     def peek(self, stage: Stage) -> StageOutput | None:
-        """The stage's output if this run or an earlier one finished it; never computes."""
+        """The stage's output if this run or an earlier one finished it; never computes. What it reads
+        from the cache is not taken for this run's result: a forced stage still runs."""
         key = self.key(stage)
-        if key not in self._outputs:
+        if key in self._outputs:
+            return self._outputs[key]
+        if key not in self._peeked:
             summary = self.ctx.cache.read(stage.summary_path(key))
-            if summary is None:
-                return None
-            self._outputs[key] = StageOutput(stage.name, key, stage.summary_path(key), summary)
-        return self._outputs[key]
+            self._peeked[key] = None if summary is None else StageOutput(stage.name, key, stage.summary_path(key), summary)
+        return self._peeked[key]
 
     # -- the one skeleton ---------------------------------------------------------------------
 
