@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import uisbench
-    from uisbench_builtins._vit import TimmViT, autocast_context
+    from uisbench_builtins.timm_vit import TimmViT, autocast_context
 
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():

@@ -111,7 +111,7 @@ def edge_stats(f32, stored, tau):
     import torch
     import torch.nn.functional as F
 
-    from uisbench_builtins._spectral import binary_affinity
+    from uisbench.spectral import binary_affinity
 
     B, C, h, w = f32.shape
     n = h * w
@@ -132,7 +132,7 @@ def edge_stats(f32, stored, tau):
 def run_maskcut(feats, tau, n_masks, device):
     import numpy as np
 
-    from uisbench_builtins._spectral import maskcut_batch
+    from uisbench_builtins.ncut import maskcut_batch
 
     return np.stack(
         [maskcut_batch(feats[b : b + 1].to(device), tau, n_masks, solver="torch")[0][0] for b in range(len(feats))]
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     import uisbench
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "plugins"))
-    from uisbench_builtins._spectral import default_tau
+    from uisbench.spectral import default_tau
 
     torch.set_num_threads(args.threads)
     photos = load_photos([s for s in args.images.split(",") if s])

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
-    from uisbench_builtins._spectral import maskcut_batch
+    from uisbench_builtins.ncut import maskcut_batch
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.precision)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import uisbench
-from uisbench_builtins import _vit
+from uisbench_builtins import timm_vit
 
 TINY = {"depth": 2, "embed_dim": 48, "num_heads": 2}
 SIZE = 64  # 4 x 4 grid of 16 px patches
@@ -232,7 +232,7 @@ def test_untrusted_pickle_is_refused_with_a_fix(host, tmp_path):
 def offline(monkeypatch):
     """No network and empty weight caches, whatever this machine has cached."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(_vit, "cached_weights", lambda cfg: None)
+    monkeypatch.setattr(timm_vit, "cached_weights", lambda cfg: None)
 
 
 @pytest.mark.parametrize("plugin, model", [("dino", ARCH + ".dino"), ("mae", "vit_base_patch16_224.mae"), ("timm", ARCH + ".dino")])
@@ -267,7 +267,7 @@ def test_hub_weights_from_cache_then_download(host, ckpt, monkeypatch, tmp_path)
     assert prov["weights"] == str(ckpt["safetensors"])
     # 2. not cached, online: timm's hub file is downloaded; a failing download is `unavailable`, not random
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
-    monkeypatch.setattr(_vit, "offline", lambda: False)
+    monkeypatch.setattr(timm_vit, "offline", lambda: False)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, filename, **k: str(ckpt["safetensors"]))
     assert _build(host, "dino", **_vit_params()).provenance()["weights"] == str(ckpt["safetensors"])
 
@@ -293,7 +293,8 @@ def test_registry_entries_name_real_timm_weights(registry):
             model = entry.params["model"]
             assert model in timm.list_pretrained(), model
             patch = int(re.search(r"patch(\d+)", model).group(1))
-            assert entry.params["size"] % patch == 0 and abs(entry.params["size"] - 480) < patch
+            target = 224 if entry.name.endswith("-cpu") else 480  # CPU-sized entries run at 224 px
+            assert entry.params["size"] % patch == 0 and abs(entry.params["size"] - target) < patch
     assert names["oracle-semantic"].params["instance_weight"] == 0
     assert names["oracle-instance"].params["instance_weight"] > 0
 
@@ -309,7 +310,7 @@ def test_offline_probe_fails_fast_without_env(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", unreachable)
     start = time.monotonic()
-    assert _vit.offline() is True
+    assert timm_vit.offline() is True
     assert time.monotonic() - start < 5
 
 

@@ -553,18 +553,14 @@ def test_bench_on_cuda_matches_cpu(tmp_path):
 
 
 def test_feature_coverage_of_padded_grids():
-    import torch
-
-    from uisbench.bench._features import _coverage
-
-    class _Padded:
-        preprocessing = uisbench.Preprocessing((0, 0, 0), (1, 1, 1), 64, 16, "pad")
-
-    record = uisbench.ImageRecord(1, None, 100, 70)  # content 64 x 45 px in the 64 px frame
-    valid = torch.zeros(4, 4, dtype=torch.bool)
-    valid[:3, :] = True  # 3 patch rows = 48 px hold the 45 px of content
-    assert _coverage(_Padded(), record, valid) == (45 / 48, 1.0)
-    assert _coverage(_Padded(), record, None) == (1.0, 1.0)
+    """The patch-grid geometry lives on Preprocessing: a 100 x 70 image padded into a 64 px frame with
+    16 px patches has content 64 x 45 px, so 3 patch rows (48 px) hold it, the last one partly."""
+    prep = uisbench.Preprocessing((0, 0, 0), (1, 1, 1), 64, 16, "pad")
+    assert prep.content_size(70, 100) == (45, 64)
+    assert prep.content_grid(70, 100) == (3, 4)
+    assert prep.coverage(70, 100) == (45 / 48, 1.0)
+    square = uisbench.Preprocessing((0, 0, 0), (1, 1, 1), 64, 16, "square")
+    assert square.coverage(70, 100) == (1.0, 1.0) and square.content_grid(70, 100) == (4, 4)
 
 
 # ---------------------------------------------------------------------------------------------

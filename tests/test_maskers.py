@@ -38,7 +38,7 @@ def _iou(a, b):
 
 
 def _parity(solver, names):
-    from uisbench_builtins._spectral import maskcut_patch_masks
+    from uisbench_builtins.ncut import maskcut_patch_masks
 
     ious = []
     for name in names:
@@ -62,7 +62,7 @@ def _parity_worker(out: Path) -> None:
     """Subprocess body: masks and scores of every parity run, saved to ``out`` (npz)."""
     import torch
 
-    from uisbench_builtins._spectral import maskcut_patch_masks
+    from uisbench_builtins.ncut import maskcut_patch_masks
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     res = {}
@@ -146,7 +146,7 @@ def test_maskcut_parity_scipy_3600():
 def test_seed_ties_take_the_first_index_across_components():
     """Equal maxima in two connected components, broken by 1e-9 noise in either direction, as an
     eigen-solver's rounding does: the first index wins (exact arithmetic), for ``v`` and ``-v``."""
-    from uisbench_builtins._spectral import SEED_RTOL, first_argmax, orient_and_select
+    from uisbench.spectral import SEED_RTOL, first_argmax, orient_and_select
 
     assert first_argmax(np.array([0.5, 1.0 - 0.5 * SEED_RTOL, 1.0])) == 1
     assert first_argmax(np.array([0.5, 1.0 - 2.0 * SEED_RTOL, 1.0])) == 2
@@ -174,7 +174,7 @@ def test_ncut_score_from_counts_matches_dense_formula():
     """The integer-count score equals ``1 - Ncut/2`` evaluated on the float64 ``W`` directly."""
     import torch
 
-    from uisbench_builtins._spectral import graph_counts, ncut_score
+    from uisbench.spectral import graph_counts, ncut_score
 
     rng = np.random.default_rng(0)
     n, eps = 40, 1e-5
@@ -199,7 +199,7 @@ def test_torch_fiedler_matches_scipy_eigenvector():
     """Later iterations included: the torch Fiedler vector equals scipy's up to sign on each graph."""
     import torch
 
-    from uisbench_builtins import _spectral as sp
+    from uisbench import spectral as sp
 
     feats, dims, tau, n_masks, ref = _load("vits16_random_astronaut")
     x = torch.from_numpy(feats).T[None]
@@ -218,7 +218,7 @@ def test_torch_fiedler_matches_scipy_eigenvector():
 
 
 def test_sign_flip_gives_same_mask():
-    from uisbench_builtins._spectral import orient_and_select
+    from uisbench.spectral import orient_and_select
 
     rng = np.random.default_rng(0)
     dims = (12, 10)
@@ -247,7 +247,7 @@ def _blobs(seed=0, K=4, h=24, C=32, noise=0.05):
 
 
 def test_near_degenerate_parity_torch_vs_scipy():
-    from uisbench_builtins._spectral import maskcut_patch_masks
+    from uisbench_builtins.ncut import maskcut_patch_masks
 
     for seed in range(4):
         f, _ = _blobs(seed, K=2 + seed)
@@ -262,7 +262,7 @@ def test_near_degenerate_parity_torch_vs_scipy():
 def test_batched_equals_single_and_deterministic():
     import torch
 
-    from uisbench_builtins._spectral import maskcut_batch
+    from uisbench_builtins.ncut import maskcut_batch
 
     fs = [torch.from_numpy(_load(n)[0]).reshape(-1, 30, 30) for n in SMALL[5:9]]
     batch = maskcut_batch(torch.stack(fs), 0.2, 3)
@@ -297,7 +297,7 @@ def test_masks_do_not_depend_on_batch_composition(host, masker):
 
 @pytest.mark.parametrize("solver", ["torch", "scipy"])
 def test_degenerate_inputs(solver):
-    from uisbench_builtins._spectral import maskcut_patch_masks
+    from uisbench_builtins.ncut import maskcut_patch_masks
 
     const = np.ones((8, 6, 6), np.float32)  # constant features: all-equal affinities
     zero = np.zeros((8, 6, 6), np.float32)  # all similarities 0 -> all weights eps
@@ -493,12 +493,11 @@ def test_pad_policy_masks_line_up_with_partly_filled_patches(masker):
 def test_chunking_is_memory_bounded_and_equal():
     import torch
 
-    from uisbench_builtins import _spectral as sp
     from uisbench_builtins.ncut import NCutMasker
 
     # ViT-B/8 at 480 px: 3600 tokens; a 2 GiB chunk holds a bounded number of graphs
-    assert 1 <= sp.chunk_size(3600, "cpu") <= 20
-    assert sp.chunk_size(3600, "cpu", budget_bytes=1) == 1
+    assert 1 <= NCutMasker().chunk_size(3600) <= 20
+    assert NCutMasker(memory_gb=1e-9).chunk_size(3600) == 1
     f = torch.randn(3, 16, 6, 6)
     recs = [uisbench.ImageRecord(i, None, 24, 24) for i in range(3)]
     fm = uisbench.FeatureMap(f, [0, 1, 2], 8, "key", -1)
@@ -510,7 +509,7 @@ def test_chunking_is_memory_bounded_and_equal():
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
 def test_torch_solver_on_cuda_matches_fixtures():
-    from uisbench_builtins._spectral import maskcut_patch_masks
+    from uisbench_builtins.ncut import maskcut_patch_masks
 
     ious = []
     for name in CASES:

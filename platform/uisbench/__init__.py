@@ -8,6 +8,14 @@ The public API. Plugins (built-in ones included) import only from here::
     def uisbench_backbones():
         yield uisbench.BackboneSpec(name="my-vit", description="...", factory=MyBackbone)
 
+Besides the records and contracts, plugins share these public helpers (import cost: none):
+
+- :class:`GridBackbone`, :class:`GridMasker` and :mod:`uisbench.grid`: bases of patch-grid plugins;
+- :mod:`uisbench.spectral`: affinity graphs, Fiedler solvers, normalised-cut scores;
+- :mod:`uisbench.data`: image decoding, batched loading, dataset building blocks;
+- :mod:`uisbench.weights`: safe checkpoint reading; :mod:`uisbench.io`: atomic writes, file hashes;
+- :mod:`uisbench.masks`: COCO RLE helpers.
+
 Nothing heavy is imported by this module: torch, timm and friends load inside plugin factories.
 """
 
@@ -15,8 +23,9 @@ from __future__ import annotations
 
 import pluggy
 
-from . import data, masks
+from . import data, grid, io, masks, spectral, weights
 from ._manager import PluginFailure, PluginHost, PluginInfo, get_plugin_manager
+from .api import Results, evaluate
 from .contracts import (
     Backbone,
     Dataset,
@@ -41,6 +50,7 @@ from .errors import (
     UnknownNameError,
     raise_problems,
 )
+from .grid import GridBackbone, GridMasker
 from .io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .registry import BenchDefaults, Entry, Registry, load_registry
 from .types import REQUIRED, BackboneSpec, DatasetSpec, MaskerSpec, MetricSpec, Param, StudentSpec
@@ -74,6 +84,12 @@ __all__ = [
     "FeatureMap",
     "EvalSample",
     "StageCost",
+    # bases of patch-grid plugins
+    "GridBackbone",
+    "GridMasker",
+    # running the bench from Python
+    "evaluate",
+    "Results",
     # plugin manager and registry
     "get_plugin_manager",
     "PluginHost",
@@ -95,6 +111,10 @@ __all__ = [
     # helpers
     "masks",
     "data",
+    "grid",
+    "spectral",
+    "weights",
+    "io",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",

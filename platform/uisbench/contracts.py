@@ -102,11 +102,26 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How a backbone wants its pixels.
+    """How a backbone wants its pixels, and where they land on its patch grid.
 
     ``resize="square"`` is the MaskCut way (every image to ``size x size``, aspect ratio not kept);
-    ``resize="pad"`` keeps the aspect ratio, scales the long side to ``size`` and pads to a square.
-    ``size`` is a multiple of ``patch_size``.
+    ``resize="pad"`` keeps the aspect ratio, scales the long side to ``size`` and pads the bottom and
+    right to a square, so the content sits at the top left. ``size`` is a multiple of ``patch_size``.
+
+    The geometry of the ``grid x grid`` patch grid (every stage reads it from here):
+
+    - :meth:`content_size`: the content's size in pixels inside the ``size x size`` frame;
+    - :meth:`content_grid`: the patch rows and columns holding content (partly covered ones count),
+      i.e. the valid rectangle ``[0, rows) x [0, cols)`` that :attr:`FeatureMap.valid` marks;
+    - :meth:`coverage`: the share of that rectangle the content covers (below 1 when the last patch
+      row or column is partly padding).
+
+    Example, a 100 x 70 (width x height) image in a 64 px frame of 16 px patches::
+
+        prep = Preprocessing((0, 0, 0), (1, 1, 1), size=64, patch_size=16, resize="pad")
+        prep.content_size(70, 100)  # (45, 64): height, width in pixels
+        prep.content_grid(70, 100)  # (3, 4): patch rows, columns with content
+        prep.coverage(70, 100)      # (45 / 48, 1.0)
     """
 
     mean: tuple[float, float, float]
@@ -115,6 +130,11 @@ class Preprocessing:
     patch_size: int
     resize: Literal["square", "pad"] = "square"
 
+    @property
+    def grid(self) -> int:
+        """Patches per side of the frame (``size // patch_size``)."""
+        return self.size // self.patch_size
+
     def content_size(self, height: int, width: int) -> tuple[int, int]:
         """Size ``(h, w)`` in pixels of an image's content after resizing, before any padding."""
         if self.resize == "square":
@@ -122,34 +142,96 @@ class Preprocessing:
         scale = self.size / max(height, width)
         return max(1, round(height * scale)), max(1, round(width * scale))
 
+    def content_grid(self, height: int, width: int) -> tuple[int, int]:
+        """Patch rows and columns ``(rows, cols)`` that hold content of a ``height x width`` image."""
+        h, w = self.content_size(height, width)
+        return -(-h // self.patch_size), -(-w // self.patch_size)
+
+    def coverage(self, height: int, width: int, grid: tuple[int, int] | None = None) -> tuple[float, float]:
+        """Share of a patch rectangle's height and width that a ``height x width`` image's content
+        covers; the rectangle is ``grid`` ``(rows, cols)`` patches from the top left, by default the
+        valid one (:meth:`content_grid`). ``(1.0, 1.0)`` for ``square``."""
+        rows, cols = self.content_grid(height, width) if grid is None else grid
+        h, w = self.content_size(height, width)
+        p = self.patch_size
+        return min(1.0, h / max(1, rows * p)), min(1.0, w / max(1, cols * p))
+
 
 @dataclass
 class FeatureMap:
     """Dense patch features of a batch: ``features`` is ``(B, C, h, w)``.
 
     ``valid`` (optional, ``(B, h, w)`` bool) marks patches that cover image pixels when the
-    backbone padded; maskers ignore the rest.
+    backbone padded (``resize: pad``, see :class:`Preprocessing`: content at the top left); maskers
+    ignore the rest. ``facet`` / ``layer`` name where the features come from, for backbones that have
+    such a thing (a ViT's attention keys of its last block); ``None`` otherwise.
+
+    Geometry for maskers: :meth:`valid_rect` (the patches to use), :meth:`crop`, :meth:`content_size`
+    (the pixels those patches hold, to upsample masks without stretching a partly padded edge).
     """
 
     features: torch.Tensor
     image_ids: list[int]
     patch_size: int
-    facet: str
-    layer: int
+    facet: str | None = None
+    layer: int | None = None
     valid: torch.Tensor | None = None
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """``(h, w)``: patch rows and columns of the feature grid."""
+        return int(self.features.shape[-2]), int(self.features.shape[-1])
+
+    def valid_rect(self, index: int) -> tuple[int, int, int, int]:
+        """``(row0, row1, col0, col1)``: bounding rectangle of image ``index``'s valid patches (the
+        whole grid without ``valid``, or when no patch is valid)."""
+        h, w = self.grid
+        if self.valid is None:
+            return 0, h, 0, w
+        valid = self.valid[index]
+        rows = valid.any(dim=1).nonzero().flatten()
+        cols = valid.any(dim=0).nonzero().flatten()
+        if rows.numel() == 0 or cols.numel() == 0:
+            return 0, h, 0, w
+        return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+    def crop(self, index: int) -> torch.Tensor:
+        """Image ``index``'s features on its :meth:`valid_rect`: ``(C, row1 - row0, col1 - col0)``."""
+        r0, r1, c0, c1 = self.valid_rect(index)
+        return self.features[index, :, r0:r1, c0:c1]
+
+    def content_size(self, index: int, height: int, width: int) -> tuple[int, int] | None:
+        """Pixels ``(h, w)`` of content inside image ``index``'s valid rectangle, for an image of
+        ``height x width`` padded as :class:`Preprocessing` ``resize: pad`` does (into a square frame of
+        ``grid x patch_size`` pixels, content at the top left). ``None`` without ``valid`` (every patch
+        is content) or when ``valid`` does not follow that policy."""
+        if self.valid is None:
+            return None
+        g_h, g_w = self.grid
+        if g_h != g_w:
+            return None
+        p = int(self.patch_size)
+        prep = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), size=g_h * p, patch_size=p, resize="pad")
+        rows, cols = prep.content_grid(height, width)
+        if self.valid_rect(index) != (0, rows, 0, cols):
+            return None
+        return prep.content_size(height, width)
 
 
 @dataclass
 class EvalSample:
-    """What a metric sees for one image at one stage."""
+    """What a metric sees for one image at one stage.
+
+    ``features`` ``(C, h, w)`` are the patch features on the image's valid rectangle (only for metrics
+    that need them); ``preprocessing`` is the backbone's, which says how that grid lines up with the
+    image's pixels (e.g. :meth:`Preprocessing.coverage` with ``grid=(h, w)``).
+    """
 
     record: ImageRecord
     ground_truth: list[GroundTruth] | None
     predictions: list[Prediction]
-    features: torch.Tensor | None = None  # (C, h, w) patch features, when the metric needs them
-    #: share of the feature grid's height and width that the image covers: 1 unless the backbone
-    #: padded (``resize: pad``) and the last patch row/column is partly padding
-    coverage: tuple[float, float] = (1.0, 1.0)
+    features: torch.Tensor | None = None
+    preprocessing: Preprocessing | None = None
 
 
 @dataclass(frozen=True)
@@ -227,13 +309,21 @@ class Dataset(abc.ABC):
 class Backbone(abc.ABC):
     """Turns a batch of images into dense patch features ``(B, C, h, w)``.
 
-    The engine calls :meth:`preprocess` per image (in data-loader workers), stacks the results,
-    moves them to :attr:`device` and calls :meth:`extract`.
+    The engine calls :meth:`bind` with the dataset, :meth:`to` with the run's device, then per image
+    :meth:`preprocess` (in data-loader workers), stacks the results, moves them to :attr:`device` and
+    calls :meth:`extract`.
+
+    - ``facet`` / ``layer``: where the features are taken (a ViT's attention ``key`` of block ``-1``);
+      ``None`` for backbones without such a choice (a CNN, hand-made features).
+    - :meth:`provenance` says what produced the features; results.json keeps it whole. The leaderboard
+      reads ``pretrained`` (bool: real weights, or a random initialisation or no learning at all) and
+      shows it beside every row; ``weights`` (the file) and ``weights_sha256`` identify the weights.
+    - Backbones on a square patch grid can start from :class:`uisbench.GridBackbone`.
     """
 
     preprocessing: Preprocessing
-    facet: str = "key"
-    layer: int = -1
+    facet: str | None = None
+    layer: int | None = None
     #: True for backbones that read ground truth (oracles). Set from the spec by the engine too.
     calibration: bool = False
     device: str = "cpu"
@@ -243,7 +333,9 @@ class Backbone(abc.ABC):
         return self.preprocessing.patch_size
 
     def to(self, device: str) -> Backbone:
-        """Move to ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``); returns ``self``."""
+        """Move to ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``) and set :attr:`device`; returns ``self``.
+
+        A backbone holding a torch module moves it too (override, then call ``super().to(device)``)."""
         self.device = str(device)
         return self
 
@@ -251,7 +343,8 @@ class Backbone(abc.ABC):
         """Called once with the dataset being processed; oracles read its ground truth here."""
 
     def provenance(self) -> dict[str, Any]:
-        """What produced these features: weights file and hash, ``pretrained`` flag, timm tag."""
+        """What produced these features: ``pretrained`` (read by the leaderboard), ``weights`` and
+        ``weights_sha256`` (see :func:`uisbench.io.file_sha256`), the model name or timm tag, ..."""
         return {}
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -262,11 +355,21 @@ class Backbone(abc.ABC):
 
     @abc.abstractmethod
     def extract(self, pixels: torch.Tensor, image_ids: Sequence[int]) -> FeatureMap:
-        """Features of a preprocessed batch ``(B, 3, S, S)`` on :attr:`device`."""
+        """Features of a preprocessed batch ``(B, 3, S, S)`` on :attr:`device`.
+
+        The engine calls it under ``torch.inference_mode()``: no autograd graph is recorded, and the
+        returned tensors are inference tensors (they cannot be saved for backward; ``.clone()`` one
+        outside inference mode to use it in training). Return float features on :attr:`device`; the
+        engine copies them to the CPU as float32.
+        """
 
 
 class Masker(abc.ABC):
-    """Turns patch features into pseudo instance masks at image resolution."""
+    """Turns patch features into pseudo instance masks at image resolution.
+
+    Maskers that compute masks on the patch grid start from :class:`uisbench.GridMasker`, which does
+    the grouping, chunking, device moves and upsampling; they implement one step per chunk.
+    """
 
     device: str = "cpu"
 
@@ -280,9 +383,25 @@ class Masker(abc.ABC):
 
 
 class Student(abc.ABC):
-    """A detector trained on pseudo-masks that predicts instances on new images."""
+    """A detector trained on pseudo-masks that predicts instances on new images.
+
+    Under ``torchrun`` (several ranks) the bench initialises ``torch.distributed``'s default process
+    group first (gloo on CPU, nccl on CUDA with one device per rank, given to :meth:`to`). What it then
+    calls depends on :attr:`distributed`:
+
+    - ``False`` (default): :meth:`fit`, :meth:`predict` and :meth:`provenance` run on rank 0 alone, as
+      in one process; the other ranks wait.
+    - ``True``: the student is built on every rank, and :meth:`fit` and :meth:`predict` are called on
+      every rank with the same arguments (collective calls). :meth:`fit` trains on all ranks and its
+      result must not depend on their number (``batch_size``-like settings are global); only rank 0
+      writes into ``workdir``, which every rank can read (a shared file system); every rank returns
+      the global sample count. :meth:`predict` returns the predictions of every image on rank 0 (the
+      other ranks may return an empty dict). :meth:`provenance` is called on rank 0.
+    """
 
     device: str = "cpu"
+    #: Whether :meth:`fit` and :meth:`predict` run on every torchrun rank (see the class docstring).
+    distributed: bool = False
 
     def to(self, device: str) -> Student:
         self.device = str(device)
@@ -296,13 +415,19 @@ class Student(abc.ABC):
         *,
         workdir: Path,
         seed: int = 0,
+        init_from: Path | None = None,
     ) -> int | None:
         """Train on ``dataset``'s images with ``pseudo_masks`` (image id -> masks) as targets.
 
         Checkpoints go under ``workdir`` (atomically), so a killed run resumes from the last one.
+        ``init_from`` (optional; the few-label stage passes it) is the ``workdir`` of a finished
+        ``fit`` of the same student entry: start from those weights instead of the student's own
+        init (fine-tuning); the targets are then ground truth. A student that cannot do this omits
+        the argument and the bench skips its pseudo-mask-initialised curve with a reason.
         Returns the number of training samples this call processed (iterations run x batch size,
-        resumed parts not included): the bench's training images/s is that over the call's wall time.
-        ``None`` when unknown (then no throughput is reported).
+        resumed parts not included; under torchrun all ranks' together, not one rank's): the bench's
+        training images/s is that over the call's wall time. ``None`` when unknown (then no
+        throughput is reported).
         """
 
     @abc.abstractmethod

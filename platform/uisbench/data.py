@@ -21,20 +21,32 @@ Image files are untrusted input (datasets get shared and downloaded), so :func:`
   100000 x 100000 pixels, 30 GB decoded). Datasets take the limit from their
   ``max_image_pixels`` parameter; ``skip_bad_images`` skips such images like any other bad one.
 
+Building blocks of file-backed datasets (the built-in ``coco``, ``images`` and ``synth-instances``
+use them; so can yours):
+
+- :class:`SkipPolicy`: the strict-or-skip policy for bad images (``skip_bad_images``), mixed into a
+  :class:`uisbench.Dataset`, with :meth:`SkipPolicy.load_image` decoding under ``max_image_pixels``;
+- :data:`SAFETY_PARAMS` (``allow_outside_root``, ``max_image_pixels``) and :func:`outside_root`, which
+  keeps a shared annotation file or folder from reaching other files of the machine;
+- :func:`apply_preset` (named parameter sets), :func:`expand_path` (``~`` and ``$VARS``),
+  :func:`digest` (a dataset fingerprint), :data:`IMAGE_SUFFIXES` (image files by name).
+
 torch and PIL are imported inside the functions: importing this module is free.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import DataError
+from .errors import ConfigError, DataError, UnknownNameError
 from .io import atomic_path, atomic_write_text
+from .types import Param
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,6 +62,13 @@ __all__ = [
     "record_skip",
     "DEFAULT_MAX_IMAGE_PIXELS",
     "IMAGE_FORMATS",
+    "IMAGE_SUFFIXES",
+    "SAFETY_PARAMS",
+    "SkipPolicy",
+    "apply_preset",
+    "expand_path",
+    "digest",
+    "outside_root",
 ]
 
 #: Largest image decoded unless a dataset entry sets ``max_image_pixels``: the size at which PIL
@@ -60,6 +79,9 @@ DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 
 #: PIL formats that are opened (``Image.open(..., formats=...)``); anything else is "not a readable image".
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
+
+#: File name suffixes of images, as datasets find them in a folder (case-insensitive).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 #: Serialises our header reads while PIL's global bomb check is lifted (see :func:`_open`).
 _PIL_LIMIT_LOCK = threading.Lock()
@@ -362,3 +384,144 @@ def write_coco(
     path = out / "annotations.json"
     atomic_write_text(path, json.dumps(coco, sort_keys=True, separators=(",", ":"), default=str) + "\n")
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset building blocks
+# ---------------------------------------------------------------------------------------------
+
+#: Parameters of file-backed datasets that keep hostile files in check (see :class:`SkipPolicy`).
+SAFETY_PARAMS = (
+    Param(
+        "allow_outside_root", "bool", False,
+        "read image files that lead outside the image folder (absolute or ../ names, symbolic links); "
+        "off, a shared annotation file or folder cannot make the bench read other files of the machine",
+    ),
+    Param(
+        "max_image_pixels", "int", DEFAULT_MAX_IMAGE_PIXELS,
+        "refuse images whose header claims more pixels, before decoding (decompression bombs); "
+        "raise it for genuinely larger images",
+    ),
+)
+
+
+def apply_preset(spec_name: str, presets: Mapping[str, Mapping[str, Any]], defaults: Mapping[str, Any],
+                 params: dict[str, Any]) -> dict[str, Any]:
+    """Fill ``params`` from ``presets[params['preset']]`` where a value is still the plugin default.
+
+    A value given explicitly (different from the default) always wins over the preset; an unknown
+    preset is a :class:`uisbench.UnknownNameError` naming ``spec_name``'s presets. Example::
+
+        params = apply_preset("coco", PRESETS, spec_defaults, {**spec_defaults, **params})
+    """
+    name = params.get("preset")
+    if name is None:
+        return params
+    if name not in presets:
+        raise UnknownNameError(f"{spec_name} preset", str(name), presets, hint="Set `preset:` to one of these or leave it out.")
+    out = dict(params)
+    for key, value in presets[name].items():
+        if key not in out or out[key] == defaults.get(key):
+            out[key] = value
+    return out
+
+
+def expand_path(path: str | os.PathLike[str] | None) -> Path | None:
+    """``~`` and ``$VARS`` expanded; ``None`` stays ``None``."""
+    if path is None:
+        return None
+    return Path(os.path.expandvars(os.path.expanduser(str(path))))
+
+
+def digest(*parts: Any) -> str:
+    """A short stable hash (16 hex digits) of JSON-able parts: a dataset's :meth:`~uisbench.Dataset.fingerprint`."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(json.dumps(part, sort_keys=True, default=str).encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def outside_root(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path | None:
+    """Where ``path`` really leads when that is outside ``root`` (absolute names, ``..`` and symbolic
+    links all resolved), else ``None``. Only names and links are looked at: no file is opened."""
+    real = Path(os.path.realpath(path))
+    return None if real.is_relative_to(os.path.realpath(root)) else real
+
+
+class SkipPolicy:
+    """Strict-or-skip bookkeeping of a file-backed :class:`uisbench.Dataset` (a mixin).
+
+    Strict (default): a problem raises :class:`uisbench.DataError` naming the file and the id.
+    ``skip_bad_images=True``: the problem is appended to ``self.skipped`` as
+    ``{"image_id", "file", "reason"}`` and the image leaves ``image_ids()`` (filter them with
+    :meth:`is_bad`). Images are decoded with the pixel limit ``max_image_pixels``. Example::
+
+        class MyImages(uisbench.data.SkipPolicy, uisbench.Dataset):
+            def __init__(self, root, skip_bad_images=False, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+                self.init_skip_policy(skip_bad_images, max_image_pixels)
+                problems = []  # (image id or None, file or None, reason) found while reading the index
+                ...
+                self.settle(problems, str(root))  # raise them all at once, or record them
+    """
+
+    skip_bad_images: bool = False
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+    def init_skip_policy(self, skip_bad_images: bool, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
+        """Set the policy (call it first in ``__init__``)."""
+        if max_image_pixels < 1:
+            raise ConfigError(f"max_image_pixels must be >= 1 (got {max_image_pixels}); the default is "
+                              f"{DEFAULT_MAX_IMAGE_PIXELS}.")
+        self.skip_bad_images = bool(skip_bad_images)
+        self.max_image_pixels = int(max_image_pixels)
+        self.skipped: list[dict[str, Any]] = []
+        self._bad: set[int] = set()
+
+    def problem(self, image_id: int | None, file: str | None, reason: str) -> None:
+        """Raise (strict) or record (skip) one problem of one image."""
+        if not self.skip_bad_images or image_id is None:
+            hint = "" if self.skip_bad_images else " Fix or remove it, or pass --skip-bad-images (skip_bad_images: true) to skip such images."
+            raise DataError(reason + hint)
+        if image_id in self._bad:
+            return
+        self._bad.add(image_id)
+        self.skipped.append({"image_id": int(image_id), "file": file, "reason": reason})
+
+    def settle(self, problems: list[tuple[int | None, str | None, str]], where: str) -> None:
+        """Raise one error listing every ``(image id, file, reason)`` problem (strict), or record each of them (skip)."""
+        if not problems:
+            return
+        if self.skip_bad_images:
+            for image_id, file, reason in problems:
+                if image_id is not None:
+                    self.problem(image_id, file, reason)
+            unplaced = [reason for image_id, _, reason in problems if image_id is None]
+            if unplaced:  # problems no image can be blamed for: record them as such
+                self.skipped.extend({"image_id": None, "file": where, "reason": r} for r in unplaced)
+            return
+        shown = "\n  - ".join(reason for _, _, reason in problems[:10])
+        more = f"\n  ... {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise DataError(
+            f"{where}: {len(problems)} problem(s) in the data:\n  - {shown}{more}\n"
+            "Fix or remove these entries, or pass --skip-bad-images (skip_bad_images: true) to skip the images concerned."
+        )
+
+    def is_bad(self, image_id: int) -> bool:
+        """Whether the image was found bad (it leaves ``image_ids()``)."""
+        return image_id in self._bad
+
+    def load_image(self, image_id: int) -> Any:
+        """Decode one image of ``self.record(image_id)``; a decoding problem is raised either way
+        (with the skip policy it is also recorded, so the image leaves ``image_ids()``)."""
+        rec = self.record(image_id)  # type: ignore[attr-defined]
+        try:
+            return load_rgb(rec.file, expected_size=(rec.width, rec.height), what=f"image id {image_id}",
+                            max_pixels=self.max_image_pixels)
+        except DataError as err:
+            if self.skip_bad_images:
+                self.problem(image_id, rec.file, str(err))
+                raise
+            raise DataError(
+                f"{err} Fix or remove it, or pass --skip-bad-images (skip_bad_images: true) to skip such images."
+            ) from err

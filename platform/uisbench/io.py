@@ -1,11 +1,14 @@
-"""Crash-safe file writing: write to a temporary file in the same folder, fsync, then rename.
+"""File helpers: crash-safe writing and streamed hashing.
 
-A Ctrl-C or a kill at any point leaves either the old file or the new one, never half of one.
+Writing goes to a temporary file in the same folder, is fsynced, then renamed: a Ctrl-C or a kill at
+any point leaves either the old file or the new one, never half of one. :func:`file_sha256` hashes a
+file of any size in 1 MiB blocks (weights files run to gigabytes).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -13,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json", "file_sha256"]
 
 
 @contextlib.contextmanager
@@ -76,6 +79,20 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
 def read_json(path: str | os.PathLike[str]) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks (memory stays flat for huge files).
+
+    Backbones record it as ``weights_sha256`` in their provenance::
+
+        {"weights": str(path), "weights_sha256": uisbench.io.file_sha256(path)}
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _json_default(obj: Any) -> Any:

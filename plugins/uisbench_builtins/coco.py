@@ -55,8 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import uisbench
-
-from ._imageio import SAFETY_PARAMS, SkipPolicy, apply_preset, digest, expand, first, outside
+from uisbench.data import SAFETY_PARAMS, SkipPolicy, apply_preset, digest, expand_path, outside_root
 
 DEFAULT_ROOT = "~/datasets/coco"
 ROOT_ENV = "UISBENCH_COCO_ROOT"
@@ -158,6 +157,11 @@ def _file_name(image: dict[str, Any]) -> str | None:
     return None
 
 
+def _first(items: list[str], n: int = 5) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f" ... ({len(items)} in all)" if len(items) > n else "")
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -212,15 +216,11 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
                  max_dets: int, skip_bad_images: bool, label: str, allow_outside_root: bool = False,
                  max_image_pixels: int = uisbench.data.DEFAULT_MAX_IMAGE_PIXELS, max_images: int | None = None,
                  transductive: bool = False) -> None:
-        self._init_skip(skip_bad_images, max_image_pixels)
+        self.init_skip_policy(skip_bad_images, max_image_pixels)
         self.allow_outside_root = bool(allow_outside_root)
-        self.split = split
-        self.images_dir = images_dir
-        self.annotations_path = annotations
-        self.file_list = file_list
-        self.max_images = max_images
-        self.max_dets = int(max_dets)
-        self.label = label
+        self.split, self.label = split, label
+        self.images_dir, self.annotations_path, self.file_list = images_dir, annotations, file_list
+        self.max_images, self.max_dets = max_images, int(max_dets)
         #: a train split made of the evaluation images (see the module docstring)
         self.transductive = bool(transductive)
         self._load()
@@ -308,7 +308,7 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
                 f"image id {image_id} ({name}): {width} x {height} = {width * height:,} pixels is over max_image_pixels "
                 f"({self.max_image_pixels:,}); raise max_image_pixels in the dataset entry if the image is real"
             )
-        real = None if self.allow_outside_root else outside(self.images_dir, path)
+        real = None if self.allow_outside_root else outside_root(self.images_dir, path)
         if real is not None:
             return image_id, str(path), (
                 f"image id {image_id}: file_name {name!r} leads to {real}, outside the image folder {self.images_dir} "
@@ -330,7 +330,7 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
         if absent:
             raise uisbench.DataError(
                 f"{path}: {len(absent)} of its {len(wanted)} files are not in {self.annotations_path} "
-                f"({first(absent)}); use the annotation file the list was made for."
+                f"({_first(absent)}); use the annotation file the list was made for."
             )
         keep = {by_name[name] for name in wanted}
         self._records = {i: r for i, r in self._records.items() if i in keep}
@@ -436,10 +436,9 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
         return [i for i in self._ids if not self.is_bad(i)]
 
     def record(self, image_id: int) -> uisbench.ImageRecord:
-        try:
-            return self._records[image_id]
-        except KeyError:
-            raise uisbench.DataError(f"{self.annotations_path}: no image id {image_id} in this dataset.") from None
+        if image_id not in self._records:
+            raise uisbench.DataError(f"{self.annotations_path}: no image id {image_id} in this dataset.")
+        return self._records[image_id]
 
     def ground_truth(self, image_id: int) -> list[uisbench.GroundTruth]:
         self.record(image_id)
@@ -451,7 +450,7 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
 
 
 def _resolve(base: Path, value: str | None) -> Path | None:
-    path = expand(value)
+    path = expand_path(value)
     if path is None:
         return None
     return path if path.is_absolute() else base / path
@@ -467,7 +466,7 @@ def build(split: str = "val", **params: Any) -> CocoDataset:
     if split not in ("train", "val"):
         raise uisbench.UnknownNameError("split", split, ("train", "val"))
     root_value = params["root"] or os.environ.get(ROOT_ENV) or DEFAULT_ROOT
-    root = expand(root_value)
+    root = expand_path(root_value)
     assert root is not None
     transductive = split == "train" and (
         bool(params["transductive"]) or not (params["train_images"] or params["train_annotations"])
@@ -511,11 +510,5 @@ def build(split: str = "val", **params: Any) -> CocoDataset:
 
 @uisbench.hookimpl
 def uisbench_datasets():
-    yield uisbench.DatasetSpec(
-        name="coco",
-        description="A COCO-format folder (images + annotations json), class-agnostic; presets for val2017, COCO20K, LVIS.",
-        factory=build,
-        params=PARAMS,
-        presets=PRESETS,
-        version="1",
-    )
+    description = "A COCO-format folder (images + annotations json), class-agnostic; presets for val2017, COCO20K, LVIS."
+    yield uisbench.DatasetSpec(name="coco", description=description, factory=build, params=PARAMS, presets=PRESETS)

@@ -140,12 +140,7 @@ def _combine(old: dict[str, Any], new: dict[str, Any], *, seconds) -> dict[str, 
 
 @uisbench.hookimpl
 def uisbench_metrics():
-    yield uisbench.MetricSpec(
-        name="cost",
-        description="Per stage: images/s, wall time, peak host and GPU memory; hardware via describe().",
-        factory=Cost,
-        params=(uisbench.Param("stages", "list[str]", list(STAGES), "pipeline stages reported, in order"),),
-        needs=frozenset({"cost"}),
-        stages=frozenset({"features", "pseudo-masks", "student"}),  # the pipeline stages it scores
-        version="1",
-    )
+    stages = uisbench.Param("stages", "list[str]", list(STAGES), "pipeline stages reported, in order")
+    description = "Per stage: images/s, wall time, peak host and GPU memory; hardware via describe()."
+    yield uisbench.MetricSpec(name="cost", description=description, factory=Cost, params=(stages,),
+                              needs=frozenset({"cost"}), stages=frozenset({"features", "pseudo-masks", "student"}))

@@ -72,9 +72,9 @@ class CountError(uisbench.Metric):
 def uisbench_metrics():
     # 3. The spec: cheap to build, the factory runs only when the metric is used.
     yield uisbench.MetricSpec(
+        factory=CountError,
         name="count-error",
         description="Mean absolute difference between predicted and true instance counts per image.",
-        factory=CountError,
         params=(
             uisbench.Param(
                 "score_threshold", "float", 0.5, "predictions with at least this score are counted (0: all)"

@@ -3,39 +3,28 @@
 Features default to the keys of the last attention block, as MaskCut uses them. Weights come from
 ``weights: PATH`` (DINO's published files, backbone-only or full checkpoints with ``teacher``/``student``,
 or timm's ``model.safetensors``), else from timm's Hugging Face hub when online; offline without them
-the factory raises :class:`uisbench.BackboneUnavailable` naming the file to get.
+the factory raises :class:`uisbench.BackboneUnavailable` naming the file to get. The backbone is the
+``timm`` plugin's :class:`~uisbench_builtins.timm_vit.TimmViT`.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import uisbench
 
-from ._vit import check_vit_params, vit_params
+from .timm_vit import vit_spec
 
-#: timm tag -> registry entry in registry.yaml
-TAGS = {
-    "vit_small_patch16_224.dino": "dino-vits16",
-    "vit_small_patch8_224.dino": "dino-vits8",
-    "vit_base_patch16_224.dino": "dino-vitb16",
-    "vit_base_patch8_224.dino": "dino-vitb8",
-}
-
-
-def build(**params: Any) -> uisbench.Backbone:
-    from ._vit import build_vit
-
-    return build_vit("dino", **params)
+#: The timm DINO weights tags: the choices of ``model`` (registry.yaml names them dino-vits16, ...).
+TAGS = (
+    "vit_small_patch16_224.dino",
+    "vit_small_patch8_224.dino",
+    "vit_base_patch16_224.dino",
+    "vit_base_patch8_224.dino",
+)
 
 
 @uisbench.hookimpl
 def uisbench_backbones():
-    yield uisbench.BackboneSpec(
-        name="dino",
-        description="DINO self-distilled ViT (timm *.dino weights); attention keys of the last block by default.",
-        factory=build,
-        params=vit_params("vit_small_patch16_224.dino", "timm DINO weights tag", tuple(TAGS)),
-        check=check_vit_params,
-        version="1",
+    yield vit_spec(
+        "dino", "DINO self-distilled ViT (timm *.dino weights); attention keys of the last block by default.",
+        TAGS[0], "timm DINO weights tag", TAGS,
     )

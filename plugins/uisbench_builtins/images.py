@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import uisbench
-
-from ._imageio import IMAGE_SUFFIXES, SAFETY_PARAMS, SkipPolicy, digest, expand, outside, sorted_image_files
+from uisbench.data import IMAGE_SUFFIXES, SAFETY_PARAMS, SkipPolicy, digest, expand_path, outside_root
 
 ROOT_ENV = "UISBENCH_IMAGES_ROOT"
 
@@ -39,6 +38,13 @@ PARAMS = (
 )
 
 
+def sorted_image_files(root: Path, recursive: bool = True) -> list[Path]:
+    """Image files under ``root`` (by suffix, case-insensitive), sorted by relative path."""
+    pattern = root.rglob("*") if recursive else root.glob("*")
+    files = [p for p in pattern if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
 class ImageFolder(SkipPolicy, uisbench.Dataset):
     """Images without ground truth; sizes read from the file headers (EXIF orientation applied)."""
 
@@ -46,7 +52,7 @@ class ImageFolder(SkipPolicy, uisbench.Dataset):
 
     def __init__(self, root: Path, split: str, *, recursive: bool, max_images: int | None, skip_bad_images: bool,
                  allow_outside_root: bool = False, max_image_pixels: int = uisbench.data.DEFAULT_MAX_IMAGE_PIXELS) -> None:
-        self._init_skip(skip_bad_images, max_image_pixels)
+        self.init_skip_policy(skip_bad_images, max_image_pixels)
         self.root = root
         self.split = split
         self.max_dets = 100
@@ -67,7 +73,7 @@ class ImageFolder(SkipPolicy, uisbench.Dataset):
         stats = []
         for image_id, path in enumerate(files, start=1):
             width = height = 0
-            real = None if allow_outside_root else outside(root, path)
+            real = None if allow_outside_root else outside_root(root, path)
             if real is not None:
                 problems.append((image_id, str(path), (
                     f"image id {image_id}: {path} leads to {real} through a symbolic link, outside the folder {root} "
@@ -115,24 +121,18 @@ def build(split: str = "val", **params: Any) -> ImageFolder:
             f"images dataset (split {split}): no folder given; set `root: /path/to/images` in your registry entry "
             f"or the environment variable {ROOT_ENV}."
         )
-    path = expand(root)
+    path = expand_path(root)
     assert path is not None
     dataset = ImageFolder(path, split, recursive=bool(params["recursive"]), max_images=params["max_images"],
                           skip_bad_images=bool(params["skip_bad_images"]), allow_outside_root=bool(params["allow_outside_root"]),
                           max_image_pixels=int(params["max_image_pixels"]))
     # Without a train_root of its own the student trains on the very images it is evaluated on.
     val_root = params["val_root"] or params["root"] or os.environ.get(ROOT_ENV)
-    dataset.transductive = split == "train" and expand(val_root) == path
+    dataset.transductive = split == "train" and expand_path(val_root) == path
     return dataset
 
 
 @uisbench.hookimpl
 def uisbench_datasets():
-    yield uisbench.DatasetSpec(
-        name="images",
-        description="A folder of your own images without annotations (pseudo-labelling and student training only).",
-        factory=build,
-        params=PARAMS,
-        has_ground_truth=False,
-        version="1",
-    )
+    description = "A folder of your own images without annotations (pseudo-labelling and student training only)."
+    yield uisbench.DatasetSpec(name="images", description=description, factory=build, params=PARAMS, has_ground_truth=False)

@@ -11,8 +11,10 @@ Recall split (needs ground truth and predictions)
     ``recall_multi / recall_single``: below 1 when candidates merge neighbouring instances of a class.
 
 Feature separability (needs ground truth and features)
-    Each instance is pooled to the patch grid of ``EvalSample.features`` ``(C, h, w)``: a patch
-    belongs to an instance when most of its pixels do (patches claimed by two overlapping instances
+    Each instance is pooled to the patch grid of ``EvalSample.features`` ``(C, h, w)`` (lined up with
+    the pixels by ``EvalSample.preprocessing``: a partly padded last patch row or column holds only
+    its share of the image, :meth:`uisbench.Preprocessing.coverage`): a patch belongs to an instance
+    when most of its pixels do (patches claimed by two overlapping instances
     are dropped; instances smaller than half a patch have none). In each image, for the patches of
     classes with two or more instances, every pair of patches is either "same instance" or "other
     instance of the same class"; ``separability_auroc`` is the AUROC of the cosine similarity at
@@ -63,8 +65,9 @@ def patch_labels(masks, height: int, width: int, grid: tuple[int, int], coverage
 
     ``masks`` are COCO RLEs at ``height x width``; a patch takes an instance when more than half of
     its pixels belong to it (area pooling, torch ``adaptive_avg_pool2d``). ``coverage`` is the share
-    of the grid the image covers (below 1 when the backbone padded the last patch row/column): the
-    masks are padded to the grid's extent first, so patches line up with the pixels they saw.
+    of the grid the image covers (:meth:`uisbench.Preprocessing.coverage`; below 1 when the backbone
+    padded the last patch row/column): the masks are padded to the grid's extent first, so patches
+    line up with the pixels they saw.
     """
     import numpy as np
     import torch
@@ -89,6 +92,13 @@ def patch_labels(masks, height: int, width: int, grid: tuple[int, int], coverage
     single = owned.sum(0) == 1  # patches claimed by two overlapping instances are dropped
     labels[single] = owned.argmax(0)[single]
     return labels
+
+
+PARAMS = (
+    uisbench.Param("iou", "float", 0.5, "IoU at which a candidate recalls a ground-truth instance"),
+    uisbench.Param("max_patches", "int", 256, "patches per image entering the separability AUROC (all pairs)"),
+    uisbench.Param("seed", "int", 0, "seed of the per-image patch subset"),
+)
 
 
 class InstanceAwareness(uisbench.Metric):
@@ -141,7 +151,9 @@ class InstanceAwareness(uisbench.Metric):
         feats = sample.features.detach().float().cpu().numpy()  # (C, h, w)
         c, h, w = feats.shape
         rec = sample.record
-        labels = patch_labels([g.segmentation for g in gts], rec.height, rec.width, (h, w), sample.coverage).ravel()
+        prep = sample.preprocessing
+        coverage = (1.0, 1.0) if prep is None else prep.coverage(rec.height, rec.width, (h, w))
+        labels = patch_labels([g.segmentation for g in gts], rec.height, rec.width, (h, w), coverage).ravel()
         idx = np.flatnonzero(labels >= 0)
         if idx.size > self.max_patches:  # a fixed subset per image, independent of order and shards
             rng = np.random.default_rng([self.seed, rec.id])
@@ -181,16 +193,7 @@ class InstanceAwareness(uisbench.Metric):
 
 @uisbench.hookimpl
 def uisbench_metrics():
-    yield uisbench.MetricSpec(
-        name="instance-awareness",
-        description="Candidate recall on single- vs multi-instance classes, and patch-feature instance separability (AUROC).",
-        factory=InstanceAwareness,
-        params=(
-            uisbench.Param("iou", "float", 0.5, "IoU at which a candidate recalls a ground-truth instance"),
-            uisbench.Param("max_patches", "int", 256, "patches per image entering the separability AUROC (all pairs)"),
-            uisbench.Param("seed", "int", 0, "seed of the per-image patch subset"),
-        ),
-        needs=frozenset({"ground_truth", "predictions", "features"}),
-        stages=frozenset({"pseudo-masks"}),
-        version="1",
-    )
+    description = "Candidate recall on single- vs multi-instance classes, and patch-feature instance separability (AUROC)."
+    needs = frozenset({"ground_truth", "predictions", "features"})
+    yield uisbench.MetricSpec(name="instance-awareness", description=description, factory=InstanceAwareness, params=PARAMS,
+                              needs=needs, stages=frozenset({"pseudo-masks"}))

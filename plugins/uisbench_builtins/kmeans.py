@@ -24,7 +24,7 @@ Score (documented, comparable with ``ncut``'s): on MaskCut's binarised graph (``
 are graph edges. The Ncut term rewards candidates few edges leave; the density term penalises a
 candidate that merges dissimilar regions (e.g. two instances a coarse K put in one cluster), which
 Ncut alone does not see. Both lie in ``[0, 1]``. Both are computed from exact integer counts on the
-0/1 graph (``_spectral.graph_counts``), so scores, their sort order and the NMS that follows do not
+0/1 graph (:func:`uisbench.spectral.graph_counts`), so scores, their sort order and the NMS that follows do not
 depend on BLAS threads or the device; equal scores keep the candidates' order (K ascending, then
 cluster, then component in raster order).
 
@@ -51,8 +51,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import uisbench
-
-from . import _spectral
+from uisbench import spectral
 
 if TYPE_CHECKING:
     import numpy as np
@@ -212,7 +211,7 @@ def _nms(masks: list[np.ndarray], scores: list[float], thr: float) -> list[int]:
     return keep
 
 
-class KMeansMasker(_spectral.GridMasker):
+class KMeansMasker(uisbench.GridMasker):
     """Multi-K k-means candidates; see the module docstring."""
 
     name = "kmeans"
@@ -243,6 +242,7 @@ class KMeansMasker(_spectral.GridMasker):
             raise uisbench.ConfigError(f"{where}: foreground {foreground!r} is not none, ncut or border.")
         if iters < 1 or n_init < 1:
             raise uisbench.ConfigError(f"{where}: iters and n_init must be >= 1.")
+        super().__init__(memory_gb=memory_gb)
         self.ks = sorted({int(k) for k in ks})
         self.space = space
         self.n_eigs = n_eigs
@@ -255,28 +255,30 @@ class KMeansMasker(_spectral.GridMasker):
         self.fg_overlap = float(fg_overlap)
         self.tau = tau
         self.eps = float(eps)
-        self.memory_gb = memory_gb
 
-    # -- per chunk -----------------------------------------------------------------------------
+    # -- per chunk (the GridMasker hook) ------------------------------------------------------
 
-    def _chunk(self, feats: torch.Tensor, tau: float, ids: list[Any]) -> list[tuple[list[np.ndarray], list[float]]]:
+    def grid_masks(
+        self, features: torch.Tensor, image_ids: Sequence[int], patch_size: int
+    ) -> list[tuple[list[np.ndarray], list[float]]]:
+        """Per image the kept candidates (bool grid masks) and their scores."""
         import numpy as np
         import torch
 
-        B, C, h, w = feats.shape
+        tau = self.tau if self.tau is not None else spectral.default_tau(patch_size)
+        B, C, h, w = features.shape
         n = h * w
-        _spectral.check_finite(feats, ids)
-        seeds = self._seeds(ids)
-        x = feats.reshape(B, C, n).transpose(1, 2).float()
+        seeds = self._seeds(image_ids)
+        x = features.reshape(B, C, n).transpose(1, 2).float()
         if self.space == "spectral":
-            z = _spectral.normalized_laplacian_eigvecs(x, self.n_eigs or max(self.ks))
+            z = spectral.normalized_laplacian_eigvecs(x, self.n_eigs or max(self.ks))
         else:
             z = torch.nn.functional.normalize(x, dim=-1)
         labels = {}
         for k in self.ks:
             zk = z if self.space != "spectral" else z[..., : (self.n_eigs or k)]
             labels[k] = kmeans_batch(zk, k, iters=self.iters, n_init=self.n_init, seed=seeds)[0].cpu().numpy()
-        binary = _spectral.binary_affinity(x, tau)
+        binary = spectral.binary_affinity(x, tau)
         fg_masks = self._foreground(x, z, tau, (h, w), seeds) if self.foreground != "none" else [None] * B
         min_patches = max(1, int(np.ceil(self.min_area * n)))
         out = []
@@ -288,9 +290,9 @@ class KMeansMasker(_spectral.GridMasker):
                 out.append(([], []))
                 continue
             S = torch.from_numpy(np.stack([c.reshape(-1) for c in cands], axis=1)).to(x.device)  # (n, m)
-            counts = _spectral.graph_counts(binary[b : b + 1], S[None])
+            counts = spectral.graph_counts(binary[b : b + 1], S[None])
             density = counts.inner / (counts.size * counts.size)  # every candidate has >= 1 patch
-            scores = (_spectral.ncut_score(counts, self.eps) * density)[0].tolist()
+            scores = (spectral.ncut_score(counts, self.eps) * density)[0].tolist()
             keep = _nms(cands, scores, self.nms_iou)
             masks = [cands[i] for i in keep]
             sc = [scores[i] for i in keep]
@@ -322,30 +324,11 @@ class KMeansMasker(_spectral.GridMasker):
         # ncut: the foreground side of MaskCut's first cut
         import torch
 
-        binary = _spectral.binary_affinity(x, tau)
+        binary = spectral.binary_affinity(x, tau)
         alive = torch.ones(binary.shape[:2], dtype=torch.bool, device=x.device)
-        M, d = _spectral.normalized_affinity(binary, alive, tau, self.eps, torch.float64)
-        fied = _spectral._fiedler_torch(M, d)
-        return [_spectral.foreground_side(fied.vectors[b], dims) for b in range(B)]
-
-    # -- contract ------------------------------------------------------------------------------
-
-    def patch_masks(self, features: uisbench.FeatureMap) -> list[tuple[list[np.ndarray], list[float]]]:
-        """Per image ``(grid masks, scores)`` on the (valid) patch grid."""
-        tau = self.tau if self.tau is not None else _spectral.default_tau(features.patch_size)
-        budget = int(self.memory_gb * (1 << 30)) if self.memory_gb is not None else None
-        results: list = [None] * len(features.image_ids)
-        for idx, feats in _spectral.valid_groups(features):
-            feats = feats.to(self.device)
-            n = feats.shape[2] * feats.shape[3]
-            step = _spectral.chunk_size(n, self.device, budget)
-            for start in range(0, len(idx), step):
-                part = idx[start : start + step]
-                out = self._chunk(feats[start : start + step], tau, [features.image_ids[i] for i in part])
-                for i, r in zip(part, out, strict=False):
-                    results[i] = r
-        return results
-
+        M, d = spectral.normalized_affinity(binary, alive, tau, self.eps, torch.float64)
+        fied = spectral.fiedler_torch(M, d)
+        return [spectral.foreground_side(fied.vectors[b], dims) for b in range(B)]
 
 
 PARAMS = (
@@ -375,16 +358,11 @@ PARAMS = (
         "tau", "float", None, "graph threshold for scores and the ncut filter; null = by patch size", nullable=True
     ),
     uisbench.Param("eps", "float", 1e-5, "weight of non-edges in the scoring graph"),
-    _spectral.MEMORY_PARAM,
+    uisbench.grid.MEMORY_PARAM,
 )
 
 
 @uisbench.hookimpl
 def uisbench_maskers():
-    yield uisbench.MaskerSpec(
-        name="kmeans",
-        description="Multi-K k-means (optionally spectral) clusters split into components, deduplicated by mask NMS.",
-        factory=KMeansMasker,
-        params=PARAMS,
-        version="2",
-    )
+    description = "Multi-K k-means (optionally spectral) clusters split into components, deduplicated by mask NMS."
+    yield uisbench.MaskerSpec(name="kmeans", description=description, factory=KMeansMasker, params=PARAMS, version="2")

@@ -1,130 +1,214 @@
 """``ncut``: MaskCut (CutLER's normalised-cut pseudo-masks), batched on CPU or CUDA.
 
-Per image: cosine affinity of the L2-normalised patch features, binarised at ``tau`` (``eps`` for
+MaskCut (facebookresearch/CutLER ``maskcut/maskcut.py::maskcut_forward``) at patch resolution, per
+image: cosine affinity of the L2-normalised patch features, binarised at ``tau`` (``eps`` for
 non-edges); the Fiedler vector of ``(D - W) x = lambda D x``; bipartition at its mean; the foreground
 side by the seed (largest ``|x|``) and the corner rule; the seed's 4-connected component; then again
 ``n_masks`` times with earlier masks' patches given zero features, rejecting a mask that overlaps the
 previous one (IoU > 0.5) or covers <= 1 % of the grid, and removing earlier masks from each output.
-The algorithm, its reference quirks, the one deliberate deviation (the eigenvector's sign is
-fixed so the result never depends on LAPACK) and the tie rule at the seed (the first of entries equal
-to within 1e-6, as ``np.argmax`` in exact arithmetic) are documented in ``_spectral.py``. No CRF.
+No CRF. The loop is :func:`maskcut_batch`; its graph, solvers and tie rules are the public
+:mod:`uisbench.spectral` toolbox, which documents the one deliberate deviation (the eigenvector's sign
+is fixed so the result never depends on LAPACK) and the tie rule at the seed (the first of entries
+equal to within 1e-6, as ``np.argmax`` in exact arithmetic).
+
+Reference quirks kept (see REFERENCE.md sec. 1): self-loops in ``W``; ``eps`` for every non-edge;
+earlier masks' patches get zero features (so all their weights are ``eps``, or 1 for ``tau < 0``); the
+duplicate rule compares with the *immediately previous* mask only (so a rejected duplicate may come
+back one step later); the 1 % area rule applies from the second cut on; the seed's 4-connected
+component is kept, not the largest; each output mask has the union of earlier masks removed.
 
 Solvers: ``torch`` (default; batched restarted block Lanczos on the deflated normalised affinity,
 float32 with a float64 redo where eigenvalues are too close for float32) and ``scipy`` (the reference,
 ``scipy.linalg.eigh(D - W, D, subset_by_index=[1, 2])`` per image). Both reproduce CutLER's own masks
 exactly on the parity fixtures (tests/fixtures/maskcut), with 1 and with 2 BLAS threads.
 
-Score of a mask: ``1 - Ncut(S) / 2`` where ``Ncut(S) = cut(S, ~S) / vol(S) + cut(S, ~S) / vol(~S)`` on
-the graph of the cut that produced it (``S``: the output mask on the patch grid). In ``[0, 1]``: an
-object few graph edges leave scores near 1, an arbitrary split of a homogeneous region near 0.5.
-Computed from exact integer counts on the binarised graph, so a score, and the order of equal ones,
-does not depend on the solver, the thread count or the device.
+Score of a mask: ``1 - Ncut(S) / 2`` (:func:`uisbench.spectral.ncut_score`) on the graph of the cut that
+produced it (``S``: the output mask on the patch grid, earlier masks removed). In ``[0, 1]``: an object
+few graph edges leave scores near 1, an arbitrary split of a homogeneous region near 0.5. Computed
+from exact integer counts on the binarised graph, so a score, and the order of equal ones, does not
+depend on the solver, the thread count or the device.
 
 Output: masks upsampled (nearest) from the patch grid to ``record.height x record.width``; with a
-padded feature map (``valid`` given) only the valid rectangle enters the graph and is upsampled.
-Memory: images are processed in chunks of about ``memory_gb`` (default 2 GiB on CPU, a quarter of
-the free memory on CUDA) at ~40 bytes per graph entry: 3600-token graphs go ~16 to a 2 GiB chunk.
+padded feature map (``valid`` given) only the valid rectangle enters the graph and is upsampled
+(:class:`uisbench.GridMasker`). Memory: images are processed in chunks of about ``memory_gb`` (default
+2 GiB on CPU, a quarter of the free memory on CUDA) at ~40 bytes per graph entry: 3600-token graphs
+go ~16 to a 2 GiB chunk.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import uisbench
+from uisbench import spectral
 
-from . import _spectral
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 
-class NCutMasker(_spectral.GridMasker):
+class NCutMasker(uisbench.GridMasker):
     """MaskCut pseudo-masks; see the module docstring."""
 
     name = "ncut"
 
-    def __init__(
-        self,
-        *,
-        tau: float | None = None,
-        n_masks: int = 3,
-        eps: float = 1e-5,
-        solver: str = "torch",
-        precision: str = "float32",
-        memory_gb: float | None = None,
-    ) -> None:
-        where = "masker ncut"
-        if solver not in _spectral.SOLVERS:
-            raise uisbench.ConfigError(f"{where}: solver {solver!r} is not one of {', '.join(_spectral.SOLVERS)}.")
-        if precision not in ("float32", "float64"):
-            raise uisbench.ConfigError(f"{where}: precision {precision!r} is not float32 or float64.")
-        if n_masks < 1:
-            raise uisbench.ConfigError(f"{where}: n_masks must be >= 1, got {n_masks}.")
-        if not eps > 0:
-            raise uisbench.ConfigError(f"{where}: eps must be > 0, got {eps}.")
-        if memory_gb is not None and not memory_gb > 0:
-            raise uisbench.ConfigError(f"{where}: memory_gb must be > 0 or null, got {memory_gb}.")
-        self.tau = tau
-        self.n_masks = int(n_masks)
-        self.eps = float(eps)
-        self.solver = solver
-        self.precision = precision
-        self.memory_gb = memory_gb
+    def __init__(self, *, tau: float | None = None, n_masks: int = 3, eps: float = 1e-5, solver: str = "torch",
+                 precision: str = "float32", memory_gb: float | None = None) -> None:
+        uisbench.raise_problems("masker ncut", check_params(dict(n_masks=n_masks, eps=eps, solver=solver, precision=precision)))
+        super().__init__(memory_gb=memory_gb)
+        self.tau, self.n_masks = tau, int(n_masks)
+        self.eps, self.solver, self.precision = float(eps), solver, precision
 
-    def patch_masks(self, features: uisbench.FeatureMap) -> list[tuple]:
-        """Per image ``(grid masks uint8 (n_masks, h', w'), scores)`` on the (valid) patch grid."""
+    def grid_masks(
+        self, features: torch.Tensor, image_ids: Sequence[int], patch_size: int
+    ) -> list[tuple[list[np.ndarray], list[float]]]:
         import torch
 
-        tau = self.tau if self.tau is not None else _spectral.default_tau(features.patch_size)
+        tau = self.tau if self.tau is not None else spectral.default_tau(patch_size)
         dtype = torch.float32 if self.precision == "float32" else torch.float64
-        budget = int(self.memory_gb * (1 << 30)) if self.memory_gb is not None else None
-        results: list = [None] * len(features.image_ids)
-        for idx, feats in _spectral.valid_groups(features):
-            feats = feats.to(self.device)
-            n = feats.shape[2] * feats.shape[3]
-            step = _spectral.chunk_size(n, self.device, budget)
-            for start in range(0, len(idx), step):
-                part = idx[start : start + step]
-                out = _spectral.maskcut_batch(
-                    feats[start : start + step],
-                    tau,
-                    self.n_masks,
-                    solver=self.solver,
-                    eps=self.eps,
-                    image_ids=[features.image_ids[i] for i in part],
-                    dtype=dtype,
-                )
-                for i, r in zip(part, out, strict=False):
-                    results[i] = r
-        return results
+        out = maskcut_batch(features, tau, self.n_masks, solver=self.solver, eps=self.eps, image_ids=image_ids, dtype=dtype)
+        return [([m.astype(bool) for m in masks], [float(s) for s in scores]) for masks, scores in out]
 
+
+# ---------------------------------------------------------------------------------------------
+# MaskCut
+# ---------------------------------------------------------------------------------------------
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    import numpy as np
+
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def maskcut_batch(
+    feats: torch.Tensor,
+    tau: float,
+    n_masks: int = 3,
+    *,
+    solver: str = "torch",
+    eps: float = 1e-5,
+    image_ids: Sequence[Any] | None = None,
+    dtype: Any = None,
+    **solver_options: Any,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """MaskCut on a batch ``(B, C, h, w)`` of patch features (one device, one grid size).
+
+    Returns per image ``(masks, scores)``: ``masks`` uint8 ``(n_masks, h, w)`` (all-zero where a cut
+    was rejected or emptied by the earlier masks, as the reference), ``scores`` float ``(n_masks,)``.
+    ``dtype`` is the torch solver's working precision (float32 or float64; default float32).
+    """
+    import numpy as np
+    import torch
+
+    if feats.dim() != 4:
+        raise ValueError(f"maskcut_batch expects (B, C, h, w) features, got shape {tuple(feats.shape)}")
+    if solver not in spectral.SOLVERS:
+        raise uisbench.ConfigError(f"Unknown NCut solver {solver!r}; use one of {', '.join(spectral.SOLVERS)}.")
+    B, C, h, w = feats.shape
+    n = h * w
+    spectral.check_finite(feats, image_ids)
+    if dtype is None:
+        dtype = torch.float32
+    dev = feats.device
+    binary = spectral.binary_affinity(feats.reshape(B, C, n).transpose(1, 2), tau)
+    alive = torch.ones((B, n), dtype=torch.bool, device=dev)
+    masks = np.zeros((B, n_masks, h, w), dtype=np.uint8)
+    scores = np.zeros((B, n_masks), dtype=np.float64)
+    current = [np.zeros((h, w), dtype=bool) for _ in range(B)]
+    union = [np.zeros((h, w), dtype=bool) for _ in range(B)]
+    warm = None
+    for i in range(n_masks):
+        if solver == "scipy":
+            fied = spectral.fiedler_scipy(spectral.weights(binary, alive, tau, eps))
+        else:
+            M, d = spectral.normalized_affinity(binary, alive, tau, eps, dtype)
+            fied = spectral.fiedler_torch(M, d, warm, **solver_options)
+            del M
+            warm = fied.block
+            if dtype != torch.float64 and fied.accurate is not None and not fied.accurate.all():
+                # Near-degenerate eigenvalues below float32's reach: redo those images in float64.
+                idx = torch.from_numpy(np.nonzero(~fied.accurate)[0]).to(dev)
+                M64, d64 = spectral.normalized_affinity(binary[idx], alive[idx], tau, eps, torch.float64)
+                f64 = spectral.fiedler_torch(M64, d64, warm[idx], **solver_options)
+                del M64
+                fied.vectors[~fied.accurate] = f64.vectors
+                fied.values[~fied.accurate] = f64.values
+
+        outs = []
+        for b in range(B):
+            m = spectral.orient_and_select(fied.vectors[b], (h, w))
+            if i >= 1 and (_iou(current[b], m) > 0.5 or m.sum() / m.size <= 0.01):
+                m = np.zeros((h, w), dtype=bool)
+            current[b] = m
+            out = m & ~union[b]
+            union[b] |= out
+            masks[b, i] = out
+            outs.append(out)
+        S = torch.from_numpy(np.stack(outs).reshape(B, n, 1)).to(dev)
+        scores[:, i] = spectral.ncut_score(spectral.graph_counts(spectral.edge_matrix(binary, alive, tau, torch.float32), S), eps)[:, 0]
+        paint = torch.from_numpy(np.stack(current).reshape(B, n)).to(dev)
+        alive = alive & ~paint
+    return [(masks[b], scores[b]) for b in range(B)]
+
+
+def maskcut_patch_masks(
+    feats: Any,
+    dims: tuple[int, int] | None = None,
+    tau: float = 0.2,
+    n_masks: int = 3,
+    solver: str = "torch",
+    *,
+    eps: float = 1e-5,
+    device: str = "cpu",
+    image_id: Any = None,
+    return_scores: bool = False,
+    **solver_options: Any,
+):
+    """MaskCut at patch resolution for one image.
+
+    ``feats``: ``(C, N)`` with ``N = h * w`` row-major (the fixture layout; ``dims`` required) or
+    ``(C, h, w)``; numpy or torch. Returns uint8 ``(n_masks, h, w)`` (and the scores if asked).
+    """
+    import numpy as np
+    import torch
+
+    t = torch.as_tensor(np.asarray(feats, dtype=np.float32) if not isinstance(feats, torch.Tensor) else feats)
+    t = t.float()
+    if t.dim() == 2:
+        if dims is None:
+            raise ValueError("dims (h, w) is required for (C, N) features")
+        t = t.reshape(t.shape[0], int(dims[0]), int(dims[1]))
+    out = maskcut_batch(
+        t[None].to(device),
+        tau,
+        n_masks,
+        solver=solver,
+        eps=eps,
+        image_ids=[image_id] if image_id is not None else None,
+        **solver_options,
+    )[0]
+    return out if return_scores else out[0]
+
+
+def check_params(params):
+    """Problems the factory would raise (``platform validate`` runs this too)."""
+    yield from spectral.check_cut_params(params)
+    if params["n_masks"] < 1:
+        yield "n_masks", f"must be >= 1, got {params['n_masks']}"
 
 
 PARAMS = (
-    uisbench.Param(
-        "tau", "float", None, "affinity threshold; null = 0.15 for patch 8, 0.2 otherwise (MaskCut)", nullable=True
-    ),
+    uisbench.Param("tau", "float", None, "affinity threshold; null = 0.15 for patch 8, 0.2 otherwise (MaskCut)", nullable=True),
     uisbench.Param("n_masks", "int", 3, "number of cuts per image (MaskCut's N)"),
-    uisbench.Param("eps", "float", 1e-5, "weight of non-edges in the binarised graph"),
-    uisbench.Param(
-        "solver",
-        "str",
-        "torch",
-        "eigen-solver: torch (batched, CPU/CUDA) or scipy (reference, CPU)",
-        choices=_spectral.SOLVERS,
-    ),
-    uisbench.Param(
-        "precision",
-        "str",
-        "float32",
-        "torch solver precision (float64 redo for near-degenerate cases)",
-        choices=("float32", "float64"),
-    ),
-    _spectral.MEMORY_PARAM,
+    *spectral.CUT_PARAMS,
+    uisbench.grid.MEMORY_PARAM,
 )
 
 
 @uisbench.hookimpl
 def uisbench_maskers():
-    yield uisbench.MaskerSpec(
-        name="ncut",
-        description="MaskCut: iterated normalised cuts of the binarised patch-affinity graph (CutLER).",
-        factory=NCutMasker,
-        params=PARAMS,
-        version="1",
-    )
+    description = "MaskCut: iterated normalised cuts of the binarised patch-affinity graph (CutLER)."
+    yield uisbench.MaskerSpec(name="ncut", description=description, factory=NCutMasker, params=PARAMS, check=check_params)

@@ -31,8 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 import uisbench
 
-from ._vit import GRID_PARAMS, RESIZE_POLICIES, check_grid_params, valid_patches
-
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -64,7 +62,7 @@ def _orthonormal_rows(vectors: np.ndarray) -> np.ndarray:
 
 def check_params(params):
     """Problems the factory would raise (``platform validate`` runs this too)."""
-    yield from check_grid_params(params)
+    yield from uisbench.grid.check_grid_params(params)
     if params["dim"] < 2:
         yield "dim", f"must be at least 2, got {params['dim']}"
     for name in ("instance_weight", "noise"):
@@ -72,37 +70,30 @@ def check_params(params):
             yield name, f"must be >= 0, got {params[name]}"
 
 
-class OracleBackbone(uisbench.Backbone):
+PARAMS = (
+    uisbench.Param("instance_weight", "float", 1.0, "weight b of the instance vector relative to the class vector (0 = semantic only)"),
+    uisbench.Param("noise", "float", 0.05, "standard deviation of the Gaussian noise added to each patch feature"),
+    uisbench.Param("dim", "int", 64, "feature channels"),
+    *uisbench.grid.GRID_PARAMS,
+    uisbench.Param("seed", "int", 0, "seed of the class, instance and noise vectors"),
+)
+
+
+class OracleBackbone(uisbench.GridBackbone):
     """Ground-truth features: class and instance vectors pooled to the patch grid, plus noise."""
 
     calibration = True
-    facet = "token"
-    layer = 0
 
-    def __init__(
-        self,
-        *,
-        instance_weight: float = 1.0,
-        noise: float = 0.05,
-        dim: int = 64,
-        size: int = 128,
-        patch_size: int = 8,
-        resize: str = "square",
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, *, instance_weight: float = 1.0, noise: float = 0.05, dim: int = 64, size: int = 128,
+                 patch_size: int = 8, resize: str = "square", seed: int = 0) -> None:
         where = "backbone oracle"
         uisbench.raise_problems(where, check_params(dict(instance_weight=instance_weight, noise=noise, dim=dim, size=size,
-                                                         patch_size=patch_size)))
-        if resize not in RESIZE_POLICIES:
-            raise uisbench.ConfigError(f"{where}: resize {resize!r} is not one of {', '.join(RESIZE_POLICIES)}.")
+                                                         patch_size=patch_size, resize=resize)))
+        super().__init__(size=size, patch_size=patch_size, resize=resize, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), where=where)
         self.instance_weight = float(instance_weight)
         self.noise = float(noise)
         self.dim = int(dim)
         self.seed = int(seed)
-        self.preprocessing = uisbench.Preprocessing(
-            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=size, patch_size=patch_size, resize=resize  # type: ignore[arg-type]
-        )
-        self._dataset: uisbench.Dataset | None = None
         self._class_vectors: dict[str, np.ndarray] = {}
 
     def bind(self, dataset: uisbench.Dataset) -> None:
@@ -111,24 +102,12 @@ class OracleBackbone(uisbench.Backbone):
                 f"backbone oracle: dataset {dataset!r} has no ground truth; oracles only run on annotated datasets "
                 "(e.g. synth-instances, coco-val2017). Pick a real backbone for this dataset."
             )
-        self._dataset = dataset
+        super().bind(dataset)
 
     def provenance(self) -> dict[str, Any]:
-        return {
-            "model": "oracle",
-            "pretrained": False,
-            "weights": None,
-            "weights_sha256": None,
-            "calibration": True,
-            "reads": "ground truth",
-            "instance_weight": self.instance_weight,
-            "noise": self.noise,
-            "dim": self.dim,
-            "seed": self.seed,
-            "size": self.preprocessing.size,
-            "patch_size": self.patch_size,
-            "resize": self.preprocessing.resize,
-        }
+        return {"model": "oracle", "pretrained": False, "weights": None, "weights_sha256": None, "calibration": True,
+                "reads": "ground truth", "instance_weight": self.instance_weight, "noise": self.noise, "dim": self.dim,
+                "seed": self.seed, **super().provenance()}
 
     def _class_vector(self, name: str) -> np.ndarray:
         if name not in self._class_vectors:
@@ -139,14 +118,13 @@ class OracleBackbone(uisbench.Backbone):
         """``(dim, g, g)`` float32 features of one image of the bound dataset."""
         import numpy as np
 
-        if self._dataset is None:
+        if self.dataset is None:
             raise uisbench.DataError("backbone oracle: no dataset bound; call backbone.bind(dataset) before extract().")
         prep = self.preprocessing
-        rec = self._dataset.record(image_id)
-        gts = self._dataset.ground_truth(image_id)
+        rec = self.dataset.record(image_id)
+        gts = self.dataset.ground_truth(image_id)
         h, w = prep.content_size(rec.height, rec.width)
-        s, p = prep.size, prep.patch_size
-        g = s // p
+        s, p, g = prep.size, prep.patch_size, prep.grid
         # label map at the preprocessed resolution: 0 = background (or padding), i + 1 = instance i;
         # larger instances first so a smaller one lying on top stays visible where they overlap
         labels = np.zeros((s, s), dtype=np.int32)
@@ -188,26 +166,11 @@ class OracleBackbone(uisbench.Backbone):
         import torch
 
         feats = np.stack([self.image_features(int(i)) for i in image_ids])
-        features = torch.from_numpy(feats).to(pixels.device)
-        valid = valid_patches(pixels, image_ids, self.preprocessing, self._dataset)
-        return uisbench.FeatureMap(features, [int(i) for i in image_ids], self.patch_size, self.facet, self.layer, valid)
+        return self.feature_map(torch.from_numpy(feats).to(pixels.device), pixels, image_ids)
 
 
 @uisbench.hookimpl
 def uisbench_backbones():
-    P = uisbench.Param
-    yield uisbench.BackboneSpec(
-        name="oracle",
-        description="Calibration: features built from the ground truth (class vector + instance_weight x instance vector + noise).",
-        factory=OracleBackbone,
-        params=(
-            P("instance_weight", "float", 1.0, "weight b of the instance vector relative to the class vector (0 = semantic only)"),
-            P("noise", "float", 0.05, "standard deviation of the Gaussian noise added to each patch feature"),
-            P("dim", "int", 64, "feature channels"),
-            *GRID_PARAMS,
-            P("seed", "int", 0, "seed of the class, instance and noise vectors"),
-        ),
-        version="2",
-        check=check_params,
-        calibration=True,
-    )
+    description = "Calibration: features built from the ground truth (class vector + instance_weight x instance vector + noise)."
+    yield uisbench.BackboneSpec(name="oracle", description=description, factory=OracleBackbone, params=PARAMS, version="2",
+                                check=check_params, calibration=True)

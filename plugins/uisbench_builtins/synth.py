@@ -27,8 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import uisbench
-
-from ._imageio import apply_preset, digest
+from uisbench.data import apply_preset, digest
 
 #: Bump when the generator's output changes: it enters the fingerprint and so every cache key.
 GENERATOR_VERSION = "1"
@@ -450,11 +449,6 @@ def build(split: str = "val", **params: Any) -> SynthInstances:
 @uisbench.hookimpl
 def uisbench_datasets():
     yield uisbench.DatasetSpec(
-        name="synth-instances",
+        name="synth-instances", factory=build, params=PARAMS, presets=PRESETS, check=check_params, version=GENERATOR_VERSION,
         description="Procedural multi-instance scenes (6 classes, touching same-class instances), no download.",
-        factory=build,
-        params=PARAMS,
-        presets=PRESETS,
-        version=GENERATOR_VERSION,
-        check=check_params,
     )

@@ -5,7 +5,7 @@ It registers
   download; a stand-in for your model), and
 - a metric ``example-masks-per-image``: the mean number of predicted masks per image.
 
-Only the public ``uisbench`` API is used; torch is imported inside the factories' objects.
+Only the public ``uisbench`` API is used; torch is imported inside the methods.
 """
 
 from __future__ import annotations
@@ -13,36 +13,31 @@ from __future__ import annotations
 import uisbench
 
 
-class GradientBackbone(uisbench.Backbone):
-    """Per patch: mean colour and mean absolute x/y gradients of each channel (9 channels)."""
+class GradientBackbone(uisbench.GridBackbone):
+    """Per patch: mean colour and mean absolute x/y gradients of each channel (9 channels).
 
-    facet = "token"
-    layer = 0
+    :class:`uisbench.GridBackbone` holds the input geometry (``size``, ``patch_size``, ``resize``),
+    checks it, and marks the patches holding image content when frames are padded
+    (:meth:`~uisbench.GridBackbone.feature_map`); this class only computes the features.
+    """
 
-    def __init__(self, size: int = 224, patch_size: int = 16) -> None:
-        self.preprocessing = uisbench.Preprocessing(
-            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), size=size, patch_size=patch_size
-        )
+    def __init__(self, size: int = 224, patch_size: int = 16, resize: str = "square") -> None:
+        super().__init__(size=size, patch_size=patch_size, resize=resize, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                         where="backbone example-gradients")
 
     def extract(self, pixels, image_ids):
+        import torch
         import torch.nn.functional as F
 
-        dx = (pixels[..., :, 1:] - pixels[..., :, :-1]).abs()
-        dy = (pixels[..., 1:, :] - pixels[..., :-1, :]).abs()
-        dx = F.pad(dx, (0, 1))
-        dy = F.pad(dy, (0, 0, 0, 1))
-        p = self.patch_size
-        feats = F.avg_pool2d(torch_cat([pixels, dx, dy]), p)
-        return uisbench.FeatureMap(feats, list(image_ids), p, self.facet, self.layer)
+        x = pixels.to(self.device)
+        dx = F.pad((x[..., :, 1:] - x[..., :, :-1]).abs(), (0, 1))
+        dy = F.pad((x[..., 1:, :] - x[..., :-1, :]).abs(), (0, 0, 0, 1))
+        feats = F.avg_pool2d(torch.cat([x, dx, dy], dim=1), self.patch_size)
+        return self.feature_map(feats, pixels, image_ids)
 
     def provenance(self):
-        return {"pretrained": False, "weights": None, "note": "hand-made features, no learning"}
-
-
-def torch_cat(tensors):
-    import torch
-
-    return torch.cat(tensors, dim=1)
+        # `pretrained` is what the leaderboard shows beside every row
+        return {"pretrained": False, "weights": None, "note": "hand-made features, no learning", **super().provenance()}
 
 
 class MasksPerImage(uisbench.Metric):
@@ -71,7 +66,9 @@ def uisbench_backbones():
         params=(
             uisbench.Param("size", "int", 224, "square input side in pixels"),
             uisbench.Param("patch_size", "int", 16, "patch side in pixels"),
+            uisbench.Param("resize", "str", "square", "square: stretch; pad: keep the aspect ratio", choices=("square", "pad")),
         ),
+        check=uisbench.grid.check_grid_params,  # the same checks the factory runs, for `platform validate`
     )
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_json
+from ..io import file_sha256 as sha256_of_file
 
 STAGES = ("features", "pseudo-masks", "student", "finetune", "metrics")
 
@@ -80,11 +81,7 @@ def file_sha256(path: str | os.PathLike[str], memo: Path | None = None) -> str:
         hit = table.get(str(path))
         if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("sha256"), str):
             return hit["sha256"]
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    value = digest.hexdigest()
+    value = sha256_of_file(path)
     if memo is not None:
         table[str(path)] = {"stamp": stamp, "sha256": value}
         try:

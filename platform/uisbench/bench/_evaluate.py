@@ -205,17 +205,20 @@ class MetricEvaluator:
         preds = scoring.predictions() if (scoring.predictions is not None and need_preds) else {}
         features_key = self.pipeline.runner.key(scoring.features) if need_feats else None
         for image_id in self.ctx.shard.mine(data.usable("val")):
-            feats, coverage = None, (1.0, 1.0)
+            feats, preprocessing = None, None
             if need_feats:
+                from ..contracts import Preprocessing
+
                 loaded = scoring.features.load(features_key, image_id)  # type: ignore[union-attr]
                 feats = _valid_region(loaded["features"].float(), loaded["valid"])
-                coverage = tuple(loaded.get("coverage", (1.0, 1.0)))
+                geometry = loaded.get("preprocessing")
+                preprocessing = Preprocessing(**geometry) if isinstance(geometry, dict) else None
             sample = EvalSample(
                 record=dataset.record(image_id),
                 ground_truth=dataset.ground_truth(image_id) if need_gt else None,
                 predictions=[Prediction.from_coco(p) for p in preds.get(str(image_id), [])],
                 features=None,
-                coverage=coverage,
+                preprocessing=preprocessing,
             )
             for name in names:
                 if name in errors:
@@ -256,10 +259,7 @@ class MetricEvaluator:
 
 def _valid_region(features: Any, valid: Any) -> Any:
     """Crop ``(C, h, w)`` features to the bounding box of valid patches (pad-resized backbones)."""
-    if valid is None:
-        return features
-    rows = valid.any(dim=1).nonzero().flatten()
-    cols = valid.any(dim=0).nonzero().flatten()
-    if rows.numel() == 0 or cols.numel() == 0:
-        return features
-    return features[:, int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1]
+    from ..contracts import FeatureMap
+
+    one = FeatureMap(features[None], [0], 1, valid=None if valid is None else valid[None])
+    return one.crop(0)

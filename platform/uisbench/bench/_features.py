@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -89,10 +90,11 @@ class FeaturesStage(Stage):
                             # float32: float16 storage flipped MaskCut masks (benchmarks/bench_feature_storage.py)
                             "features": feats[j].clone(),
                             "valid": None if valid is None else valid[j].clone(),
-                            "coverage": _coverage(backbone, dataset.record(image_id), None if valid is None else valid[j]),
+                            # how the grid lines up with the image's pixels (EvalSample.preprocessing)
+                            "preprocessing": asdict(backbone.preprocessing),
                             "patch_size": int(fm.patch_size),
-                            "facet": str(fm.facet),
-                            "layer": int(fm.layer),
+                            "facet": None if fm.facet is None else str(fm.facet),
+                            "layer": None if fm.layer is None else int(fm.layer),
                         }
                         with atomic_path(self.item_path(key, image_id)) as tmp:
                             torch.save(record, tmp)
@@ -138,7 +140,7 @@ class FeaturesStage(Stage):
         self.pipeline.data.note_skipped(self.split, output.skipped)
 
     def load(self, key: str, image_id: int) -> dict[str, Any]:
-        """The stored record of one image: ``features`` (C, h, w), ``valid``, ``coverage``, ...;
+        """The stored record of one image: ``features`` (C, h, w), ``valid``, ``preprocessing``, ...;
         :class:`CacheDamaged` when the file cannot be read back as one (the runner redoes it)."""
         import torch
 
@@ -153,12 +155,3 @@ class FeaturesStage(Stage):
             raise CacheDamaged(self, key, path, "not a features record")
         return record
 
-
-def _coverage(backbone: Any, record: Any, valid: Any) -> tuple[float, float]:
-    """Share of the valid patch grid's height and width that the image's content covers."""
-    if valid is None:
-        return (1.0, 1.0)
-    p = backbone.preprocessing.patch_size
-    rows, cols = int(valid.any(dim=1).sum()), int(valid.any(dim=0).sum())
-    ch, cw = backbone.preprocessing.content_size(record.height, record.width)
-    return (min(1.0, ch / max(1, rows * p)), min(1.0, cw / max(1, cols * p)))

@@ -1,34 +1,48 @@
-"""Spectral graph helpers shared by the ``ncut`` and ``kmeans`` maskers (private to the built-ins).
+"""The spectral toolbox of graph-cut maskers (``ncut``, ``kmeans``; TokenCut, ProMerge and the like).
 
-MaskCut (facebookresearch/CutLER ``maskcut/maskcut.py::maskcut_forward``) at patch resolution,
-with two eigen-solvers for the generalised problem ``(D - W) x = lambda D x``:
+Everything works on batches of patch graphs of one size, in torch on CPU or CUDA, with exact
+arithmetic where a decision depends on it, so masks and scores do not change with BLAS threads,
+solver or device:
 
-``scipy``
-    The reference: ``scipy.linalg.eigh(D - W, D, subset_by_index=[1, 2])`` per image on the CPU in
-    float64, exactly as CutLER calls it.
-``torch``
-    Batched and iterative, on CPU or CUDA. The generalised problem is the symmetric one
-    ``M u = mu u`` with ``M = D^-1/2 W D^-1/2``, ``mu = 1 - lambda`` and ``x = D^-1/2 u``. ``M``'s top
-    eigenvector ``D^1/2 1`` (``lambda = 0``) is known, so it is projected out ("deflated") and the
-    Fiedler vector is the top eigenvector of what remains. A restarted block Lanczos (block Krylov
-    space of ``block`` vectors x ``steps`` matrix products, full re-orthogonalisation, Rayleigh-Ritz,
-    restart with the top ``block`` Ritz vectors) finds it. The block keeps the next eigenvectors in
-    the subspace, so near-degenerate eigenvalues (instances that are almost disconnected in the
-    graph, whose eigenvalues differ by ~1e-5) are separated by the Rayleigh-Ritz step rather than by
-    slow Krylov convergence. Small graphs (``n <= dense_max``) use dense batched ``torch.linalg.eigh``.
+Graph
+    :func:`binary_affinity` (cosine similarity of L2-normalised features ``> tau``, no TF32),
+    :func:`edge_matrix` (the 0/1 edges of a MaskCut iteration, painted patches removed),
+    :func:`weights` (the float64 ``W``: 1 on edges, ``eps`` elsewhere) and
+    :func:`normalized_affinity` (``M = D^-1/2 W D^-1/2`` and the degrees). :func:`default_tau` is
+    MaskCut's threshold; :func:`check_finite` names the images whose features hold NaN or inf.
+Fiedler vectors
+    The second-smallest generalised eigenvectors of ``(D - W) x = lambda D x``, two solvers:
 
-Reference quirks kept (see REFERENCE.md sec. 1): self-loops in ``W``; ``eps`` for every non-edge;
-earlier masks' patches get zero features (so all their weights are ``eps``, or 1 for ``tau < 0``); the
-duplicate rule compares with the *immediately previous* mask only (so a rejected duplicate may come
-back one step later); the 1 % area rule applies from the second cut on; the seed's 4-connected
-component is kept, not the largest; each output mask has the union of earlier masks removed.
+    ``scipy`` (:func:`fiedler_scipy`)
+        The reference: ``scipy.linalg.eigh(D - W, D, subset_by_index=[1, 2])`` per image on the CPU
+        in float64, exactly as CutLER calls it.
+    ``torch`` (:func:`fiedler_torch`)
+        Batched and iterative, on CPU or CUDA. The generalised problem is the symmetric one
+        ``M u = mu u`` with ``M = D^-1/2 W D^-1/2``, ``mu = 1 - lambda`` and ``x = D^-1/2 u``. ``M``'s
+        top eigenvector ``D^1/2 1`` (``lambda = 0``) is known, so it is projected out ("deflated")
+        and the Fiedler vector is the top eigenvector of what remains. A restarted block Lanczos
+        (block Krylov space of ``block`` vectors x ``steps`` matrix products, full
+        re-orthogonalisation, Rayleigh-Ritz, restart with the top ``block`` Ritz vectors) finds it.
+        The block keeps the next eigenvectors in the subspace, so near-degenerate eigenvalues
+        (instances that are almost disconnected in the graph, whose eigenvalues differ by ~1e-5) are
+        separated by the Rayleigh-Ritz step rather than by slow Krylov convergence. Small graphs
+        (``n <= dense_max``) use dense batched ``torch.linalg.eigh``.
 
-One deliberate deviation: the eigenvector's sign. CutLER's foreground choice depends on it (the
-corner rule and the seed rule can disagree, and then LAPACK's arbitrary sign decides, cf. CutLER #71).
-Both solvers here first orient the Fiedler vector so that its largest-magnitude entry (the seed) is
-positive. With that orientation the chosen side never holds 3 or 4 grid corners. In every case where
-the reference's outcome does not depend on the sign (all the parity fixtures) the result is the
-same as the reference's.
+    :func:`fiedler` takes a batch of affinities ``W`` and either solver.
+One cut
+    :func:`orient_and_select` (MaskCut's bipartition, foreground side and seed component) and
+    :func:`foreground_side`, with the tie rule :func:`first_argmax`.
+Scores
+    :func:`graph_counts` and :func:`ncut_score`.
+Embeddings
+    :func:`normalized_laplacian_eigvecs` (Deep Spectral Methods).
+
+The Fiedler vector's sign. CutLER's foreground choice depends on it (the corner rule and the seed
+rule can disagree, and then LAPACK's arbitrary sign decides, cf. CutLER #71). :func:`orient_and_select`
+first orients the vector so that its largest-magnitude entry (the seed) is positive. With that
+orientation the chosen side never holds 3 or 4 grid corners, and the result is the same for ``v`` and
+``-v``. Where the reference's outcome does not depend on the sign (all the parity fixtures) the
+result is the reference's.
 
 Ties at the seed follow exact arithmetic. Patches with identical rows in the graph get Fiedler
 entries that are equal in exact arithmetic, where ``np.argmax`` returns the first of them; computed,
@@ -40,25 +54,38 @@ entries in two components). So both of MaskCut's argmax steps (``seed = argmax |
 from ``np.argmax`` only where entries lie within 1e-6 of each other relative to the vector's scale.
 Such entries must come out of the solver equal to rounding: scipy's do (~1e-14); the torch solver's
 Ritz vector separates them by up to 1e-3 in float32, so it is multiplied by ``M`` once (see
-``_fiedler_torch``). With both, every parity fixture is reproduced at IoU 1.0 with 1 and 2 threads.
+:func:`fiedler_torch`). With both, every MaskCut parity fixture is reproduced at IoU 1.0 with 1 and 2
+threads.
 
-Scores: each mask gets ``1 - Ncut(S) / 2`` with ``Ncut(S) = cut(S, ~S) / vol(S) + cut(S, ~S) / vol(~S)``,
-evaluated on the graph of the iteration that produced it (``S`` = the output mask, earlier masks
-removed). ``Ncut`` lies in ``[0, 2]``, so scores lie in ``[0, 1]``; a well separated object (few graph
-edges leave it) scores near 1, an arbitrary split of a homogeneous region near 0.5. With the 0/1 edge
+Scores: a mask ``S`` gets ``1 - Ncut(S) / 2`` with ``Ncut(S) = cut(S, ~S) / vol(S) + cut(S, ~S) / vol(~S)``.
+``Ncut`` lies in ``[0, 2]``, so scores lie in ``[0, 1]``; a well separated object (few graph edges
+leave it) scores near 1, an arbitrary split of a homogeneous region near 0.5. With the 0/1 edge
 matrix ``E`` and ``W = eps + (1 - eps) E``, every term is an integer count (``|S|``, edges inside
 ``S``, ``E``-degrees summed over ``S``, all edges, ``n``) combined by one fixed float64 formula
 (:func:`graph_counts`, :func:`ncut_score`): the counts are exact, so a score's bits do not depend on
 the solver, the BLAS thread count or the device, and neither does the order of equal scores.
+
+Example, the foreground of each image's first normalised cut::
+
+    from uisbench import spectral
+
+    binary = spectral.binary_affinity(x, tau)  # x: (B, n, C) features of one grid size
+    alive = torch.ones(binary.shape[:2], dtype=torch.bool, device=x.device)
+    M, d = spectral.normalized_affinity(binary, alive, tau, eps=1e-5, dtype=torch.float64)
+    fied = spectral.fiedler_torch(M, d)
+    masks = [spectral.foreground_side(fied.vectors[b], (h, w)) for b in range(len(x))]
+
+torch, numpy and scipy are imported inside the functions: importing this module is free.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import uisbench
+from .errors import ConfigError, DataError
+from .types import Param, ParamProblem
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,27 +93,54 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SOLVERS",
+    "PRECISIONS",
+    "CUT_PARAMS",
+    "check_cut_params",
+    "SEED_RTOL",
+    "default_tau",
+    "check_finite",
     "binary_affinity",
+    "edge_matrix",
+    "weights",
+    "normalized_affinity",
+    "Fiedler",
     "fiedler",
-    "maskcut_batch",
-    "maskcut_patch_masks",
+    "fiedler_scipy",
+    "fiedler_torch",
+    "first_argmax",
     "orient_and_select",
     "foreground_side",
-    "first_argmax",
-    "SEED_RTOL",
+    "GraphCounts",
     "graph_counts",
     "ncut_score",
-    "default_tau",
-    "chunk_size",
-    "check_finite",
     "normalized_laplacian_eigvecs",
-    "content_crop",
-    "valid_groups",
-    "valid_rect",
-    "to_predictions",
 ]
 
+#: The Fiedler solvers :func:`fiedler` knows.
 SOLVERS = ("torch", "scipy")
+#: Working precisions of :func:`fiedler_torch`.
+PRECISIONS = ("float32", "float64")
+
+#: The parameters of a normalised cut's graph and solver, for a masker spec's ``params`` (``ncut`` and
+#: ``tokencut`` declare them; their ``tau`` is each masker's own): the non-edge weight ``eps``, the
+#: Fiedler ``solver`` and the torch solver's ``precision`` (float32 with a float64 redo where
+#: eigenvalues are too close for it). :func:`check_cut_params` checks their values.
+CUT_PARAMS = (
+    Param("eps", "float", 1e-5, "weight of non-edges in the binarised graph"),
+    Param("solver", "str", "torch", "eigen-solver: torch (batched, CPU/CUDA) or scipy (reference, CPU)", choices=SOLVERS),
+    Param("precision", "str", "float32", "torch solver precision (float64 redo for near-degenerate cases)", choices=PRECISIONS),
+)
+
+
+def check_cut_params(params: Mapping[str, Any]) -> Iterator[ParamProblem]:
+    """Problems of the :data:`CUT_PARAMS` values in ``params``, for a spec's ``check`` and the
+    masker's ``__init__`` (``uisbench.raise_problems(where, check_cut_params(...))``)."""
+    if not params["eps"] > 0:
+        yield "eps", f"must be > 0, got {params['eps']}"
+    if params["solver"] not in SOLVERS:
+        yield "solver", f"{params['solver']!r} is not one of {', '.join(SOLVERS)}"
+    if params["precision"] not in PRECISIONS:
+        yield "precision", f"{params['precision']!r} is not one of {', '.join(PRECISIONS)}"
 
 
 def default_tau(patch_size: int) -> float:
@@ -95,32 +149,17 @@ def default_tau(patch_size: int) -> float:
 
 
 def check_finite(feats: torch.Tensor, image_ids: Sequence[Any] | None) -> None:
-    """Raise :class:`uisbench.DataError` naming the images whose features hold NaN or inf."""
+    """Raise :class:`DataError` naming the images whose features hold NaN or inf."""
     import torch
 
     bad = ~torch.isfinite(feats.reshape(feats.shape[0], -1)).all(dim=1)
     if bool(bad.any()):
         idx = [int(i) for i in torch.nonzero(bad).flatten().tolist()]
         names = [image_ids[i] if image_ids is not None else i for i in idx]
-        raise uisbench.DataError(
+        raise DataError(
             f"Features of image id(s) {names} contain NaN or inf; the masker cannot build a graph from them. "
             "Check the backbone's output for these images (fp16 overflow? corrupt image?) and re-extract."
         )
-
-
-def chunk_size(n_tokens: int, device: str, budget_bytes: int | None = None, per_token2: int = 40) -> int:
-    """How many images of ``n_tokens`` patches fit one batch: ``per_token2`` bytes per graph entry.
-
-    The default budget is 2 GiB on the CPU and a quarter of the free memory on CUDA.
-    """
-    if budget_bytes is None:
-        budget_bytes = 2 << 30
-        if str(device).startswith("cuda"):
-            import torch
-
-            free, _ = torch.cuda.mem_get_info(torch.device(device))
-            budget_bytes = int(free // 4)
-    return max(1, int(budget_bytes // max(1, per_token2 * n_tokens * n_tokens)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +189,7 @@ def binary_affinity(feats: torch.Tensor, tau: float) -> torch.Tensor:
     return gram > tau
 
 
-def _edges(binary: torch.Tensor, alive: torch.Tensor, tau: float, dtype) -> torch.Tensor:
+def edge_matrix(binary: torch.Tensor, alive: torch.Tensor, tau: float, dtype) -> torch.Tensor:
     """0/1 edge matrix of one MaskCut iteration as ``dtype``. Painted patches (``alive`` False) have
     zero features, so their similarity with everything (themselves included) is 0: an edge iff ``0 > tau``."""
     E = binary.to(dtype)
@@ -166,7 +205,7 @@ def weights(binary: torch.Tensor, alive: torch.Tensor, tau: float, eps: float) -
     """The reference's float64 affinity ``W``: exactly 1 on edges, ``eps`` elsewhere."""
     import torch
 
-    E = _edges(binary, alive, tau, torch.float64)
+    E = edge_matrix(binary, alive, tau, torch.float64)
     return torch.where(
         E > 0.5,
         torch.ones((), dtype=torch.float64, device=E.device),
@@ -181,7 +220,7 @@ def normalized_affinity(
     import torch
 
     n = binary.shape[-1]
-    E = _edges(binary, alive, tau, dtype)
+    E = edge_matrix(binary, alive, tau, dtype)
     d = E.sum(-1, dtype=torch.float64) * (1.0 - eps) + eps * n
     s = d.rsqrt().to(dtype)
     M = E.mul_(1.0 - eps).add_(eps).mul_(s[:, :, None]).mul_(s[:, None, :])
@@ -205,7 +244,9 @@ class Fiedler:
     accurate: np.ndarray | None = None  # r <= rtol * gap per image (torch solver)
 
 
-def _fiedler_scipy(W: torch.Tensor) -> Fiedler:
+def fiedler_scipy(W: torch.Tensor) -> Fiedler:
+    """The reference solver: ``scipy.linalg.eigh(D - W, D)`` per image of ``W`` (B, n, n), in float64
+    on the CPU (a zero vector for graphs of fewer than 3 nodes)."""
     import numpy as np
     import torch
     from scipy.linalg import eigh
@@ -262,7 +303,7 @@ def _bmm_active(M: torch.Tensor, Q: torch.Tensor, active: list[int] | None) -> t
     return torch.stack([M[i] @ Q[j] for j, i in enumerate(active)])
 
 
-def _fiedler_torch(
+def fiedler_torch(
     M: torch.Tensor,
     d: torch.Tensor,
     X0: torch.Tensor | None = None,
@@ -366,22 +407,24 @@ def _fiedler_torch(
 
 def fiedler(W: torch.Tensor, solver: str = "torch", **options: Any) -> Fiedler:
     """Second-smallest generalised eigenvectors of ``(D - W) x = lambda D x`` for a batch ``(B, n, n)``
-    of affinities (convenience entry point for tests; MaskCut builds ``M`` directly)."""
+    of affinities ``W``, with either solver (``options`` go to :func:`fiedler_torch`, plus its working
+    ``dtype``, float64 by default). Graph-cut loops that build ``M`` in place with
+    :func:`normalized_affinity` call :func:`fiedler_torch` directly."""
     import torch
 
     if solver == "scipy":
-        return _fiedler_scipy(W)
+        return fiedler_scipy(W)
     if solver == "torch":
         dtype = options.pop("dtype", torch.float64)
         d = W.sum(-1, dtype=torch.float64)
         s = d.rsqrt().to(dtype)
         M = W.to(dtype) * s[:, :, None] * s[:, None, :]
-        return _fiedler_torch(M, d, **options)
-    raise uisbench.ConfigError(f"Unknown NCut solver {solver!r}; use one of {', '.join(SOLVERS)}.")
+        return fiedler_torch(M, d, **options)
+    raise ConfigError(f"Unknown NCut solver {solver!r}; use one of {', '.join(SOLVERS)}.")
 
 
 # ---------------------------------------------------------------------------------------------
-# MaskCut
+# MaskCut's choices on one Fiedler vector, and exact scores
 # ---------------------------------------------------------------------------------------------
 
 
@@ -502,123 +545,6 @@ def ncut_score(c: GraphCounts, eps: float) -> np.ndarray:
     return np.where(s > 0, np.clip(1.0 - 0.5 * ncut, 0.0, 1.0), 0.0)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    import numpy as np
-
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
-
-
-def maskcut_batch(
-    feats: torch.Tensor,
-    tau: float,
-    n_masks: int = 3,
-    *,
-    solver: str = "torch",
-    eps: float = 1e-5,
-    image_ids: Sequence[Any] | None = None,
-    dtype: Any = None,
-    **solver_options: Any,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """MaskCut on a batch ``(B, C, h, w)`` of patch features (one device, one grid size).
-
-    Returns per image ``(masks, scores)``: ``masks`` uint8 ``(n_masks, h, w)`` (all-zero where a cut
-    was rejected or emptied by the earlier masks, as the reference), ``scores`` float ``(n_masks,)``.
-    ``dtype`` is the torch solver's working precision (float32 or float64; default float32).
-    """
-    import numpy as np
-    import torch
-
-    if feats.dim() != 4:
-        raise ValueError(f"maskcut_batch expects (B, C, h, w) features, got shape {tuple(feats.shape)}")
-    if solver not in SOLVERS:
-        raise uisbench.ConfigError(f"Unknown NCut solver {solver!r}; use one of {', '.join(SOLVERS)}.")
-    B, C, h, w = feats.shape
-    n = h * w
-    check_finite(feats, image_ids)
-    if dtype is None:
-        dtype = torch.float32
-    dev = feats.device
-    binary = binary_affinity(feats.reshape(B, C, n).transpose(1, 2), tau)
-    alive = torch.ones((B, n), dtype=torch.bool, device=dev)
-    masks = np.zeros((B, n_masks, h, w), dtype=np.uint8)
-    scores = np.zeros((B, n_masks), dtype=np.float64)
-    current = [np.zeros((h, w), dtype=bool) for _ in range(B)]
-    union = [np.zeros((h, w), dtype=bool) for _ in range(B)]
-    warm = None
-    for i in range(n_masks):
-        if solver == "scipy":
-            fied = _fiedler_scipy(weights(binary, alive, tau, eps))
-        else:
-            M, d = normalized_affinity(binary, alive, tau, eps, dtype)
-            fied = _fiedler_torch(M, d, warm, **solver_options)
-            del M
-            warm = fied.block
-            if dtype != torch.float64 and fied.accurate is not None and not fied.accurate.all():
-                # Near-degenerate eigenvalues below float32's reach: redo those images in float64.
-                idx = torch.from_numpy(np.nonzero(~fied.accurate)[0]).to(dev)
-                M64, d64 = normalized_affinity(binary[idx], alive[idx], tau, eps, torch.float64)
-                f64 = _fiedler_torch(M64, d64, warm[idx], **solver_options)
-                del M64
-                fied.vectors[~fied.accurate] = f64.vectors
-                fied.values[~fied.accurate] = f64.values
-
-        outs = []
-        for b in range(B):
-            m = orient_and_select(fied.vectors[b], (h, w))
-            if i >= 1 and (_iou(current[b], m) > 0.5 or m.sum() / m.size <= 0.01):
-                m = np.zeros((h, w), dtype=bool)
-            current[b] = m
-            out = m & ~union[b]
-            union[b] |= out
-            masks[b, i] = out
-            outs.append(out)
-        S = torch.from_numpy(np.stack(outs).reshape(B, n, 1)).to(dev)
-        scores[:, i] = ncut_score(graph_counts(_edges(binary, alive, tau, torch.float32), S), eps)[:, 0]
-        paint = torch.from_numpy(np.stack(current).reshape(B, n)).to(dev)
-        alive = alive & ~paint
-    return [(masks[b], scores[b]) for b in range(B)]
-
-
-def maskcut_patch_masks(
-    feats: Any,
-    dims: tuple[int, int] | None = None,
-    tau: float = 0.2,
-    n_masks: int = 3,
-    solver: str = "torch",
-    *,
-    eps: float = 1e-5,
-    device: str = "cpu",
-    image_id: Any = None,
-    return_scores: bool = False,
-    **solver_options: Any,
-):
-    """MaskCut at patch resolution for one image.
-
-    ``feats``: ``(C, N)`` with ``N = h * w`` row-major (the fixture layout; ``dims`` required) or
-    ``(C, h, w)``; numpy or torch. Returns uint8 ``(n_masks, h, w)`` (and the scores if asked).
-    """
-    import numpy as np
-    import torch
-
-    t = torch.as_tensor(np.asarray(feats, dtype=np.float32) if not isinstance(feats, torch.Tensor) else feats)
-    t = t.float()
-    if t.dim() == 2:
-        if dims is None:
-            raise ValueError("dims (h, w) is required for (C, N) features")
-        t = t.reshape(t.shape[0], int(dims[0]), int(dims[1]))
-    out = maskcut_batch(
-        t[None].to(device),
-        tau,
-        n_masks,
-        solver=solver,
-        eps=eps,
-        image_ids=[image_id] if image_id is not None else None,
-        **solver_options,
-    )[0]
-    return out if return_scores else out[0]
-
-
 # ---------------------------------------------------------------------------------------------
 # Spectral embedding (deep spectral methods) for k-means
 # ---------------------------------------------------------------------------------------------
@@ -644,115 +570,3 @@ def normalized_laplacian_eigvecs(feats: torch.Tensor, k: int) -> torch.Tensor:
     pos = (vecs > 0).float().mean(dim=1, keepdim=True)
     vecs = torch.where(pos > 0.5, -vecs, vecs)
     return vecs.float()
-
-
-# ---------------------------------------------------------------------------------------------
-# Output
-# ---------------------------------------------------------------------------------------------
-
-
-def valid_groups(fm: uisbench.FeatureMap) -> list[tuple[list[int], torch.Tensor]]:
-    """Split a feature batch into groups of equal grid size: ``[(batch indices, (b, C, h', w'))]``.
-
-    Without ``fm.valid`` the whole grid is one group. With it, each image's features are cropped to
-    the bounding rectangle of its valid patches (padding never enters the graph).
-    """
-    feats = fm.features
-    if fm.valid is None:
-        return [(list(range(feats.shape[0])), feats)]
-    groups: dict[tuple[int, int, int, int], list[int]] = {}
-    for b in range(feats.shape[0]):
-        groups.setdefault(valid_rect(fm.valid[b].detach().cpu().numpy()), []).append(b)
-    out = []
-    for (r0, r1, c0, c1), idx in groups.items():
-        out.append((idx, feats[idx][:, :, r0:r1, c0:c1]))
-    return out
-
-
-def valid_rect(valid: np.ndarray) -> tuple[int, int, int, int]:
-    """``(row0, row1, col0, col1)`` bounding rectangle of the True entries (the whole grid if none)."""
-    import numpy as np
-
-    if not valid.any():
-        return (0, valid.shape[0], 0, valid.shape[1])
-    rows = np.nonzero(valid.any(axis=1))[0]
-    cols = np.nonzero(valid.any(axis=0))[0]
-    return (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
-
-
-def to_predictions(
-    record: uisbench.ImageRecord,
-    grid_masks: Sequence[np.ndarray],
-    scores: Sequence[float],
-    content: tuple[int, int, int] | None = None,
-) -> list[uisbench.Prediction]:
-    """Grid masks (already cropped to the valid region) -> predictions at ``record``'s resolution.
-
-    ``content`` ``(patch_size, rows, cols)``: with a padded input the last row/column of valid
-    patches is only partly image; each grid cell is then expanded to ``patch_size`` pixels and cut
-    to the ``rows x cols`` pixels of content before the resize, so masks do not stretch.
-    Masks that are empty on the grid or after resizing are dropped; the rest are sorted by score.
-    """
-    import numpy as np
-
-    preds = []
-    for m, sc in zip(grid_masks, scores, strict=False):
-        if not m.any():
-            continue
-        m = m.astype(np.uint8)
-        if content is not None:
-            p, rows, cols = content
-            m = np.repeat(np.repeat(m, p, axis=0), p, axis=1)[:rows, :cols]
-        full = uisbench.masks.resize_mask(m, record.height, record.width)
-        if not full.any():
-            continue
-        rle = uisbench.masks.encode(full)
-        preds.append(uisbench.Prediction(record.id, rle, uisbench.masks.to_bbox(rle), float(sc)))
-    preds.sort(key=lambda p: -p.score)
-    return preds
-
-
-def content_crop(fm: uisbench.FeatureMap, index: int, record: uisbench.ImageRecord) -> tuple[int, int, int] | None:
-    """``(patch_size, rows, cols)`` of image content inside image ``index``'s valid patches, for
-    :func:`to_predictions`; ``None`` without padding or when ``valid`` does not follow the ``pad``
-    policy of :class:`uisbench.Preprocessing` (content at the top left of a square frame)."""
-    if fm.valid is None:
-        return None
-    p = int(fm.patch_size)
-    g_h, g_w = fm.features.shape[-2:]
-    if g_h != g_w:
-        return None
-    r0, r1, c0, c1 = valid_rect(fm.valid[index].detach().cpu().numpy())
-    prep = uisbench.Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), size=g_h * p, patch_size=p, resize="pad")
-    rows, cols = prep.content_size(record.height, record.width)
-    if (r0, c0) != (0, 0) or -(-rows // p) != r1 or -(-cols // p) != c1:
-        return None
-    return p, rows, cols
-
-
-#: Shared by the grid maskers: how much memory one chunk of images may take.
-MEMORY_PARAM = uisbench.Param(
-    "memory_gb", "float", None, "memory per chunk of images; null = 2 GiB on CPU, 1/4 of free GPU memory", nullable=True
-)
-
-
-class GridMasker(uisbench.Masker):
-    """A masker that computes masks on the patch grid (:meth:`patch_masks`) and upsamples them."""
-
-    name = "masker"
-
-    def patch_masks(self, features: uisbench.FeatureMap) -> list[tuple[list[np.ndarray], list[float]]]:
-        raise NotImplementedError
-
-    def predict(
-        self, features: uisbench.FeatureMap, records: Sequence[uisbench.ImageRecord]
-    ) -> list[list[uisbench.Prediction]]:
-        if len(records) != len(features.image_ids):
-            raise uisbench.DataError(
-                f"masker {self.name}: {len(records)} records for {len(features.image_ids)} feature maps; "
-                "pass one record per image."
-            )
-        return [
-            to_predictions(rec, masks, scores, content_crop(features, b, rec))
-            for b, (rec, (masks, scores)) in enumerate(zip(records, self.patch_masks(features), strict=True))
-        ]

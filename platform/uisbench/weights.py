@@ -1,0 +1,175 @@
+"""Reading weights files safely, and finding the state dict inside published checkpoints.
+
+Weights files are downloaded and shared: nothing in one may run code. :func:`read_checkpoint` loads
+``.safetensors`` files and ``torch.save`` files with torch's weights-only unpickler, and tells the
+ways a file can be wrong apart (not a checkpoint, a plain pickle, damaged, holding Python objects) in
+a :class:`uisbench.DataError` that says what to do. :func:`unwrap_state_dict` finds the network's
+state dict in the layouts DINO, MAE, Lightning, DDP and torch.compile write. Example::
+
+    checkpoint = uisbench.weights.read_checkpoint(path, param="weights")
+    state_dict, notes = uisbench.weights.unwrap_state_dict(checkpoint, str(path))
+    model.load_state_dict(state_dict)
+
+torch and safetensors are imported inside the functions: importing this module is free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+
+__all__ = ["WRAPPER_KEYS", "read_checkpoint", "unwrap_state_dict"]
+
+#: Keys under which published checkpoints wrap their state dict, in the order we look for them:
+#: DINO's full checkpoints hold ``teacher`` (the network DINO evaluates) and ``student``; MAE's hold
+#: ``model``; Lightning and many others ``state_dict``.
+WRAPPER_KEYS = ("teacher", "model", "state_dict", "model_ema", "state_dict_ema", "module")
+
+#: How torch.save files begin: its zip format, and its legacy format (the magic number pickled with protocol 2).
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def read_checkpoint(path: str | Path, param: str = "weights") -> Any:
+    """Load a ``.safetensors`` file or a ``torch.save`` file with torch's weights-only unpickler.
+
+    Weights files are downloaded and shared, so nothing in one may run code: only tensors and plain
+    containers are rebuilt, plus ``argparse.Namespace`` (DINO's full checkpoints store their
+    ``args``). Everything else is a :class:`DataError` that says which case it is and what
+    to do, ``param`` naming the registry parameter that points at the file:
+
+    - empty, or not a torch or safetensors file at all (a plain pickle, an HTML error page, ...);
+    - a torch file that is damaged (truncated zip, broken pickle);
+    - a torch file holding Python objects the weights-only loader refuses (named in the message).
+    """
+    import argparse
+
+    import torch
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:
+            raise DataError(f"{param} file {path}: not a readable safetensors file ({err}); re-download it.") from err
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_LEGACY_MAGIC))
+    except OSError as err:
+        raise DataError(f"{param} file {path}: cannot be read ({err.strerror}); check the path.") from err
+    if not head:
+        raise DataError(f"{param} file {path}: the file is empty; re-download it.")
+    if head[:1] == b"\x80" and not head.startswith(_LEGACY_MAGIC):
+        raise DataError(
+            f"{param} file {path}: a plain Python pickle, not a torch checkpoint; uisbench never unpickles those "
+            "(unpickling can run code). Save the weights with torch.save(state_dict, ...) or as '.safetensors'."
+        )
+    if not head.startswith((_ZIP_MAGIC, _LEGACY_MAGIC)):
+        raise DataError(
+            f"{param} file {path}: not a torch checkpoint (it starts with bytes {head[:8].hex(' ')}); expected a file "
+            "written by torch.save or a '.safetensors' file. Check the path, and re-download the file if it is a damaged copy."
+        )
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    if safe_globals is not None:
+        allow = safe_globals([argparse.Namespace])
+    else:  # torch 2.4: process-wide allow-list
+        torch.serialization.add_safe_globals([argparse.Namespace])
+        allow = contextlib.nullcontext()
+    try:
+        with allow:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        refused = _refused_globals(path, err)
+        # Not chained: torch's own message recommends turning the safe loader off, which is exactly
+        # what must not be done with a file of unknown origin; ours names what matters.
+        if refused:
+            raise DataError(
+                f"{param} file {path}: besides weights it holds Python objects ({', '.join(refused)}) that the safe "
+                "(weights-only) loader refuses to rebuild, because rebuilding them can run code. Get a "
+                "'.safetensors' or state-dict-only version from its publisher; or, only for a file from a source "
+                "you trust, load it once as its authors document, save the state dict alone with "
+                f"torch.save(checkpoint['model'], 'weights_only.pth') and set `{param}:` to weights_only.pth."
+            ) from None
+        raise DataError(
+            f"{param} file {path}: damaged torch checkpoint ({_torch_reason(err)}); it is truncated or corrupt: "
+            "re-download it."
+        ) from None
+
+
+def _refused_globals(path: Path, err: Exception) -> list[str]:
+    """The Python globals (``module.name``) a torch file needs beyond what the weights-only loader
+    accepts: listed from the zip's pickle without running it where torch can, else from the error."""
+    import torch
+
+    names = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+    if scan is not None:
+        try:
+            names = [n for n in scan(str(path)) if n != "argparse.Namespace"] or names
+        except Exception:  # a legacy (non-zip) or damaged file: keep what the error said
+            pass
+    return sorted(set(names))
+
+
+def _torch_reason(err: Exception) -> str:
+    """The informative part of a torch.load error: the unpickler's own complaint when there is one
+    (torch wraps it in advice to disable the safe loader), else the first line."""
+    text = str(err)
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if found:
+        return found.group(1).strip()
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+
+
+def _is_state_dict(obj: Any) -> bool:
+    import torch
+
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def unwrap_state_dict(checkpoint: Any, source: str) -> tuple[dict[str, Any], list[str]]:
+    """The backbone's state dict inside a published checkpoint, plus notes on what was done.
+
+    - wrappers ``teacher`` (DINO), ``model`` (MAE), ``state_dict``, ... are descended into;
+    - ``module.`` / ``_orig_mod.`` prefixes (DDP, torch.compile) are stripped;
+    - DINO's ``backbone.`` prefix is stripped and the keys outside it (its ``head.`` projection) dropped;
+    - MAE's decoder (``decoder_*``, ``mask_token``) is dropped when present.
+    """
+    notes: list[str] = []
+    obj = checkpoint
+    for _ in range(4):
+        if _is_state_dict(obj):
+            break
+        if not isinstance(obj, Mapping):
+            break
+        key = next((k for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+        if key is None:
+            break
+        notes.append(f"unwrapped '{key}'")
+        obj = obj[key]
+    if not _is_state_dict(obj):
+        keys = list(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
+        raise DataError(
+            f"weights file {source}: no state dict found (top-level keys: {keys}); expected a state dict or one "
+            f"wrapped in one of {', '.join(WRAPPER_KEYS)}."
+        )
+    sd = dict(obj)
+    for prefix in ("module.", "_orig_mod."):
+        if any(k.startswith(prefix) for k in sd):
+            sd = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
+            notes.append(f"stripped '{prefix}'")
+    if any(k.startswith("backbone.") for k in sd):
+        dropped = sorted({k.split(".")[0] for k in sd if not k.startswith("backbone.")})
+        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        notes.append("stripped 'backbone.'" + (f", dropped {', '.join(dropped)}" if dropped else ""))
+    if any(k.startswith("decoder_") for k in sd):
+        sd = {k: v for k, v in sd.items() if not (k.startswith("decoder_") or k == "mask_token")}
+        notes.append("dropped the MAE decoder")
+    return sd, notes
