@@ -485,3 +485,98 @@ def test_short_bf16_training_on_cuda(host, synth, tmp_path):
     preds = student.predict(val, val.image_ids())
     assert len(preds) == len(val.image_ids())
     assert math.isfinite(prov["history"]["rounds"][0]["training"]["final_loss"])
+
+
+# ---- typed configuration ------------------------------------------------------------------------
+
+
+def test_config_is_one_typed_validated_record(host):
+    import dataclasses
+
+    from uisbench_builtins.maskrcnn import PARAMS, MaskRCNNConfig
+
+    assert [f.name for f in dataclasses.fields(MaskRCNNConfig)] == [p.name for p in PARAMS]
+    config = MaskRCNNConfig.from_params({"lr": 1, "lr_steps": [1], "anchor_sizes": [8, 16, 32, 64, 128]})
+    assert config.lr == 1.0 and isinstance(config.lr, float) and config.lr_steps == (1.0,)
+    assert config.anchor_sizes == (8, 16, 32, 64, 128) and config.copy_paste_scale == (0.3, 1.0)
+    defaults = {p.name: p.default for p in PARAMS}
+    assert config.as_params() == {**defaults, "lr": 1.0, "lr_steps": [1.0], "anchor_sizes": [8, 16, 32, 64, 128]}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 2.0  # type: ignore[misc]
+    # the student reads its settings from it, and builds the same record from the same parameters
+    student = _student(host, PixelBackbone(96), iterations=7)
+    assert student.config == MaskRCNNConfig.from_params({**TINY, "iterations": 7}) and student.config.iterations == 7
+    # what a round uses
+    config = MaskRCNNConfig.from_params({"iterations": 10, "lr": 0.02, "self_training_thresholds": [0.7, 0.65]})
+    assert (config.round_iterations(0), config.round_iterations(1), config.round_lr(0), config.round_lr(1)) == (10, 5, 0.02, 0.01)
+    assert (config.self_training_threshold(1), config.self_training_threshold(3)) == (0.7, 0.65)
+    assert config.round_droploss(0) is True and config.round_droploss(1) is False
+
+
+@pytest.mark.parametrize(
+    "params,needles,combination",
+    [
+        ({"lrr": 0.1}, ["unknown parameter(s) ['lrr']"], False),
+        ({"optimizer": "lion"}, ["optimizer: must be one of 'sgd', 'adamw', got 'lion'"], False),
+        ({"iterations": "many"}, ["iterations: expected int, got str"], False),
+        ({"iterations": 0, "lr": 0.0}, ["iterations: must be >= 1", "lr: must be > 0"], True),  # every problem at once
+        ({"copy_paste_scale": [1.0, 0.5]}, ["copy_paste_scale: is [low, high]"], True),
+    ],
+)
+def test_config_refuses_what_the_spec_refuses(host, params, needles, combination):
+    from uisbench_builtins.maskrcnn import MaskRCNNConfig
+
+    with pytest.raises(uisbench.ConfigError) as err:
+        MaskRCNNConfig.from_params(params)
+    assert all(n in str(err.value) for n in needles), str(err.value)
+    # the registry refuses unknown names and wrong types itself, the combinations through the spec's check
+    if combination:
+        assert host.spec("students", "maskrcnn").problems(params)
+
+
+# ---- one global batch, any number of ranks --------------------------------------------------------
+
+
+def test_a_share_of_the_global_batch_is_that_slice_of_it(host, synth):
+    import torch
+
+    from uisbench_builtins._student_data import IterationBatches, Ranks
+
+    train, _ = synth
+    masks = _gt_masks(train, train.image_ids()[:8])
+
+    def batches(positions):
+        return IterationBatches(train, masks, sorted(masks), backbone=PixelBackbone(96), batch_size=5, seed=2, round_index=0,
+                                iterations=2, hflip=True, copy_paste_rate=1.0, copy_paste_scale=(0.3, 1.0), positions=positions)
+
+    whole = batches(None)[1]
+    for world in (2, 3):
+        for rank in range(world):
+            share = Ranks(rank, world).share(5)
+            part = batches(share)[1]
+            assert part["ids"] == whole["ids"][share.start : share.stop]
+            assert part["seeds"] == whole["seeds"][share.start : share.stop]
+            assert torch.equal(part["pixels"], whole["pixels"][share.start : share.stop])
+            for a, b in zip(part["targets"], whole["targets"][share.start : share.stop], strict=True):
+                assert torch.equal(a["masks"], b["masks"])
+
+
+def test_sampled_anchors_and_proposals_of_an_image_do_not_depend_on_its_batch():
+    import torch
+
+    from uisbench_builtins._detector import SeededSampler
+
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.randint(-1, 3, (500,), generator=gen) for _ in range(3)]
+    sampler = SeededSampler(64, 0.25, salt=0)
+    sampler.seeds = [11, 22, 33]
+    pos, neg = sampler(images)
+    assert sampler.counts == (sum(int(p.sum() + n.sum()) for p, n in zip(pos, neg, strict=True)), sum(int(p.sum()) for p in pos))
+    sampler.seeds = [33]  # the third image alone (another rank, another batch): the same draw
+    alone_pos, alone_neg = sampler(images[2:])
+    assert torch.equal(alone_pos[0], pos[2]) and torch.equal(alone_neg[0], neg[2])
+    other = SeededSampler(64, 0.25, salt=1)  # the RoI heads' sampler draws independently of the RPN's
+    other.seeds = [33]
+    assert not torch.equal(other(images[2:])[1][0], neg[2])
+    sampler.seeds = None  # no seeds: torchvision's draw from the global generator
+    assert sampler(images)[0][0].shape == pos[0].shape and sampler.counts is None

@@ -11,6 +11,12 @@ when ``S`` is a multiple of 32) and predictions are mapped back by torchvision's
 ``GeneralizedRCNNTransform.postprocess`` from the content size ``(h, w)`` to the original
 ``(height, width)``: boxes are scaled per axis and masks pasted at full image resolution.
 With ``resnet*-fpn`` torchvision's transform does the usual resizing (``min_size``/``max_size``).
+
+Randomness: the anchors and proposals sampled for the RPN and RoI losses are drawn per image, from a
+generator seeded by the sample's own seed (:class:`SeededSampler`), so they do not depend on which
+other images share the batch or the process: a torchrun rank draws for its share what one process
+draws for the same images. :class:`TrainStep` is the training forward as one module call (what
+``DistributedDataParallel`` wraps); :data:`LOSS_NORMALISERS` says over what each loss is a mean.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
@@ -32,7 +39,10 @@ from torchvision.ops import box_iou
 
 __all__ = [
     "SimpleFeaturePyramid",
+    "SeededSampler",
     "DropLossRoIHeads",
+    "TrainStep",
+    "LOSS_NORMALISERS",
     "classification_loss",
     "build_maskrcnn",
     "Detector",
@@ -108,6 +118,63 @@ class SimpleFeaturePyramid(nn.Module):
             out[str(i)] = head(y)
         out["pool"] = F.max_pool2d(out[str(len(self.strides) - 1)], 1, 2, 0)
         return out
+
+
+class SeededSampler(BalancedPositiveNegativeSampler):
+    """torchvision's balanced positive/negative sampler, drawing image ``i``'s sample from its own CPU
+    generator seeded with ``seeds[i]`` (and ``salt``, one per sampler), so an image's draw does not
+    depend on the images before it in the batch, nor on the device. ``seeds=None``: torchvision's
+    draw from the global generator. ``counts`` holds ``(sampled, positives)`` of the last seeded call:
+    the denominators of the losses that average over the sample."""
+
+    def __init__(self, batch_size_per_image: int, positive_fraction: float, salt: int) -> None:
+        super().__init__(batch_size_per_image, positive_fraction)
+        self.salt = int(salt)
+        self.seeds: list[int] | None = None
+        self.counts: tuple[int, int] | None = None
+
+    @classmethod
+    def replacing(cls, sampler: BalancedPositiveNegativeSampler, salt: int) -> SeededSampler:
+        return cls(sampler.batch_size_per_image, sampler.positive_fraction, salt)
+
+    def __call__(self, matched_idxs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        seeds = self.seeds
+        if seeds is None or len(seeds) != len(matched_idxs):
+            self.counts = None
+            return super().__call__(matched_idxs)
+        pos_idx, neg_idx = [], []
+        sampled = positives = 0
+        for matched, seed in zip(matched_idxs, seeds, strict=True):
+            positive = torch.where(matched >= 1)[0]
+            negative = torch.where(matched == 0)[0]
+            num_pos = min(positive.numel(), int(self.batch_size_per_image * self.positive_fraction))
+            num_neg = min(negative.numel(), self.batch_size_per_image - num_pos)
+            gen = torch.Generator().manual_seed((int(seed) + self.salt * 0x9E3779B97F4A7C15) % (1 << 63))
+            perm1 = torch.randperm(positive.numel(), generator=gen)[:num_pos].to(positive.device)
+            perm2 = torch.randperm(negative.numel(), generator=gen)[:num_neg].to(negative.device)
+            pos_mask = torch.zeros_like(matched, dtype=torch.uint8)
+            neg_mask = torch.zeros_like(matched, dtype=torch.uint8)
+            pos_mask[positive[perm1]] = 1
+            neg_mask[negative[perm2]] = 1
+            pos_idx.append(pos_mask)
+            neg_idx.append(neg_mask)
+            sampled += num_pos + num_neg
+            positives += num_pos
+        self.counts = (sampled, positives)
+        return pos_idx, neg_idx
+
+
+#: Over what each training loss is a mean, across the images of the batch: the anchors the RPN
+#: sampled, the proposals the RoI heads sampled, or the positive proposals among them (the mask
+#: loss). A rank of a distributed run weights its loss by its share of that count, so that the
+#: averaged gradient is the one of the whole global batch in one process.
+LOSS_NORMALISERS = {
+    "loss_objectness": "anchors",
+    "loss_rpn_box_reg": "anchors",
+    "loss_classifier": "proposals",
+    "loss_box_reg": "proposals",
+    "loss_mask": "positives",
+}
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -205,9 +272,7 @@ def _resnet_fpn(name: str, weights_path: str | None) -> tuple[nn.Module, dict[st
             f"detector_weights {str(path)!r} does not exist; give the path of a local ResNet ({name}) state dict "
             "(e.g. DINO ResNet-50) or leave detector_weights null for a random init."
         )
-    from ._vit import read_checkpoint
-
-    state = read_checkpoint(path, "detector_weights")  # weights-only: a shared file must not run code
+    state = uisbench.weights.read_checkpoint(path, "detector_weights")  # weights-only: a shared file must not run code
     for key in ("state_dict", "model", "teacher"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
@@ -301,6 +366,8 @@ def build_maskrcnn(
         mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, 2),
     )
     model.roi_heads = DropLossRoIHeads.from_roi_heads(model.roi_heads, drop_iou)
+    model.rpn.fg_bg_sampler = SeededSampler.replacing(model.rpn.fg_bg_sampler, salt=0)
+    model.roi_heads.fg_bg_sampler = SeededSampler.replacing(model.roi_heads.fg_bg_sampler, salt=1)
     return model, info
 
 
@@ -352,11 +419,31 @@ class Detector:
         images, targets = model.transform(list(batch["images"]), targets)
         return images, model.backbone(images.tensors), targets
 
+    def _samplers(self) -> list[SeededSampler]:
+        found = (getattr(self.model.rpn, "fg_bg_sampler", None), getattr(self.model.roi_heads, "fg_bg_sampler", None))
+        return [s for s in found if isinstance(s, SeededSampler)]
+
     def losses(self, batch: dict[str, Any], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        images, features, targets = self._features(batch, targets)
-        proposals, rpn_losses = self.model.rpn(images, features, targets)
-        _, roi_losses = self.model.roi_heads(features, proposals, images.image_sizes, targets)
+        """The batch's training losses; the samplers draw with the batch's per-sample ``seeds``."""
+        samplers = self._samplers()
+        for sampler in samplers:
+            sampler.seeds = batch.get("seeds")
+        try:
+            images, features, targets = self._features(batch, targets)
+            proposals, rpn_losses = self.model.rpn(images, features, targets)
+            _, roi_losses = self.model.roi_heads(features, proposals, images.image_sizes, targets)
+        finally:
+            for sampler in samplers:
+                sampler.seeds = None
         return {**rpn_losses, **roi_losses}
+
+    def loss_counts(self, images: int) -> dict[str, int] | None:
+        """What the last :meth:`losses` averaged over (see :data:`LOSS_NORMALISERS`), or ``None`` if the
+        samplers did not count (no seeds)."""
+        rpn, roi = (getattr(self.model.rpn, "fg_bg_sampler", None), getattr(self.model.roi_heads, "fg_bg_sampler", None))
+        if not (isinstance(rpn, SeededSampler) and isinstance(roi, SeededSampler) and rpn.counts and roi.counts):
+            return None
+        return {"anchors": rpn.counts[0], "proposals": roi.counts[0], "positives": roi.counts[1], "images": images}
 
     @torch.no_grad()
     def detect(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
@@ -367,3 +454,17 @@ class Detector:
         original = [tuple(s) for s in batch["original_sizes"]]
         detections = [{k: v.float() if v.is_floating_point() else v for k, v in d.items()} for d in detections]
         return self.model.transform.postprocess(detections, images.image_sizes, original)
+
+
+class TrainStep(nn.Module):
+    """The training forward as one module call, ``step(batch, targets) -> losses``: what
+    ``DistributedDataParallel`` wraps (its gradient hooks need the forward to pass through it). The
+    frozen SSL backbone stays outside the module: only the detector's parameters are synchronised."""
+
+    def __init__(self, detector: Detector) -> None:
+        super().__init__()
+        self.model = detector.model
+        self.detector = detector  # not a module: no parameters of its own
+
+    def forward(self, batch: dict[str, Any], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return self.detector.losses(batch, targets)

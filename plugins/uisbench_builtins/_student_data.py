@@ -1,24 +1,33 @@
 """Training data of the ``maskrcnn`` student: pseudo-masks to targets, copy-paste, flips, the
-backbone frame, deterministic per-iteration batches, and the self-training merge.
+backbone frame, deterministic per-iteration batches, the self-training merge, and the ranks of a
+``torch.distributed`` run.
 
 Private helper of :mod:`uisbench_builtins.maskrcnn`; numpy, torch and PIL are imported inside functions.
-Every random choice of iteration ``it`` of round ``r`` comes from ``numpy.random.default_rng((seed,
-r, it, k))``, so a batch depends only on those numbers: a resumed run sees the same batches as an
-uninterrupted one, whatever the number of loader workers.
+Every random choice for sample ``k`` of iteration ``it`` of round ``r`` comes from
+``numpy.random.default_rng((seed, r, it, k))``, and the sample carries :func:`sample_seed` for the
+detector's proposal samplers, so a sample depends only on those numbers: a resumed run sees the
+same batches as an uninterrupted one, whatever the number of loader workers, and under torchrun
+each rank builds its share of the global batch (:meth:`Ranks.share`) exactly as one process would.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import uisbench
 
 if TYPE_CHECKING:
     import numpy as np
 
+T = TypeVar("T")
+
 __all__ = [
+    "Ranks",
+    "sample_seed",
     "instance_masks",
     "copy_paste",
     "content_size",
@@ -149,6 +158,8 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "original_sizes": [s["original_size"] for s in samples],
         "cache_keys": [s.get("cache_key") for s in samples],
     }
+    if samples and samples[0].get("seed") is not None:
+        batch["seeds"] = [s["seed"] for s in samples]
     if "pixels" in samples[0]:
         batch["pixels"] = torch.stack([s["pixels"] for s in samples])
     else:
@@ -165,11 +176,20 @@ def _identity(x):
     return x
 
 
+def sample_seed(seed: int, round_index: int, it: int, k: int) -> int:
+    """Seed of the detector's random draws (sampled anchors and proposals) for sample ``k`` of
+    iteration ``it``: a function of those numbers alone, whichever rank trains the sample."""
+    digest = hashlib.sha256(f"{seed}/{round_index}/{it}/{k}/sampler".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 class IterationBatches:
     """Map-style dataset: item ``it`` is the collated training batch of iteration ``it`` of a round.
 
     Images with at least one pseudo-mask are visited epoch by epoch in a seeded permutation; each
     sample may get copy-paste (instances of another training image) and a horizontal flip.
+    ``positions`` (default: all ``batch_size``) are the places ``k`` of the global batch that this
+    process builds: a torchrun rank's share (:meth:`Ranks.share`).
     """
 
     def __init__(
@@ -186,6 +206,7 @@ class IterationBatches:
         hflip: bool,
         copy_paste_rate: float,
         copy_paste_scale: tuple[float, float],
+        positions: Sequence[int] | None = None,
     ) -> None:
         self.dataset = dataset
         self.targets = targets
@@ -198,6 +219,7 @@ class IterationBatches:
         self.hflip = hflip
         self.copy_paste_rate = copy_paste_rate
         self.copy_paste_scale = copy_paste_scale
+        self.positions = list(range(batch_size) if positions is None else positions)
 
     def __len__(self) -> int:
         return self.iterations
@@ -238,10 +260,11 @@ class IterationBatches:
         sample = _frame_sample(image, masks, self.backbone)
         sample["id"] = image_id
         sample["cache_key"] = None if pasted else (image_id, flipped)  # features of an unaltered image
+        sample["seed"] = sample_seed(self.seed, self.round_index, it, k)
         return sample
 
     def __getitem__(self, it: int) -> dict[str, Any]:
-        return collate([self.sample(it, k) for k in range(self.batch_size)])
+        return collate([self.sample(it, k) for k in self.positions])
 
     def loader(self, start: int, num_workers: int, pin_memory: bool):
         """Batches ``start .. iterations-1`` in order (a torch DataLoader when ``num_workers > 0``)."""
@@ -305,3 +328,128 @@ def merge_self_training(
     iou = uisbench.masks.iou_matrix([p.segmentation for p in previous], [p.segmentation for p in kept])
     old = [p for p, row in zip(previous, iou, strict=True) if float(row.max()) < merge_iou]
     return kept + old
+
+
+# ---- ranks ----------------------------------------------------------------------------------------
+
+
+#: CPU (gloo) groups beside an nccl default group, one per default group: the ranks' questions
+#: (:meth:`Ranks.count`) and objects (predictions) travel there, without waiting for or filling the GPU
+_CONTROL_GROUPS: dict[int, Any] = {}
+
+
+def _alive(group: Any) -> bool:
+    import torch.distributed as dist
+
+    try:
+        return dist.get_rank(group) >= 0
+    except (RuntimeError, ValueError):  # destroyed with the process group it was made beside
+        return False
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a ``torch.distributed`` run (``world == 1``: one process, and every
+    method is trivial). The default process group is the bench's (``uisbench.bench._shard``)."""
+
+    rank: int = 0
+    world: int = 1
+    backend: str | None = None
+    device: str = "cpu"
+    control: Any = None
+
+    @classmethod
+    def current(cls, device: str = "cpu") -> Ranks:
+        """The initialised default process group's ranks, or one process. ``device``: where this rank's
+        tensors live (nccl exchanges CUDA tensors). A collective the first time under nccl (it makes
+        the CPU group of :meth:`count`): every rank calls it at the same point."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+            return cls(device=device)
+        backend = str(dist.get_backend())
+        control = None
+        if backend != "gloo":
+            control = _CONTROL_GROUPS.get(id(dist.group.WORLD))
+            if control is None or not _alive(control):
+                control = _CONTROL_GROUPS[id(dist.group.WORLD)] = dist.new_group(backend="gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), backend, device, control)
+
+    def count(self, flag: bool) -> int:
+        """On how many ranks ``flag`` is true (every rank learns it), over CPU: no wait for the device."""
+        if not self.distributed:
+            return int(bool(flag))
+        import torch
+        import torch.distributed as dist
+
+        votes = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64)
+        dist.all_reduce(votes, group=self.control)
+        return int(votes.item())
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def share(self, n: int) -> range:
+        """This rank's places in a global batch of ``n``: contiguous, sizes differing by at most one
+        (the first ``n % world`` ranks take one more)."""
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return range(start, start + base + (self.rank < extra))
+
+    def mine(self, items: Sequence[T]) -> list[T]:
+        """This rank's items, round robin (chunks of a per-image loop, as the bench shards its stages)."""
+        return list(items[self.rank :: self.world])
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """``obj`` of every rank, in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj, group=self.control)
+        return out
+
+    def gather(self, obj: Any) -> list[Any] | None:
+        """``obj`` of every rank, in rank order, on rank 0 (``None`` elsewhere)."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] | None = [None] * self.world if self.main else None
+        dist.gather_object(obj, out, dst=0, group=self.control)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj if self.main else None]
+        dist.broadcast_object_list(box, src=0, group=self.control)
+        return box[0]
+
+    def sum(self, values):
+        """The element-wise sum over ranks of a 1-D float64 tensor (on every rank)."""
+        if not self.distributed:
+            return values
+        import torch.distributed as dist
+
+        reduced = values.to(self.device if self.backend == "nccl" else "cpu")
+        dist.all_reduce(reduced)
+        return reduced
+
+    def broadcast_buffers(self, module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every rank."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)

@@ -17,16 +17,32 @@ unpickler (it holds only tensors and plain containers: the RNG states are stored
 numbers), and checked against the freshly built model before anything is restored. A checkpoint
 that is unreadable, of an older format, of another run or damaged means starting afresh, with a
 warning naming the file.
+
+Settings: :class:`MaskRCNNConfig`, one typed, validated field per entry of :data:`PARAMS`.
+
+Under ``torchrun`` the student is :attr:`~uisbench.Student.distributed`: every rank trains its share
+of each global batch (``batch_size`` images, split as evenly as possible) under
+``DistributedDataParallel``, each loss weighted by the rank's share of what it averages over, so the
+gradient is the one-process gradient of the same images; every random draw is seeded per sample, so
+the run does not depend on the number of ranks (nor does its checkpoint: any number of ranks
+resumes it). Rank 0 writes the checkpoints; every rank reads them (a shared work directory).
+Prediction (and self-training targets) is sharded by chunks of ``predict_batch_size`` images and
+gathered. Differences from one process: floating-point summation order; on CPU, the ResNet
+detectors' BatchNorm normalises over each rank's share (SyncBatchNorm needs CUDA; on CUDA it is
+used), and with images of different sizes torchvision pads each rank's share to its own largest
+image; ``feature_cache_mb`` is a budget per rank.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +61,7 @@ PARAMS: tuple[uisbench.Param, ...] = (
     P("detector_backbone", "str", "frozen-ssl", "frozen-ssl: the evaluated backbone, frozen, under a simple feature pyramid; resnet50-fpn / resnet18-fpn: torchvision ResNet-FPN", choices=DETECTOR_BACKBONES),
     P("detector_weights", "path", None, "resnet*-fpn only: local ResNet state dict (e.g. DINO ResNet-50); null = random init"),
     P("iterations", "int", 40000, "training iterations of the first round"),
-    P("batch_size", "int", 16, "images per iteration"),
+    P("batch_size", "int", 16, "images per iteration (the global batch: under torchrun the ranks share it)"),
     P("optimizer", "str", "sgd", "sgd (momentum 0.9) or adamw", choices=("sgd", "adamw")),
     P("lr", "float", 0.01, "base learning rate"),
     P("weight_decay", "float", 5e-5, "weight decay"),
@@ -81,7 +97,7 @@ PARAMS: tuple[uisbench.Param, ...] = (
     P("max_detections", "int", 100, "detections per evaluation image (300 for LVIS)"),
     P("score_thresh", "float", 0.0, "minimum detection score at evaluation"),
     P("checkpoint_every", "int", 1000, "write a checkpoint every this many iterations (and at the end of each round)"),
-    P("feature_cache_mb", "int", 0, "frozen-ssl: keep the frozen features of unaltered (not copy-pasted) training images, up to this many MB (0 = off)"),
+    P("feature_cache_mb", "int", 0, "frozen-ssl: keep the frozen features of unaltered (not copy-pasted) training images, up to this many MB per rank (0 = off)"),
     P("num_workers", "int", 0, "data-loader worker processes (0 = in the training process)"),
     P("predict_batch_size", "int", 8, "images per batch at prediction time"),
 )
@@ -91,14 +107,17 @@ _AT_LEAST_ONE = ("iterations", "batch_size", "checkpoint_every", "predict_batch_
                  "self_training_max_detections", "fpn_channels", "representation_size", "mask_head_channels",
                  "rpn_post_nms_top_n_train", "rpn_batch_size_per_image", "box_batch_size_per_image", "min_size", "max_size")
 
+_DEFAULTS: dict[str, Any] = {p.name: p.default for p in PARAMS}
+
 
 def check_params(params: Mapping[str, Any]) -> Any:
-    """Problems the student would raise when built (``platform validate`` runs this too)."""
+    """Problems the student would raise when built (``platform validate`` runs this too): the
+    validation of :class:`MaskRCNNConfig`, on values that passed their own :class:`uisbench.Param` checks."""
     if len(params["anchor_sizes"]) != 5 or min(params["anchor_sizes"], default=0) <= 0:
         yield "anchor_sizes", "needs 5 positive sizes, one per pyramid level (strides 4..64)"
     scale = params["copy_paste_scale"]
     if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
-        yield "copy_paste_scale", f"is [low, high] with 0 < low <= high, e.g. [0.3, 1.0]; got {scale}"
+        yield "copy_paste_scale", f"is [low, high] with 0 < low <= high, e.g. [0.3, 1.0]; got {list(scale)}"
     for name in _AT_LEAST_ONE:
         if params[name] < 1:
             yield name, f"must be >= 1, got {params[name]}"
@@ -109,19 +128,116 @@ def check_params(params: Mapping[str, Any]) -> Any:
         yield "self_training_rounds", f"must be >= 0, got {params['self_training_rounds']}"
     thresholds = params["self_training_thresholds"]
     if not thresholds or not all(0 <= t <= 1 for t in thresholds):
-        yield "self_training_thresholds", f"needs at least one score threshold in [0, 1], got {thresholds}"
+        yield "self_training_thresholds", f"needs at least one score threshold in [0, 1], got {list(thresholds)}"
     if params["detector_weights"] is not None and params["detector_backbone"] == "frozen-ssl":
         yield "detector_weights", "initialises a resnet*-fpn detector; frozen-ssl uses the evaluated backbone"
+
+
+@dataclass(frozen=True)
+class MaskRCNNConfig:
+    """The student's settings as one typed, validated record (one field per entry of :data:`PARAMS`,
+    whose help texts document them). Build it with :meth:`from_params`; construction checks every
+    value against its :class:`uisbench.Param` and then :func:`check_params`, raising one
+    :class:`uisbench.ConfigError` that lists every problem. Lists are stored as tuples."""
+
+    detector_backbone: str
+    detector_weights: str | None
+    iterations: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    weight_decay: float
+    warmup_iters: int
+    lr_steps: tuple[float, ...]
+    lr_gamma: float
+    grad_clip: float
+    amp: bool
+    min_size: int
+    max_size: int
+    fpn_channels: int
+    representation_size: int
+    mask_head_channels: int
+    anchor_sizes: tuple[int, ...]
+    rpn_post_nms_top_n_train: int
+    rpn_nms_thresh: float
+    rpn_batch_size_per_image: int
+    box_batch_size_per_image: int
+    box_positive_fraction: float
+    droploss: bool
+    droploss_iou: float
+    copy_paste: bool
+    copy_paste_rate: float
+    copy_paste_scale: tuple[float, float]
+    hflip: bool
+    self_training_rounds: int
+    self_training_thresholds: tuple[float, ...]
+    self_training_merge_iou: float
+    self_training_iterations: int | None
+    self_training_lr: float | None
+    self_training_droploss: bool
+    self_training_max_detections: int
+    max_detections: int
+    score_thresh: float
+    checkpoint_every: int
+    feature_cache_mb: int
+    num_workers: int
+    predict_batch_size: int
+
+    def __post_init__(self) -> None:
+        params = self.as_params()
+        typed = [(p.name, why) for p in PARAMS if (why := p.check(params[p.name])) is not None]
+        uisbench.raise_problems("maskrcnn", typed or list(check_params(params)))
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> MaskRCNNConfig:
+        """The config of ``params`` (missing ones take their :data:`PARAMS` default)."""
+        unknown = set(params) - set(_DEFAULTS)
+        if unknown:
+            raise uisbench.ConfigError(f"maskrcnn student: unknown parameter(s) {sorted(unknown)}; see `platform list students`.")
+        values = {}
+        for p in PARAMS:
+            v = params.get(p.name, p.default)
+            if p.type == "path" and isinstance(v, os.PathLike):
+                v = os.fspath(v)
+            elif p.type == "float" and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            elif p.type == "list[float]" and isinstance(v, list):
+                v = [float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v]
+            values[p.name] = tuple(v) if isinstance(v, list) else v
+        return cls(**values)
+
+    def as_params(self) -> dict[str, Any]:
+        """The settings as plain values (tuples as lists), in :data:`PARAMS` order."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}
+
+    # -- what a round uses ---------------------------------------------------------------------------
+
+    def round_iterations(self, r: int) -> int:
+        if r == 0:
+            return self.iterations
+        return self.self_training_iterations or max(1, self.iterations // 2)
+
+    def round_lr(self, r: int) -> float:
+        return self.lr if r == 0 else (self.self_training_lr or self.lr / 2)
+
+    def round_droploss(self, r: int) -> bool:
+        return self.droploss if r == 0 else self.self_training_droploss
+
+    def self_training_threshold(self, r: int) -> float:
+        thresholds = self.self_training_thresholds or (0.7,)
+        return float(thresholds[min(r - 1, len(thresholds) - 1)])
 
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(device: str = "cpu") -> dict[str, Any]:
     """The RNG states of torch, numpy and python in forms torch's weights-only unpickler accepts:
     numpy's ``(name, uint32 keys, pos, has_gauss, gauss)`` and python's ``(version, internal, gauss)``
-    tuples become dicts of str, int, float and lists of ints."""
+    tuples become dicts of str, int, float and lists of ints. On CUDA, the state of the training
+    device alone (not of every visible GPU: a resume may see other GPUs, or fewer)."""
     import random
 
     import numpy as np
@@ -135,13 +251,13 @@ def _rng_state() -> dict[str, Any]:
                   "gauss": float(gauss)},
         "python": {"version": int(version), "internal": list(internal), "gauss_next": gauss_next},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`_rng_state` saved, bit for bit."""
+def _set_rng_state(state: Mapping[str, Any], device: str = "cpu") -> None:
+    """Restore what :func:`_rng_state` saved, bit for bit (a CUDA state only on a CUDA device)."""
     import random
 
     import numpy as np
@@ -152,17 +268,17 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     np.random.set_state((n["name"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and str(device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _restore_rng(state: Any) -> str | None:
+def _restore_rng(state: Any, device: str = "cpu") -> str | None:
     """Set the saved RNG states; if they are malformed, put the current ones back and say why."""
-    current = _rng_state()
+    current = _rng_state(device)
     try:
-        _set_rng_state(state)
+        _set_rng_state(state, device)
     except Exception as err:  # whatever numpy, torch or random raise on a malformed state
-        _set_rng_state(current)
+        _set_rng_state(current, device)
         return f"holds a malformed RNG state ({type(err).__name__}: {err})"
     return None
 
@@ -219,13 +335,15 @@ def _checkpoint_problem(state: Any, key: str) -> str | None:
     return None
 
 
-def _read_checkpoint(path: Path, key: str) -> dict[str, Any] | None:
+def _read_checkpoint(path: Path, key: str, *, warn: bool = True) -> dict[str, Any] | None:
     """The training state in ``path`` if it is this run's and well-formed, else ``None`` with a warning
-    naming the file: anything unusable means starting afresh (the next checkpoint overwrites it)."""
+    naming the file (``warn``: rank 0 speaks for all): anything unusable means starting afresh (the
+    next checkpoint overwrites it)."""
     state, problem = _unpickle_checkpoint(path)
     problem = problem or _checkpoint_problem(state, key)
     if problem is not None:
-        warnings.warn(f"maskrcnn: {path} {problem}; starting afresh.", stacklevel=3)
+        if warn:
+            warnings.warn(f"maskrcnn: {path} {problem}; starting afresh.", stacklevel=3)
         return None
     return state
 
@@ -236,20 +354,19 @@ def _iteration_seed(seed: int, round_index: int, it: int) -> int:
 
 
 _NOT_IN_RUN_KEY = frozenset({"num_workers", "checkpoint_every", "predict_batch_size", "feature_cache_mb"})
+#: Enters the run key: 2 = anchors and proposals sampled per image from the sample's seed (a checkpoint
+#: of the earlier global-generator draws is not continued with the new ones).
+_RECIPE = 2
 
 
 class MaskRCNNStudent(uisbench.Student):
     """Class-agnostic torchvision Mask R-CNN trained on pseudo-masks (see the module docstring)."""
 
+    distributed = True
+
     def __init__(self, backbone: uisbench.Backbone | None = None, **params: Any) -> None:
-        self.params = {**{p.name: p.default for p in PARAMS}, **params}
-        unknown = set(params) - {p.name for p in PARAMS}
-        if unknown:
-            raise uisbench.ConfigError(f"maskrcnn student: unknown parameter(s) {sorted(unknown)}; see `platform list students`.")
-        kind = self.params["detector_backbone"]
-        if kind not in DETECTOR_BACKBONES:
-            raise uisbench.ConfigError(f"maskrcnn: detector_backbone {kind!r} is not one of {', '.join(DETECTOR_BACKBONES)}.")
-        if kind == "frozen-ssl":
+        self.config = config = MaskRCNNConfig.from_params(params)
+        if config.detector_backbone == "frozen-ssl":
             if backbone is None:
                 raise uisbench.ConfigError(
                     "maskrcnn: detector_backbone 'frozen-ssl' needs the backbone under evaluation (factory argument "
@@ -262,15 +379,19 @@ class MaskRCNNStudent(uisbench.Student):
                     "would see the answers at prediction time. Score calibration backbones at the pseudo-mask "
                     "stage, or use a student entry with detector_backbone: resnet50-fpn."
                 )
-        uisbench.raise_problems("maskrcnn", check_params(self.params))
-        self.backbone = backbone if kind == "frozen-ssl" else None
+        self.backbone = backbone if config.detector_backbone == "frozen-ssl" else None
         self.device = "cpu"
         self.model = None
         self._init_info: dict[str, Any] = {}
         self._history: dict[str, Any] = {}
+        self._distributed_info: dict[str, Any] = {"ranks": 1}
         self._key = ""
-        #: Called as ``on_checkpoint(round, iteration)`` after each checkpoint is written (tests, monitoring).
+        #: Called as ``on_checkpoint(round, iteration)`` after each checkpoint is written, on the rank
+        #: that writes it (rank 0) (tests, monitoring).
         self.on_checkpoint: Callable[[int, int], None] | None = None
+        #: Called as ``on_iteration(round, iteration, loss)`` after each optimiser step on every rank,
+        #: with the loss of the whole (global) batch (tests, monitoring).
+        self.on_iteration: Callable[[int, int, float], None] | None = None
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -286,17 +407,22 @@ class MaskRCNNStudent(uisbench.Student):
     def _cuda(self) -> bool:
         return self.device.startswith("cuda")
 
+    def _ranks(self):
+        from ._student_data import Ranks
+
+        return Ranks.current(self.device)
+
     def _autocast(self):
         import torch
 
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._cuda and bool(self.params["amp"]))
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self._cuda and self.config.amp)
 
     def _build(self, dataset: uisbench.Dataset, probe_id: int) -> None:
         import torch
 
         from ._detector import build_maskrcnn
 
-        p = self.params
+        c = self.config
         in_channels = patch = None
         if self.backbone is not None:
             self.backbone.to(self.device)
@@ -306,42 +432,75 @@ class MaskRCNNStudent(uisbench.Student):
             in_channels = int(fm.features.shape[1])
             patch = int(fm.patch_size)
         model, info = build_maskrcnn(
-            detector_backbone=p["detector_backbone"],
+            detector_backbone=c.detector_backbone,
             in_channels=in_channels,
             patch_size=patch,
-            fpn_channels=p["fpn_channels"],
-            representation_size=p["representation_size"],
-            mask_head_channels=p["mask_head_channels"],
-            anchor_sizes=tuple(p["anchor_sizes"]),
-            min_size=p["min_size"],
-            max_size=p["max_size"],
-            rpn_pre_nms_top_n_train=min(2000, p["rpn_post_nms_top_n_train"]),
-            rpn_post_nms_top_n_train=p["rpn_post_nms_top_n_train"],
-            rpn_nms_thresh=p["rpn_nms_thresh"],
-            rpn_batch_size_per_image=p["rpn_batch_size_per_image"],
-            box_batch_size_per_image=p["box_batch_size_per_image"],
-            box_positive_fraction=p["box_positive_fraction"],
-            score_thresh=p["score_thresh"],
-            detections_per_img=p["max_detections"],
-            drop_iou=p["droploss_iou"] if p["droploss"] else None,
-            weights_path=p["detector_weights"],
+            fpn_channels=c.fpn_channels,
+            representation_size=c.representation_size,
+            mask_head_channels=c.mask_head_channels,
+            anchor_sizes=c.anchor_sizes,
+            min_size=c.min_size,
+            max_size=c.max_size,
+            rpn_pre_nms_top_n_train=min(2000, c.rpn_post_nms_top_n_train),
+            rpn_post_nms_top_n_train=c.rpn_post_nms_top_n_train,
+            rpn_nms_thresh=c.rpn_nms_thresh,
+            rpn_batch_size_per_image=c.rpn_batch_size_per_image,
+            box_batch_size_per_image=c.box_batch_size_per_image,
+            box_positive_fraction=c.box_positive_fraction,
+            score_thresh=c.score_thresh,
+            detections_per_img=c.max_detections,
+            drop_iou=c.droploss_iou if c.droploss else None,
+            weights_path=c.detector_weights,
         )
         self.model = model.to(self.device)
         self._init_info = info
 
+    def _distribute(self, ranks) -> None:
+        """Under torchrun: BatchNorm (the ResNet detectors) becomes SyncBatchNorm on CUDA, so its
+        statistics are those of the global batch as in one process; torch has no CPU SyncBatchNorm,
+        so on CPU (gloo) each rank normalises over its own share (recorded in provenance)."""
+        import torch
+
+        norm = None
+        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            norm = "batch"
+            if ranks.distributed and self._cuda:
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+                norm = "synchronised across ranks (SyncBatchNorm)"
+            elif ranks.distributed:
+                norm = "per rank: statistics over each rank's share of the batch (SyncBatchNorm needs CUDA)"
+        share = [len(type(ranks)(r, ranks.world).share(self.config.batch_size)) for r in range(ranks.world)]
+        self._distributed_info = {"ranks": ranks.world, "backend": ranks.backend, "per_rank_batch": share,
+                                  "batch_norm": norm}
+
     def _detector(self, training: bool = False):
         from ._detector import Detector
 
-        budget = int(self.params["feature_cache_mb"]) * 2**20 if training else 0
+        budget = self.config.feature_cache_mb * 2**20 if training else 0
         return Detector(self.model, self.backbone, cache={}, cache_bytes=budget)
 
-    def _run_key(self, dataset: uisbench.Dataset, pseudo: Mapping[int, Sequence[uisbench.Prediction]], seed: int) -> str:
+    @staticmethod
+    def _init_state(init_from: Path | None) -> dict[str, Any] | None:
+        """The final training state of the fit in ``init_from`` (weights-only read), for fine-tuning."""
+        if init_from is None:
+            return None
+        path = Path(init_from) / CHECKPOINT
+        state, problem = _unpickle_checkpoint(path) if path.exists() else (None, "does not exist")
+        if problem is None and not (isinstance(state, dict) and state.get("format") == _FORMAT and isinstance(state.get("model"), dict)):
+            problem = "is not a finished maskrcnn training checkpoint"
+        if problem is not None:
+            raise uisbench.DataError(f"maskrcnn: cannot fine-tune from {path}: it {problem}; rerun the student stage (--force student).")
+        return state
+
+    def _run_key(self, dataset: uisbench.Dataset, pseudo: Mapping[int, Sequence[uisbench.Prediction]], seed: int,
+                 init_key: str | None = None) -> str:
         # Parameters that change how, not what, is computed stay out: a run killed with 4 loader
-        # workers may resume with 8 (batches depend only on seed, round and iteration).
-        training = {k: v for k, v in self.params.items() if k not in _NOT_IN_RUN_KEY}
+        # workers may resume with 8 (batches depend only on seed, round and iteration), and so is the
+        # number of ranks (each builds its share of the same global batch).
+        training = {k: v for k, v in self.config.as_params().items() if k not in _NOT_IN_RUN_KEY}
         h = hashlib.sha256()
         h.update(json.dumps(_jsonable(training), sort_keys=True).encode())
-        h.update(f"seed={seed}/fp={dataset.fingerprint()}".encode())
+        h.update(f"seed={seed}/fp={dataset.fingerprint()}/recipe={_RECIPE}/init={init_key}".encode())
         if self.backbone is not None:
             h.update(json.dumps(_jsonable(self.backbone.provenance()), sort_keys=True).encode())
         for image_id in sorted(pseudo):
@@ -359,14 +518,31 @@ class MaskRCNNStudent(uisbench.Student):
         *,
         workdir: Path,
         seed: int = 0,
+        init_from: Path | None = None,
     ) -> int:
         """Train (resuming from ``workdir``'s checkpoint); returns the training samples processed by
-        this call (iterations run x batch size, over every round)."""
+        this call (iterations run x global batch size, over every round; the same on every rank).
+
+        ``init_from``: the workdir of a finished fit of this student entry (same architecture): its
+        final weights are the starting point (fine-tuning on a few labelled images); the optimiser
+        and schedule start afresh with this entry's settings. Its run key enters this run's key.
+
+        Under ``torch.distributed`` every rank calls it: each trains on its share of every global
+        batch under ``DistributedDataParallel``, rank 0 writes the checkpoints (``workdir`` must be
+        one folder that every rank reads), and the result is the one-process result whatever the
+        number of ranks (up to floating-point summation order, and BatchNorm on CPU)."""
         import torch
 
-        p = self.params
+        c = self.config
+        ranks = self._ranks()
+        if c.batch_size < ranks.world:
+            raise uisbench.ConfigError(
+                f"maskrcnn: batch_size {c.batch_size} is the global batch, shared by the {ranks.world} torchrun "
+                "ranks, and each rank needs at least one image per iteration; raise batch_size or run fewer ranks."
+            )
         workdir = Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
+        if ranks.main:
+            workdir.mkdir(parents=True, exist_ok=True)
         known = set(dataset.image_ids())
         targets: dict[int, list[uisbench.Prediction]] = {
             int(i): list(v) for i, v in pseudo_masks.items() if int(i) in known
@@ -378,24 +554,37 @@ class MaskRCNNStudent(uisbench.Student):
                 f"{type(dataset).__name__} ({len(targets)} images have an entry); nothing to train on. "
                 "Check the masker's output (its parameters, or the backbone's features) before the student stage."
             )
-        if self.backbone is not None:
-            self.backbone.bind(dataset)
-        key = self._key = self._run_key(dataset, targets, seed)
         ckpt_path = workdir / CHECKPOINT
-        state = _read_checkpoint(ckpt_path, key) if ckpt_path.exists() else None
-        torch.manual_seed(seed)
-        self._build(dataset, trainable[0])
-        if state is not None:
-            problem = self._resume_problem(state, workdir) or _restore_rng(state["rng"])
-            if problem is not None:
-                warnings.warn(f"maskrcnn: {ckpt_path} {problem}; starting afresh.", stacklevel=2)
-                state = None
-        rounds = 1 + int(p["self_training_rounds"])
+        state, failure = None, None
+        try:  # what may fail on one rank alone (its files, its device) is shared before the first collective
+            if self.backbone is not None:
+                self.backbone.bind(dataset)
+            init_state = self._init_state(init_from)
+            key = self._key = self._run_key(dataset, targets, seed, None if init_state is None else str(init_state.get("key")))
+            state = _read_checkpoint(ckpt_path, key, warn=ranks.main) if ckpt_path.exists() else None
+            torch.manual_seed(seed)
+            self._build(dataset, trainable[0])
+            if init_state is not None and state is None:  # a resumed fine-tuning has its own weights
+                self.model.load_state_dict(init_state["model"], strict=True)
+            if state is not None:
+                problem = self._resume_problem(state, workdir) or _restore_rng(state["rng"], self.device)
+                if problem is not None:
+                    if ranks.main:
+                        warnings.warn(f"maskrcnn: {ckpt_path} {problem}; starting afresh.", stacklevel=2)
+                    state = None
+        except Exception as err:
+            if not ranks.distributed:
+                raise
+            failure = err
+        self._agree_on_resume(state, ckpt_path, ranks, failure)
+        self._distribute(ranks)
+        rounds = 1 + c.self_training_rounds
         history: dict[str, Any] = {
             "resumed_from": None,
             "rounds": [],
             "train_images": len(trainable),
             "images_without_pseudo_masks": len(known) - len(trainable),
+            "init_from": None if init_from is None else str(init_from),
         }
         start_round, start_it = 0, 0
         if state is not None:  # checked by _resume_problem, RNG already restored
@@ -405,7 +594,7 @@ class MaskRCNNStudent(uisbench.Student):
             history["resumed_from"] = {"round": start_round, "iteration": start_it}
         samples = 0
         for r in range(start_round, rounds):
-            iters = self._round_iterations(r)
+            iters = c.round_iterations(r)
             resume = state if (state is not None and r == start_round) else None
             if r > 0 and resume is not None:  # this round's targets were made before its checkpoint
                 targets = self._load_targets(workdir, r)
@@ -416,9 +605,29 @@ class MaskRCNNStudent(uisbench.Student):
                 history["rounds"].append({"round": 0, "targets": sum(len(targets[i]) for i in trainable)})
             if resume is not None and int(resume["iteration"]) >= iters:
                 continue
-            samples += self._train_round(dataset, targets, r, iters, seed, workdir, key, history, resume)
+            samples += self._train_round(dataset, targets, r, iters, seed, workdir, key, history, resume, ranks)
         self._history = history
         return samples
+
+    @staticmethod
+    def _agree_on_resume(state: dict[str, Any] | None, path: Path, ranks, failure: BaseException | None = None) -> None:
+        """Every rank resumes from the same point, or every rank stops: ranks that read different
+        checkpoints (work directories that are not one shared folder) would train different models,
+        and a rank that failed to set up would leave the others waiting in a collective."""
+        point = None if state is None else (int(state["round"]), int(state["iteration"]))
+        mine = ("failed", f"{type(failure).__name__}: {failure}") if failure is not None else point
+        points = ranks.all_gather(mine)
+        if failure is not None:
+            raise failure
+        failed = [(r, p[1]) for r, p in enumerate(points) if isinstance(p, tuple) and p and p[0] == "failed"]
+        if failed:
+            raise RuntimeError(f"maskrcnn: torchrun rank {failed[0][0]} failed to set up training ({failed[0][1]})")
+        if any(p != points[0] for p in points):
+            seen = ", ".join(f"rank {r}: {'none' if p is None else f'round {p[0]} iteration {p[1]}'}" for r, p in enumerate(points))
+            raise uisbench.ConfigError(
+                f"maskrcnn: the torchrun ranks read different checkpoints at {path} ({seen}); every rank must see "
+                "the same work directory: put --workdir on a file system that all nodes share."
+            )
 
     def _resume_problem(self, state: dict[str, Any], workdir: Path) -> str | None:
         """Why this run's checkpoint cannot be restored into the freshly built model, or ``None``.
@@ -435,7 +644,7 @@ class MaskRCNNStudent(uisbench.Student):
         ):
             return "holds model weights that do not fit this model"
         r = state["round"]
-        opt, sched, _ = self._optimizer(r, self._round_iterations(r))
+        opt, sched, _ = self._optimizer(r, self.config.round_iterations(r))
         fresh_opt, fresh_sched = opt.state_dict(), sched.state_dict()
         saved_opt = state["optimizer"]
         params = [q for q in self.model.parameters() if q.requires_grad]
@@ -454,12 +663,6 @@ class MaskRCNNStudent(uisbench.Student):
         if r > 0 and self._read_targets(workdir, r) is None:
             return f"needs {self._targets_file(workdir, r).name} (round {r}'s targets), which is missing or unreadable"
         return None
-
-    def _round_iterations(self, r: int) -> int:
-        p = self.params
-        if r == 0:
-            return int(p["iterations"])
-        return int(p["self_training_iterations"] or max(1, p["iterations"] // 2))
 
     def _targets_file(self, workdir: Path, r: int) -> Path:
         return workdir / f"maskrcnn-targets-round{r}.json"
@@ -488,20 +691,21 @@ class MaskRCNNStudent(uisbench.Student):
 
     def _self_training_targets(self, dataset, previous, r: int, workdir: Path):
         """Round ``r``'s targets: the current model's confident predictions on the training images
-        merged with the previous targets (CutLER ``get_self_training_ann``); saved atomically."""
+        merged with the previous targets (CutLER ``get_self_training_ann``); saved atomically by rank 0.
+        Under torchrun each rank predicts its share of the images and every rank gets all targets."""
         from ._student_data import merge_self_training
 
-        p = self.params
-        path = self._targets_file(workdir, r)
-        thresholds = list(p["self_training_thresholds"]) or [0.7]
-        threshold = float(thresholds[min(r - 1, len(thresholds) - 1)])
-        saved = self._read_targets(workdir, r)  # made by this run before it was killed (same key); else remade
+        c = self.config
+        ranks = self._ranks()
+        threshold = c.self_training_threshold(r)
+        # made by this run before it was killed (same key); else remade. Rank 0 decides for every rank.
+        saved = ranks.broadcast(self._read_targets(workdir, r) if ranks.main else None)
         if saved is not None:
             return saved
         ids = sorted(previous)
-        preds = self._predict(dataset, ids, max_detections=int(p["self_training_max_detections"]))
+        preds = self._predict(dataset, ids, max_detections=c.self_training_max_detections, everyone=True)
         merged = {
-            i: merge_self_training(preds.get(i, []), previous[i], score_threshold=threshold, merge_iou=p["self_training_merge_iou"])
+            i: merge_self_training(preds.get(i, []), previous[i], score_threshold=threshold, merge_iou=c.self_training_merge_iou)
             for i in ids
         }
         kept = sum(1 for i in ids for x in preds.get(i, []) if x.score >= threshold)
@@ -512,24 +716,27 @@ class MaskRCNNStudent(uisbench.Student):
             "targets_before": sum(len(previous[i]) for i in ids),
             "targets": sum(len(v) for v in merged.values()),
         }
-        uisbench.atomic_write_json(
-            path, {"key": self._key, "info": info, "targets": {str(i): [m.to_coco() for m in v] for i, v in merged.items()}}, indent=None
-        )
+        if ranks.main:
+            uisbench.atomic_write_json(
+                self._targets_file(workdir, r),
+                {"key": self._key, "info": info, "targets": {str(i): [m.to_coco() for m in v] for i, v in merged.items()}},
+                indent=None,
+            )
         return merged, info
 
     def _optimizer(self, r: int, iters: int):
         import torch
 
-        p = self.params
-        lr = float(p["lr"]) if r == 0 else float(p["self_training_lr"] or p["lr"] / 2)
+        c = self.config
+        lr = c.round_lr(r)
         params = [q for q in self.model.parameters() if q.requires_grad]
-        if p["optimizer"] == "adamw":
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=p["weight_decay"])
+        if c.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=c.weight_decay)
         else:
-            opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=p["weight_decay"])
-        warmup = max(0, int(p["warmup_iters"]))
-        steps = sorted(int(f * iters) for f in p["lr_steps"])
-        gamma = float(p["lr_gamma"])
+            opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=c.weight_decay)
+        warmup = max(0, c.warmup_iters)
+        steps = sorted(int(f * iters) for f in c.lr_steps)
+        gamma = c.lr_gamma
 
         def factor(it: int) -> float:
             w = 1.0 if it >= warmup or warmup == 0 else 0.001 + (1 - 0.001) * it / warmup
@@ -537,17 +744,18 @@ class MaskRCNNStudent(uisbench.Student):
 
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor), lr
 
-    def _train_round(self, dataset, targets, r, iters, seed, workdir, key, history, resume) -> int:
-        """Train round ``r`` from its start (or ``resume``); returns the samples processed."""
+    def _train_round(self, dataset, targets, r, iters, seed, workdir, key, history, resume, ranks) -> int:
+        """Train round ``r`` from its start (or ``resume``); returns the samples processed (global)."""
         import torch
         from tqdm import tqdm
 
+        from ._detector import TrainStep
         from ._student_data import IterationBatches
 
-        p = self.params
+        c = self.config
         model = self.model
-        droploss = bool(p["droploss"]) if r == 0 else bool(p["self_training_droploss"])
-        model.roi_heads.drop_iou = float(p["droploss_iou"]) if droploss else None
+        droploss = c.round_droploss(r)
+        model.roi_heads.drop_iou = c.droploss_iou if droploss else None
         opt, sched, lr = self._optimizer(r, iters)
         start = 0
         if resume is not None:
@@ -560,15 +768,28 @@ class MaskRCNNStudent(uisbench.Student):
             targets,
             trainable,
             backbone=self.backbone,
-            batch_size=int(p["batch_size"]),
+            batch_size=c.batch_size,
             seed=seed,
             round_index=r,
             iterations=iters,
-            hflip=bool(p["hflip"]),
-            copy_paste_rate=float(p["copy_paste_rate"]) if p["copy_paste"] else 0.0,
-            copy_paste_scale=tuple(p["copy_paste_scale"]),
+            hflip=c.hflip,
+            copy_paste_rate=c.copy_paste_rate if c.copy_paste else 0.0,
+            copy_paste_scale=c.copy_paste_scale,
+            positions=ranks.share(c.batch_size),
         )
         detector = self._detector(training=True)
+        ddp = None
+        if ranks.distributed:
+            import inspect
+
+            from torch.nn.parallel import DistributedDataParallel
+
+            index = torch.device(self.device).index if self._cuda else None
+            # No buffer sync in the forward, so no collective there (BatchNorm running statistics do not
+            # enter training; rank 0's are broadcast at the end of the round). torch >= 2.14 renamed it.
+            sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                    else "broadcast_buffers")
+            ddp = DistributedDataParallel(TrainStep(detector), device_ids=None if index is None else [index], **{sync: False})
         model.train()
         if self.backbone is not None and hasattr(self.backbone, "eval"):
             self.backbone.eval()
@@ -577,42 +798,53 @@ class MaskRCNNStudent(uisbench.Student):
             "iterations": iters,
             "lr": lr,
             "droploss": droploss,
-            "batch_size": int(p["batch_size"]),
+            "batch_size": c.batch_size,
         }
         params = [q for q in model.parameters() if q.requires_grad]
-        bar = tqdm(total=iters, initial=start, desc=f"maskrcnn round {r}", unit="it", disable=None, file=sys.stderr)
+        bar = tqdm(total=iters, initial=start, desc=f"maskrcnn round {r}", unit="it", disable=None if ranks.main else True,
+                   file=sys.stderr)
         t0, seen, last_loss, ckpt_s = time.perf_counter(), 0, float("nan"), 0.0
-        ckpt_every = max(1, int(p["checkpoint_every"]))
+        ckpt_every = max(1, c.checkpoint_every)
+        batches = iter(data.loader(start, c.num_workers, self._cuda))
         try:
-            for it, batch in zip(range(start, iters), data.loader(start, int(p["num_workers"]), self._cuda), strict=True):
-                torch.manual_seed(_iteration_seed(seed, r, it))
-                batch = self._to_device(batch)
-                with self._autocast():
-                    losses = detector.losses(batch, batch["targets"])
-                loss = sum(losses.values())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"maskrcnn: loss is {loss.item()} at round {r} iteration {it} ({ {k: float(v) for k, v in losses.items()} }); "
-                        "lower lr or raise warmup_iters."
-                    )
+            for it in range(start, iters):
+                if ddp is None:
+                    batch = next(batches)
+                    torch.manual_seed(_iteration_seed(seed, r, it))
+                    batch = self._to_device(batch)
+                    with self._autocast():
+                        losses = detector.losses(batch, batch["targets"])
+                    loss = sum(losses.values())
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"maskrcnn: loss is {loss.item()} at round {r} iteration {it} ({ {k: float(v) for k, v in losses.items()} }); "
+                            "lower lr or raise warmup_iters."
+                        )
+                    value = float(loss.detach())
+                else:
+                    loss, value = self._distributed_losses(ddp, detector, batches, ranks, seed, r, it)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if p["grad_clip"] and p["grad_clip"] > 0:
-                    torch.nn.utils.clip_grad_norm_(params, float(p["grad_clip"]))
+                if c.grad_clip and c.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
                 opt.step()
                 sched.step()
-                seen += len(batch["ids"])
-                last_loss = float(loss.detach())
+                seen += c.batch_size
+                last_loss = value
                 bar.update(1)
                 bar.set_postfix(loss=f"{last_loss:.3f}", refresh=False)
+                if self.on_iteration is not None:
+                    self.on_iteration(r, it, last_loss)
                 done = it + 1
                 if done % ckpt_every == 0 or done == iters:
                     record.update(final_loss=last_loss)
                     t_ckpt = time.perf_counter()
-                    self._save(workdir, key, r, done, opt, sched, history, record, done == iters)
+                    self._save(workdir, key, r, done, opt, sched, history, record, done == iters, ranks)
                     ckpt_s += time.perf_counter() - t_ckpt
         finally:
             bar.close()
+        del ddp
+        ranks.broadcast_buffers(model)
         elapsed = time.perf_counter() - t0
         record.update(
             final_loss=last_loss,
@@ -624,26 +856,105 @@ class MaskRCNNStudent(uisbench.Student):
         history["rounds"][r].update({"training": record})
         return seen
 
-    def _save(self, workdir, key, r, done, opt, sched, history, record, final) -> None:
+    def _distributed_losses(self, ddp, detector, batches, ranks, seed: int, r: int, it: int):
+        """One rank's forward of its share of the global batch: ``(loss to backpropagate, loss of the
+        global batch)``.
+
+        Each loss is a mean over what the samplers drew (:data:`_detector.LOSS_NORMALISERS`); a rank's
+        share is weighted by ``world x its count / the global count``, so that the gradient DDP
+        averages is the gradient of the global batch's loss in one process. Failures are shared
+        before each collective that a failed rank would miss: the batch before the forward (whose
+        first call after a backward makes DDP rebuild its buckets, a collective), the forward before
+        the backward (whose gradient all-reduce a failed rank would never join); then every rank stops.
+        """
+        import math
+
+        import torch
+
+        from ._detector import LOSS_NORMALISERS
+
+        failure: BaseException | None = None
+        try:
+            batch = self._to_device(next(batches))
+        except Exception as err:  # an unreadable image: raised below, after every rank knows
+            failure = err
+        self._stop_if_failed(failure, ranks.count(failure is not None), f"at round {r} iteration {it}")
+        names = list(LOSS_NORMALISERS)
+        counts = [0.0] * len(names)
+        sums = torch.zeros(len(names), dtype=torch.float64, device=self.device)
+        losses: dict[str, Any] = {}
+        try:
+            torch.manual_seed(_iteration_seed(seed, r, it))
+            with self._autocast():
+                losses = ddp(batch, batch["targets"])
+            found = detector.loss_counts(len(batch["ids"]))
+            if found is None or set(losses) != set(names):
+                raise RuntimeError(f"maskrcnn: cannot weight the losses {sorted(losses)} across ranks (no sampler counts)")
+            counts = [float(found[LOSS_NORMALISERS[n]]) for n in names]
+            sums = torch.stack([losses[n].detach().double() for n in names]) * torch.tensor(
+                counts, dtype=torch.float64, device=self.device
+            )
+        except Exception as err:
+            failure = err
+        flag = torch.tensor([1.0 if failure is not None else 0.0], dtype=torch.float64, device=self.device)
+        mine = torch.tensor(counts, dtype=torch.float64, device=self.device)
+        total = ranks.sum(torch.cat([flag, mine, sums])).tolist()
+        self._stop_if_failed(failure, int(total[0]), f"at round {r} iteration {it}")
+        global_counts, global_sums = total[1 : 1 + len(names)], total[1 + len(names) :]
+        means = {n: (s / n_g if n_g > 0 else 0.0) for n, s, n_g in zip(names, global_sums, global_counts, strict=True)}
+        value = sum(means.values())
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"maskrcnn: loss is {value} at round {r} iteration {it} ({means}); lower lr or raise warmup_iters."
+            )
+        loss = sum(
+            losses[n] * (ranks.world * k / n_g if n_g > 0 else 0.0)
+            for n, k, n_g in zip(names, counts, global_counts, strict=True)
+        )
+        return loss, value
+
+    @staticmethod
+    def _stop_if_failed(failure: BaseException | None, failed: int, where: str) -> None:
+        """After the ranks counted their failures: this rank's own error, or the others'."""
+        if failure is not None:
+            raise failure
+        if failed:
+            raise RuntimeError(
+                f"maskrcnn: {failed} other torchrun rank(s) failed {where} (their error is in their own log); "
+                "stopping this rank too."
+            )
+
+    def _save(self, workdir, key, r, done, opt, sched, history, record, final, ranks) -> None:
+        """Rank 0 writes the checkpoint (atomically); it holds nothing rank-specific, so any number of
+        ranks resumes from it. Under torchrun a failed write (a full disk) stops every rank."""
         import torch
 
         if final:
             history["rounds"][r]["training"] = dict(record)
-        state = {
-            "format": _FORMAT,
-            "key": key,
-            "round": r,
-            "iteration": done,
-            "model": self.model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "rng": _rng_state(),
-            "history": history,
-        }
-        with uisbench.atomic_path(workdir / CHECKPOINT) as tmp:
-            torch.save(state, tmp)
-        if self.on_checkpoint is not None:
-            self.on_checkpoint(r, done)
+        failure = None
+        if ranks.main:
+            try:
+                state = {
+                    "format": _FORMAT,
+                    "key": key,
+                    "round": r,
+                    "iteration": done,
+                    "model": self.model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "rng": _rng_state(self.device),
+                    "history": history,
+                }
+                with uisbench.atomic_path(workdir / CHECKPOINT) as tmp:
+                    torch.save(state, tmp)
+                if self.on_checkpoint is not None:
+                    self.on_checkpoint(r, done)
+            except Exception as err:
+                if not ranks.distributed:
+                    raise
+                failure = err
+        if ranks.distributed:
+            self._stop_if_failed(failure, ranks.count(failure is not None), f"writing {workdir / CHECKPOINT}")
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         dev = self.device
@@ -659,18 +970,28 @@ class MaskRCNNStudent(uisbench.Student):
     # -- prediction ------------------------------------------------------------------------------
 
     def predict(self, dataset: uisbench.Dataset, image_ids: Sequence[int]) -> dict[int, list[uisbench.Prediction]]:
+        """Detections of ``image_ids``. Under ``torch.distributed`` every rank calls it: each predicts its
+        share (chunks of ``predict_batch_size`` images, round robin, as the bench's per-image stages),
+        and rank 0 returns the predictions of every image; the other ranks return an empty dict."""
         if self.model is None:
             raise uisbench.ConfigError("maskrcnn: predict() before fit(); train the student first.")
         if self.backbone is not None:
             self.backbone.bind(dataset)
-        return self._predict(dataset, list(image_ids), max_detections=int(self.params["max_detections"]))
+        return self._predict(dataset, list(image_ids), max_detections=self.config.max_detections)
 
-    def _predict(self, dataset, image_ids: list[int], *, max_detections: int) -> dict[int, list[uisbench.Prediction]]:
+    def _predict(self, dataset, image_ids: list[int], *, max_detections: int, everyone: bool = False
+                 ) -> dict[int, list[uisbench.Prediction]]:
+        """This rank's share of ``image_ids`` predicted, then gathered: on rank 0 (on every rank when
+        ``everyone``)."""
         import numpy as np
         import torch
 
         from ._student_data import PredictImages
 
+        c = self.config
+        ranks = self._ranks()
+        size = c.predict_batch_size
+        mine = [i for chunk in ranks.mine([image_ids[j : j + size] for j in range(0, len(image_ids), size)]) for i in chunk]
         model = self.model
         was_training = model.training
         model.eval()
@@ -679,11 +1000,9 @@ class MaskRCNNStudent(uisbench.Student):
         heads.detections_per_img = max_detections
         detector = self._detector()
         out: dict[int, list[uisbench.Prediction]] = {}
+        failure: BaseException | None = None
         try:
-            loader = PredictImages(dataset, image_ids, self.backbone).loader(
-                int(self.params["predict_batch_size"]), int(self.params["num_workers"])
-            )
-            for batch in loader:
+            for batch in PredictImages(dataset, mine, self.backbone).loader(size, c.num_workers):
                 batch = self._to_device(batch)
                 with self._autocast():
                     detections = detector.detect(batch)
@@ -703,10 +1022,26 @@ class MaskRCNNStudent(uisbench.Student):
                             )
                         )
                     out[int(image_id)] = preds
+        except Exception as err:
+            if not ranks.distributed:
+                raise
+            failure = err  # raised after the gather, which every rank must reach
         finally:
             heads.detections_per_img = saved
             model.train(was_training)
-        return out
+        if not ranks.distributed:
+            return out
+        mine_out = (f"{type(failure).__name__}: {failure}", {}) if failure is not None else (None, out)
+        parts = ranks.all_gather(mine_out) if everyone else ranks.gather(mine_out)
+        if failure is not None:
+            raise failure
+        if parts is None:
+            return {}
+        failed = [(r, why) for r, (why, _) in enumerate(parts) if why is not None]
+        if failed:
+            raise RuntimeError(f"maskrcnn: torchrun rank {failed[0][0]} failed to predict its images ({failed[0][1]})")
+        merged = {i: p for _, part in parts for i, p in part.items()}
+        return {int(i): merged[int(i)] for i in image_ids if int(i) in merged}
 
     # -- provenance ------------------------------------------------------------------------------
 
@@ -714,34 +1049,35 @@ class MaskRCNNStudent(uisbench.Student):
         import torch
         import torchvision
 
-        p = self.params
+        c = self.config
         prov: dict[str, Any] = {
             "student": "maskrcnn",
             "model": "torchvision.models.detection.MaskRCNN (2 classes: background, object)",
-            "detector_backbone": p["detector_backbone"],
+            "detector_backbone": c.detector_backbone,
             "init": self._init_info or None,
-            "droploss": {"enabled": bool(p["droploss"]), "iou_threshold": p["droploss_iou"]},
-            "copy_paste": {"enabled": bool(p["copy_paste"]), "rate": p["copy_paste_rate"], "scale": p["copy_paste_scale"]},
+            "droploss": {"enabled": c.droploss, "iou_threshold": c.droploss_iou},
+            "copy_paste": {"enabled": c.copy_paste, "rate": c.copy_paste_rate, "scale": list(c.copy_paste_scale)},
             "self_training": {
-                "rounds": int(p["self_training_rounds"]),
-                "thresholds": p["self_training_thresholds"],
-                "merge_iou": p["self_training_merge_iou"],
-                "droploss": bool(p["self_training_droploss"]),
+                "rounds": c.self_training_rounds,
+                "thresholds": list(c.self_training_thresholds),
+                "merge_iou": c.self_training_merge_iou,
+                "droploss": c.self_training_droploss,
             },
             "schedule": {
-                "iterations": p["iterations"],
-                "batch_size": p["batch_size"],
-                "optimizer": p["optimizer"],
-                "lr": p["lr"],
-                "warmup_iters": p["warmup_iters"],
-                "lr_steps": p["lr_steps"],
-                "lr_gamma": p["lr_gamma"],
-                "weight_decay": p["weight_decay"],
-                "grad_clip": p["grad_clip"],
+                "iterations": c.iterations,
+                "batch_size": c.batch_size,
+                "optimizer": c.optimizer,
+                "lr": c.lr,
+                "warmup_iters": c.warmup_iters,
+                "lr_steps": list(c.lr_steps),
+                "lr_gamma": c.lr_gamma,
+                "weight_decay": c.weight_decay,
+                "grad_clip": c.grad_clip,
             },
-            "amp": "bf16" if (self._cuda and p["amp"]) else None,
+            "amp": "bf16" if (self._cuda and c.amp) else None,
             "device": self.device,
-            "params": _jsonable(p),
+            "distributed": _jsonable(self._distributed_info),
+            "params": _jsonable(c.as_params()),
             "history": _jsonable(self._history),
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
@@ -751,7 +1087,7 @@ class MaskRCNNStudent(uisbench.Student):
             prov["frame"] = {"size": frame.size, "resize": frame.resize, "patch_size": frame.patch_size}
             prov["ssl_backbone"] = _jsonable(self.backbone.provenance())
         else:
-            prov["frame"] = {"min_size": p["min_size"], "max_size": p["max_size"]}
+            prov["frame"] = {"min_size": c.min_size, "max_size": c.max_size}
         return prov
 
 
@@ -771,4 +1107,4 @@ def uisbench_students():
     )
 
 
-__all__ = ["MaskRCNNStudent", "PARAMS", "DETECTOR_BACKBONES", "uisbench_students"]
+__all__ = ["MaskRCNNStudent", "MaskRCNNConfig", "PARAMS", "DETECTOR_BACKBONES", "uisbench_students"]

@@ -4,16 +4,27 @@ Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set, ``WORLD_SIZE > 1
 initialised (gloo on CPU, nccl on CUDA). Per-image stages split the work by *chunks* of the image
 list (``chunks[rank::world]``), so every batch has the same composition as in a one-process run and
 results are identical. Everything a rank computes lands in per-image cache files on the shared work
-directory; metric states travel with ``all_gather_object``. Without torchrun every method is trivial.
+directory; metric states travel with ``all_gather_object``. Whole stages with ``all_ranks`` (the
+student) compute on every rank, e.g. distributed training. Without torchrun every method is trivial.
+
+The ranks share one work directory: on several nodes it must be on a file system that every node
+mounts at the same path. :func:`check_shared_workdir` proves it at the start of a run, and every rank
+fails with a message that says so when it is not.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import secrets
+import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
+
+from ..errors import ConfigError
 
 T = TypeVar("T")
 
@@ -88,7 +99,63 @@ def detect_shard(device: str) -> Shard:
             import torch
 
             torch.cuda.set_device(local_rank)
-        # Long timeout: the other ranks wait in a collective while rank 0 trains the student.
+        # Long timeout: the other ranks wait in a collective while rank 0 alone trains a student
+        # that is not distributed (or computes another whole stage).
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=72))
         here = True
     return Shard(rank=rank, world=world, local_rank=local_rank, initialised_here=here)
+
+
+#: How long a rank waits to see the file rank 0 wrote into the work directory. On a shared file system
+#: a new name is normally visible at once (its lookup goes to the server); the wait covers slow
+#: metadata propagation. Ranks that never see it fail after this long.
+SHARED_WORKDIR_TIMEOUT_S = 30.0
+
+
+def check_shared_workdir(shard: Shard, workdir: Path, *, timeout_s: float = SHARED_WORKDIR_TIMEOUT_S) -> None:
+    """Raise :class:`ConfigError` on every rank unless every rank sees the same ``workdir``.
+
+    A collective: every rank calls it, after rank 0 has created ``workdir``. Rank 0 writes a file
+    with a random token into it (``.shared-workdir-check.<hex>.tmp``: a killed run's leftover is swept
+    like any temporary file); each rank waits up to ``timeout_s`` to read that token through its own
+    ``workdir``; rank 0 removes the file once every rank has answered. Trivial without torchrun.
+    """
+    if not shard.distributed:
+        return
+    token = secrets.token_hex(16)
+    name = f".shared-workdir-check.{token[:8]}.tmp"
+    problem = None
+    if shard.main:
+        try:
+            (Path(workdir) / name).write_text(token, encoding="utf-8")
+        except OSError as err:
+            problem = f"rank 0 cannot write into --workdir {workdir} ({err.strerror})"
+    name, token, problem = shard.broadcast((name, token, problem))
+    seen = False
+    if problem is None:
+        path = Path(workdir) / name
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        while True:
+            try:
+                seen = path.read_text(encoding="utf-8") == token
+            except (OSError, UnicodeDecodeError):
+                seen = False
+            if seen or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+    answers = shard.gather((seen, socket.gethostname(), str(Path(workdir).resolve())))
+    if shard.main:
+        (Path(workdir) / name).unlink(missing_ok=True)
+    if problem is not None:
+        raise ConfigError(f"{problem}; pass a folder every rank can write to.")
+    blind = [(rank, host, where) for rank, (ok, host, where) in enumerate(answers) if not ok]
+    if blind:
+        host0 = answers[0][1]
+        shown = ", ".join(f"rank {rank} on {host} ({where})" for rank, host, where in blind[:8])
+        more = f" and {len(blind) - 8} more" if len(blind) > 8 else ""
+        raise ConfigError(
+            f"--workdir {workdir} is not one folder shared by every torchrun rank: {shown}{more} did not see "
+            f"the file rank 0 on {host0} wrote there within {timeout_s:g} s. The ranks exchange cache files "
+            "and the student's checkpoints through the work directory, so with several nodes it must be on a "
+            "file system that every node mounts at the same path (NFS, Lustre, GPFS, ...)."
+        )

@@ -4,6 +4,10 @@ The student's checkpoints live in the stage's cache folder (its ``workdir``), so
 training; the summary holds the val predictions, the training and prediction cost and the
 student's provenance. A student that refuses the combination (``IncompatibleError``, e.g. a
 ``frozen-ssl`` student on a calibration backbone) is refused before any train-split work.
+
+Under torchrun the stage runs on every rank (``all_ranks``): the student is built everywhere, and a
+:attr:`~uisbench.Student.distributed` student trains and predicts on all ranks together (rank 0 gets
+the predictions and writes every file); any other student runs on rank 0 alone while the others wait.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class StudentStage(Stage):
     """Student ``student`` trained on ``backbone`` x ``masker`` train pseudo-masks, predicting val."""
 
     name = "student"
+    all_ranks = True
 
     def __init__(self, pipeline: Pipeline, backbone: str, masker: str, student: str, repeat: int = 0) -> None:
         label = f"{backbone} / {masker} / {student} student" + (f" seed +{repeat}" if repeat else "")
@@ -63,34 +68,46 @@ class StudentStage(Stage):
 
     def prepare(self, key: str) -> None:
         # Built before the train split is touched: a refused combination costs no train-split work.
-        if not self.ctx.shard.main:
-            return
+        # Every rank builds it (each refuses alike); a one-process student is kept on rank 0 only.
         backbone = self.pipeline.backbones[self.backbone].bind("train")
         student = self.pipeline.plan.entry("students", self.student).build(backbone=backbone)
-        self.ctx.built.append(f"student:{self.student}")
-        self._built = student.to(self.ctx.device) or student
+        if self.ctx.shard.main:
+            self.ctx.built.append(f"student:{self.student}")
+        self._built = None
+        if self.ctx.shard.main or self._distributed(student):
+            self._built = student.to(self.ctx.device) or student
 
-    def compute(self, key: str, chunks: list[list[int]] | None) -> dict[str, Any]:
+    def _distributed(self, student: Any) -> bool:
+        return self.ctx.shard.distributed and bool(getattr(student, "distributed", False))
+
+    def compute(self, key: str, chunks: list[list[int]] | None) -> dict[str, Any] | None:
         ctx, data = self.ctx, self.pipeline.data
         student = self._built
+        if student is None:  # a one-process student: rank 0 trains it, this rank waits
+            return None
+        main = ctx.shard.main
         workdir = self.folder(key)
-        workdir.mkdir(parents=True, exist_ok=True)
+        if main:
+            workdir.mkdir(parents=True, exist_ok=True)
         train = self.pipeline.run(self.train_masks).summary
         pseudo = {int(k): [Prediction.from_coco(p) for p in v] for k, v in train["predictions"].items()}
         handle = self.pipeline.backbones[self.backbone]
         handle.bind("train")
-        atomic_write_json(workdir / "started.json", {"started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        if main:
+            atomic_write_json(workdir / "started.json", {"started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         seed_everything(self.seed)
         with Meter("student-train", ctx.device) as fit_meter:
             samples = student.fit(data.dataset("train"), pseudo, workdir=workdir, seed=self.seed)
-        # Throughput is samples processed (iterations x batch size) over the training time, not the
-        # size of the training set: a student that does not say reports none.
+        # Throughput is samples processed (iterations x batch size; all ranks together) over the
+        # training time, not the size of the training set: a student that does not say reports none.
         fit_meter.images = int(samples or 0)
         val_ids = data.usable("val")
         handle.bind("val")
         with Meter("student-predict", ctx.device) as predict_meter:
             predictions = student.predict(data.dataset("val"), val_ids)
         predict_meter.images = len(val_ids)
+        if not main:  # rank 0 holds every prediction and reports for all ranks
+            return None
         try:
             provenance = dict(student.provenance() or {})
         except Exception as err:
