@@ -187,8 +187,10 @@ class Student(uisbench.Student):
         self.trained_on = 0
         self.epochs_run = 0  # epochs trained by this fit call (not resumed from a checkpoint)
 
-    def fit(self, dataset, pseudo_masks, *, workdir, seed=0):
-        """Each epoch run here sees every training image once: returns epochs run x images."""
+    def fit(self, dataset, pseudo_masks, *, workdir, seed=0, init_from=None):
+        """Each epoch run here sees every training image once: returns epochs run x images. With
+        ``init_from`` (fine-tuning) the predictions also keep the trained student's (a better start)."""
+        self.init_from = init_from
         run_before = self.epochs_run
         for epoch in range(self.epochs):
             ckpt = workdir / f"ckpt-{epoch}.json"

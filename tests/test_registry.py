@@ -266,3 +266,12 @@ def test_bench_defaults_follow_the_device(tmp_path, host, registry):
     text = "\n".join(info.value.problems)
     assert "bench cpu seeds must be an integer >= 1" in text and "bench cpu backbones names unknown entry 'pixelz'" in text
     assert f"{path}:" in text
+
+
+def test_a_user_file_bench_key_wins_over_the_shipped_device_override(tmp_path, host):
+    import yaml
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"version": 1, "bench": {"backbones": ["pixels"]}}))
+    bench = uisbench.load_registry([path], host).bench
+    assert bench.for_device("cpu").backbones == ("pixels",) == bench.for_device("cuda").backbones

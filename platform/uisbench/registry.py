@@ -396,6 +396,9 @@ def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problem
             problems.append(f"{where}:{data.key_lines['bench']}: 'bench' must be a mapping.")
             return raw
         values = _bench_values(bench, where, problems, "bench")
+        # a later file's plain key wins over an earlier file's device override of it
+        devices = {d: {k: v for k, v in o.items() if k not in values} for d, o in registry.bench.devices.items()}
+        registry.bench = replace(registry.bench, devices=devices)
         for device in _DEVICES:
             section = bench.get(device)
             if section is None:

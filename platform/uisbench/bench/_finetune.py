@@ -13,12 +13,13 @@ resumes from the student's own checkpoints in the stage's folder, like the stude
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..contracts import Prediction
-from ..errors import ConfigError
+from ..errors import ConfigError, IncompatibleError
 from ..io import atomic_write_json
 from ._context import seed_everything, short_error
 from ._cost import Meter
@@ -139,6 +140,9 @@ class FinetuneStage(Stage):
         backbone = self.pipeline.backbones[self.backbone].bind("train")
         entry = self.pipeline.plan.entry("students", self.student)
         student = entry.spec.factory(**{**entry.params, **self.settings.student}, backbone=backbone)
+        if self.init == "pseudo" and "init_from" not in inspect.signature(student.fit).parameters:
+            raise IncompatibleError(f"student {self.student!r} cannot start from a trained checkpoint (its fit() takes no "
+                                    "init_from): no pseudo-mask-initialised fine-tuning curve")
         if self.ctx.shard.main:
             self.ctx.built.append(f"student:{self.student}")
         if self.ctx.shard.main or (self.ctx.shard.distributed and getattr(student, "distributed", False)):
