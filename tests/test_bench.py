@@ -751,3 +751,28 @@ def test_a_new_stage_is_one_class(tmp_path):
     assert first["computed"] == 6 and sorted(first["counts"].values()) == [1, 1, 2, 2, 3, 3]  # 1-3 squares per image
     assert run() == first  # cached: nothing recomputed
     assert run(force=frozenset({"pseudo-masks"}))["computed"] == 6
+
+
+def test_label_efficiency_curves_and_labels_saved(tmp_path):
+    """The few-label stage with the fakes: the fine-tuned fake needs 4 labels from scratch, 2 from
+    the pseudo-mask student; curves, nested recorded subsets and labels saved follow."""
+    registry = {"finetune": {"fk": {"budgets": [0, 2, 4], "selection": ["random", "uncertain"], "student": {"finetuned": True}}}}
+    out = _bench(tmp_path, registry=registry, backbones=["pixels"], finetune="fk")
+    cell = _cell(out, "pixels")
+    part = cell["finetune"]
+    assert part["status"] == "ok" and part["budgets"] == [0, 2, 4] and part["candidates"] == 6
+    random_points = {(p["init"], p["k"]): p for p in part["points"] if p["selection"] == "random"}
+    assert set(random_points) == {("pseudo", 0), ("pseudo", 2), ("pseudo", 4), ("baseline", 2), ("baseline", 4)}
+    small, large = random_points[("baseline", 2)]["subsets"][0], random_points[("baseline", 4)]["subsets"][0]
+    assert large[:2] == small and len(set(large)) == 4  # nested, recorded
+    efficiency = out["label_efficiency"]
+    assert (efficiency["metric"], efficiency["value"]) == ("coco", "AP50mask")
+    row = next(r for r in efficiency["rows"] if r["selection"] == "random")
+    pseudo = {p["k"]: p["mean"] for p in row["pseudo"]}
+    baseline = {p["k"]: p["mean"] for p in row["baseline"]}
+    assert pseudo[2] == pseudo[4] == baseline[4] == 1.0 and baseline[2] < 1.0 and pseudo[0] < 1.0
+    assert row["labels_saved_text"] == "<=2"  # the baseline's 2 labels already reach the zero-shot student
+    assert out["run"]["computed"]["finetune"] == 8  # random baseline shared by both inits' maskers; 2 x 2 x 2
+    assert validate_results(out) == []
+    again = _bench(tmp_path, registry=registry, backbones=["pixels"], finetune="fk")
+    assert again["run"]["computed"]["finetune"] == 0 and again["label_efficiency"] == efficiency
