@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     photos = load_photos([s for s in args.images.split(",") if s])
     storages = [s for s in args.storage.split(",") if s]
     n_masks_list = [int(s) for s in args.n_masks.split(",") if s]
-    host = uisbench.get_plugin_manager()
+    host = uisbench.host.load_plugins()
     print(
         f"device={args.device} threads={args.threads} torch={torch.__version__} size={args.size} "
         f"images={len(photos)} ({', '.join(photos)})"

@@ -58,7 +58,7 @@ def main() -> None:
     workers = args.workers if args.workers is not None else (6 if cuda else 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        host = uisbench.get_plugin_manager(strict=False)
+        host = uisbench.host.load_plugins(strict=False)
     train = host.spec("datasets", "synth-instances").build(split="train", images=n_images, size=size)
     masks = {
         i: [uisbench.Prediction(i, g.segmentation, g.bbox, 1.0) for g in train.ground_truth(i)] for i in train.image_ids()

@@ -41,14 +41,14 @@ def host():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return uisbench.get_plugin_manager()
+        return uisbench.host.load_plugins()
 
 
 @pytest.fixture
 def registry(host):
     import uisbench
 
-    return uisbench.load_registry([], host)
+    return uisbench.host.load_registry([], host)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ ARCH = "vit_small_patch16_224"
 def _backbone_names():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        host = uisbench.get_plugin_manager()
+        host = uisbench.host.load_plugins()
     return sorted(host.specs("backbones"))
 
 

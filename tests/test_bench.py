@@ -34,9 +34,9 @@ fakes = _load_fakes()
 
 
 def _setup(tmp_path, **registry_changes):
-    host = uisbench.get_plugin_manager(plugins=[("fakes", fakes)], load_entry_points=False, strict=True)
+    host = uisbench.host.load_plugins(plugins=[("fakes", fakes)], load_entry_points=False, strict=True)
     path = fakes.write_registry(tmp_path / "registry.yaml", **registry_changes)
-    return host, uisbench.load_registry([path], host, include_default=False)
+    return host, uisbench.host.load_registry([path], host, include_default=False)
 
 
 def _bench(tmp_path, workdir="w", registry=None, **options):
@@ -144,8 +144,8 @@ def test_a_code_change_recomputes_the_stage(tmp_path, monkeypatch):
     registry = {"maskers": {"tiles": {"plugin": "tmp-tiles"}}}
 
     def bench(workdir="w"):
-        host = uisbench.get_plugin_manager(plugins=[("fakes", fakes), ("tiles", module)], load_entry_points=False, strict=True)
-        reg = uisbench.load_registry([fakes.write_registry(tmp_path / "registry.yaml", **registry)], host, include_default=False)
+        host = uisbench.host.load_plugins(plugins=[("fakes", fakes), ("tiles", module)], load_entry_points=False, strict=True)
+        reg = uisbench.host.load_registry([fakes.write_registry(tmp_path / "registry.yaml", **registry)], host, include_default=False)
         options = BenchOptions(workdir=tmp_path / workdir, backbones=["pixels"], maskers=["tiles"], students=[], metrics=["coco"], report=False)
         return run_bench(host, reg, options)
 
@@ -580,10 +580,10 @@ def test_rank_by_a_renamed_metric_entry_and_its_headline_columns(tmp_path):
 
 def test_a_vendor_metric_shows_in_the_leaderboard_and_can_rank(tmp_path):
     """The example plugin's metric (installed with the test extras) next to the fakes'."""
-    host = uisbench.get_plugin_manager(plugins=[("fakes", fakes)], strict=True)
+    host = uisbench.host.load_plugins(plugins=[("fakes", fakes)], strict=True)
     metrics = {"coco": {"plugin": "fake-recall"}, "masks": {"plugin": "example-masks-per-image"}}
     path = fakes.write_registry(tmp_path / "registry.yaml", metrics=metrics)
-    reg = uisbench.load_registry([path], host, include_default=False)
+    reg = uisbench.host.load_registry([path], host, include_default=False)
     options = BenchOptions(workdir=tmp_path / "w", backbones=["oracle", "pixels"], students=[], metrics=["coco", "masks"],
                            rank_by="masks.masks_per_image", report=False)
     out = run_bench(host, reg, options)
@@ -623,7 +623,7 @@ def test_within_noise_is_a_paired_bootstrap_difference():
 
 def test_a_300_detection_dataset_refuses_100_detection_metrics_and_students(tmp_path):
     """LVIS keeps 300 detections per image: the metric and student entries must follow, or be refused."""
-    host = uisbench.get_plugin_manager(plugins=[("fakes", fakes)], load_entry_points=False, strict=True)
+    host = uisbench.host.load_plugins(plugins=[("fakes", fakes)], load_entry_points=False, strict=True)
 
     class Protocol300:
         @uisbench.hookimpl
@@ -646,7 +646,7 @@ def test_a_300_detection_dataset_refuses_100_detection_metrics_and_students(tmp_
 
     registry = {"metrics": {"ap": {"plugin": "fake-recall-n"}, "ap-300": {"plugin": "fake-recall-n", "max_dets": 300}},
                 "students": {"capped": {"plugin": "fake-student-n"}, "lvis": {"plugin": "fake-student-n", "max_detections": 300}}}
-    reg = uisbench.load_registry([fakes.write_registry(tmp_path / "registry.yaml", **registry)], host, include_default=False)
+    reg = uisbench.host.load_registry([fakes.write_registry(tmp_path / "registry.yaml", **registry)], host, include_default=False)
     fakes.Shapes.__init__ = shapes_300
     try:
         out = run_bench(host, reg, BenchOptions(workdir=tmp_path / "w", backbones=["pixels"], students=["capped", "lvis"],

@@ -14,7 +14,7 @@ from uisbench.types import KINDS, SPEC_TYPES
 def _all_specs():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        host = uisbench.get_plugin_manager()
+        host = uisbench.host.load_plugins()
     return [pytest.param(kind, spec, id=f"{kind}:{name}") for kind in KINDS for name, spec in host.specs(kind).items()]
 
 

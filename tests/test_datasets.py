@@ -511,7 +511,7 @@ def _tiny_params(name: str, tmp_path: Path) -> dict:
 
 
 def _dataset_plugins():
-    return sorted(uisbench.get_plugin_manager(strict=False).specs("datasets"))
+    return sorted(uisbench.host.load_plugins(strict=False).specs("datasets"))
 
 
 @pytest.mark.parametrize("name", _dataset_plugins())

@@ -91,7 +91,7 @@ def _setup():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        host = uisbench.get_plugin_manager(strict=False)
+        host = uisbench.host.load_plugins(strict=False)
     spec = host.spec("datasets", "synth-instances")
     train, val = spec.build(split="train", images=8, size=64), spec.build(split="val", images=4, size=64)
     masks = {

@@ -36,7 +36,7 @@ def test_readme_yaml_example_validates(tmp_path, host, line, text):
     path = tmp_path / "example.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     try:
-        uisbench.load_registry([path], host)
+        uisbench.host.load_registry([path], host)
     except uisbench.ConfigError as err:
         pytest.fail(f"README.md:{line}: the example does not validate:\n" + "\n".join(err.problems))
 

@@ -49,7 +49,7 @@ def test_example_objects_fulfil_contracts(example_installed):
     import numpy as np
     import torch
 
-    host = uisbench.get_plugin_manager()
+    host = uisbench.host.load_plugins()
     backbone = host.spec("backbones", "example-gradients").build(size=64, patch_size=16)
     assert isinstance(backbone, uisbench.Backbone)
     image = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)

@@ -47,7 +47,7 @@ def test_hook_roundtrip_through_manager(kind):
         yield spec_type(name=f"t-{kind}", description="Test.", factory=factory, params=(uisbench.Param("p", "int", 1),), **extra)
 
     setattr(Plugin, f"uisbench_{kind}", staticmethod(uisbench.hookimpl(impl)))
-    host = uisbench.get_plugin_manager(strict=True, load_entry_points=False, plugins=[("p", Plugin())])
+    host = uisbench.host.load_plugins(strict=True, load_entry_points=False, plugins=[("p", Plugin())])
     spec = host.spec(kind, f"t-{kind}")
     assert built == []  # nothing built until asked
     spec.build(p=3)
@@ -59,3 +59,53 @@ def test_public_api_facade():
     for name in uisbench.__all__:
         assert hasattr(uisbench, name), name
     assert not any(n.startswith("_") and n != "__version__" for n in uisbench.__all__)
+
+
+def test_plugin_authors_facade_holds_no_host_side_names():
+    # Plugin authors import `uisbench`; discovery and registries live in `uisbench.host`.
+    for name in ("PluginHost", "load_registry", "Registry", "load_plugins", "get_plugin_manager"):
+        assert name not in uisbench.__all__ and not hasattr(uisbench, name), name
+    assert callable(uisbench.host.load_plugins) and callable(uisbench.host.load_registry)
+
+
+def _imports(path):
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, None, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            module = "." * node.level + (node.module or "")
+            for alias in node.names:
+                yield module, alias.name, node.lineno
+
+
+def test_builtins_use_only_public_names_of_uisbench_and_of_each_other():
+    """The built-ins are the templates vendors copy: they may use only what a vendor can use."""
+    from pathlib import Path
+
+    import uisbench_builtins
+
+    root = Path(uisbench_builtins.__file__).parent
+    problems = []
+    for path in sorted(root.glob("*.py")):
+        for module, name, line in _imports(path):
+            where = f"{path.name}:{line}"
+            parts = module.lstrip(".").split(".")
+            if module.startswith("uisbench.") or module == "uisbench":
+                if any(p.startswith("_") for p in parts[1:]) or (name or "").startswith("_"):
+                    problems.append(f"{where} imports private {module}.{name}")
+                if parts[1:2] in (["bench"], ["cli"], ["host"]):
+                    problems.append(f"{where} imports host-side {module}")
+            elif module.startswith("."):
+                sibling = parts[0]
+                if sibling.startswith("_"):
+                    # A private helper module belongs to exactly one plugin, which says so in its docstring.
+                    owner = f"Private helper of :mod:`uisbench_builtins.{path.stem}`"
+                    if owner not in (root / f"{sibling}.py").read_text(encoding="utf-8"):
+                        problems.append(f"{where} imports {sibling}, a private helper of another plugin")
+                elif (name or "").startswith("_"):
+                    problems.append(f"{where} imports private name {name} of plugin {sibling}")
+    assert problems == []

@@ -199,7 +199,7 @@ def student_run(tiny_synth, tmp_path_factory):
     """A straight run's final weights, and a genuine checkpoint of the same run cut after iteration 1."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        host = uisbench.get_plugin_manager()
+        host = uisbench.host.load_plugins()
     masks = {
         i: [uisbench.Prediction(i, g.segmentation, g.bbox, 1.0) for g in tiny_synth.ground_truth(i)]
         for i in tiny_synth.image_ids()
@@ -461,7 +461,7 @@ def test_yaml_alias_bomb_is_refused_fast_and_small(host, tmp_path, where):
     started = time.perf_counter()
     try:
         with pytest.raises(uisbench.ConfigError) as info:
-            uisbench.load_registry([path], host, include_default=False)
+            uisbench.host.load_registry([path], host, include_default=False)
     finally:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
@@ -484,7 +484,7 @@ def test_yaml_that_cannot_end_well_is_refused_with_the_line(tmp_path, text, need
     path = tmp_path / "reg.yaml"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(uisbench.ConfigError) as info:
-        uisbench.load_registry([path], None, include_default=False)
+        uisbench.host.load_registry([path], None, include_default=False)
     assert f"{path}{needle}" in str(info.value)
 
 
@@ -686,7 +686,7 @@ def test_non_utf8_registry_names_file_line_and_byte(tmp_path, capsys):
     path = tmp_path / "latin1.yaml"
     path.write_bytes("version: 1\n# caf\xe9 au lait\n".encode("latin-1"))
     with pytest.raises(uisbench.ConfigError, match=re.escape(f"{path}:2: not UTF-8 text (byte 16, 0xe9)")):
-        uisbench.load_registry([path], None, include_default=False)
+        uisbench.host.load_registry([path], None, include_default=False)
     assert main(["list", "maskers", "--registry", str(path)]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "save the registry file as UTF-8" in err and "Traceback" not in err

@@ -40,8 +40,8 @@ class _Plugin:
 
 
 def _bench(tmp_path, workdir="w", registry=None, **options):
-    host = uisbench.get_plugin_manager(plugins=[("fakes", fakes), ("bad", _Plugin())], load_entry_points=False, strict=True)
-    reg = uisbench.load_registry([fakes.write_registry(tmp_path / "registry.yaml", **(registry or {}))], host, include_default=False)
+    host = uisbench.host.load_plugins(plugins=[("fakes", fakes), ("bad", _Plugin())], load_entry_points=False, strict=True)
+    reg = uisbench.host.load_registry([fakes.write_registry(tmp_path / "registry.yaml", **(registry or {}))], host, include_default=False)
     options.setdefault("report", False)
     options.setdefault("backbones", ["pixels"])
     return run_bench(host, reg, BenchOptions(workdir=tmp_path / workdir, **options))

@@ -27,8 +27,8 @@ def oracle_run():
 
     import uisbench
 
-    host = uisbench.get_plugin_manager(strict=True)
-    registry = uisbench.load_registry([], host)
+    host = uisbench.host.load_plugins(strict=True)
+    registry = uisbench.host.load_registry([], host)
     ds = host.spec("datasets", "synth-instances").build(split="val")
     ids = ds.image_ids()
     records = [ds.record(i) for i in ids]

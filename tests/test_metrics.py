@@ -479,7 +479,7 @@ def _metric_names():
 
     with warnings.catch_warnings():  # plugins that fail to load are reported by the host fixture
         warnings.simplefilter("ignore")
-        return sorted(uisbench.get_plugin_manager().specs("metrics"))
+        return sorted(uisbench.host.load_plugins().specs("metrics"))
 
 
 @pytest.mark.parametrize("name", _metric_names())

@@ -35,7 +35,7 @@ def _metric_plugin(name: str):
 
 
 def test_builtins_load_through_entry_points():
-    host = uisbench.get_plugin_manager(strict=True)
+    host = uisbench.host.load_plugins(strict=True)
     assert host.plugins, "no plugins found: is the project installed (`pip install -e .`)?"
     builtins = [p for p in host.plugins.values() if p.builtin]
     assert builtins and all(p.distribution == "uisbench" for p in builtins)
@@ -43,8 +43,8 @@ def test_builtins_load_through_entry_points():
 
 
 def test_fresh_manager_per_call():
-    a = uisbench.get_plugin_manager(strict=True)
-    b = uisbench.get_plugin_manager(strict=True)
+    a = uisbench.host.load_plugins(strict=True)
+    b = uisbench.host.load_plugins(strict=True)
     assert a.pm is not b.pm
 
 
@@ -58,7 +58,7 @@ def test_broken_plugin_is_isolated_and_listed(fake_entry_points, monkeypatch, ca
         keep_real=False,
     )
     with pytest.warns(UserWarning, match="broken.*uisbench-broken.*vendor_cuda_ext"):
-        host = uisbench.get_plugin_manager()
+        host = uisbench.host.load_plugins()
     assert [f.name for f in host.failures] == ["broken"]
     assert host.failures[0].distribution == "uisbench-broken"
     assert "good-metric" in host.specs("metrics")
@@ -75,10 +75,10 @@ def test_broken_plugin_is_isolated_and_listed(fake_entry_points, monkeypatch, ca
 def test_strict_mode_fails(fake_entry_points, monkeypatch):
     fake_entry_points([FakeEntryPoint("broken", error=ImportError("boom"), dist="uisbench-broken")], keep_real=False)
     with pytest.raises(uisbench.PluginError, match="broken.*uisbench-broken.*boom"):
-        uisbench.get_plugin_manager(strict=True)
+        uisbench.host.load_plugins(strict=True)
     monkeypatch.setenv("UISBENCH_STRICT_PLUGINS", "1")
     with pytest.raises(uisbench.PluginError):
-        uisbench.get_plugin_manager()
+        uisbench.host.load_plugins()
     from uisbench.cli import main
 
     monkeypatch.delenv("UISBENCH_STRICT_PLUGINS")
@@ -95,14 +95,14 @@ def test_load_plugins_allow_list(fake_entry_points, monkeypatch):
         keep_real=False,
     )
     monkeypatch.setenv("UISBENCH_LOAD_PLUGINS", "")
-    host = uisbench.get_plugin_manager(strict=True)
+    host = uisbench.host.load_plugins(strict=True)
     assert "metric-one" not in host.specs("metrics") and "metric-two" not in host.specs("metrics")
     assert "metric-builtin" in host.specs("metrics")  # built-ins always load
     monkeypatch.setenv("UISBENCH_LOAD_PLUGINS", "uisbench-two")
-    host = uisbench.get_plugin_manager(strict=True)
+    host = uisbench.host.load_plugins(strict=True)
     assert "metric-two" in host.specs("metrics") and "metric-one" not in host.specs("metrics")
     monkeypatch.delenv("UISBENCH_LOAD_PLUGINS")
-    host = uisbench.get_plugin_manager(strict=True)
+    host = uisbench.host.load_plugins(strict=True)
     assert {"metric-one", "metric-two"} <= set(host.specs("metrics"))
 
 
@@ -114,7 +114,7 @@ def test_duplicate_names_name_both_providers(fake_entry_points):
         ],
         keep_real=False,
     )
-    host = uisbench.get_plugin_manager(strict=True)
+    host = uisbench.host.load_plugins(strict=True)
     with pytest.raises(uisbench.PluginError) as err:
         host.specs("metrics")
     assert "same-name" in str(err.value) and "uisbench-first" in str(err.value) and "uisbench-second" in str(err.value)
@@ -128,9 +128,9 @@ def test_misspelt_hook_fails_loudly(fake_entry_points):
 
     fake_entry_points([FakeEntryPoint("typo", obj=Typo(), dist="uisbench-typo")], keep_real=False)
     with pytest.raises(uisbench.PluginError, match="uisbench_backbone.*did you mean.*uisbench_backbones"):
-        uisbench.get_plugin_manager(strict=True)
+        uisbench.host.load_plugins(strict=True)
     with pytest.warns(UserWarning, match="typo"):
-        host = uisbench.get_plugin_manager(strict=False)
+        host = uisbench.host.load_plugins(strict=False)
     assert [f.name for f in host.failures] == ["typo"]
 
 
@@ -140,13 +140,13 @@ def test_hook_yielding_wrong_type_is_a_plugin_error():
         def uisbench_maskers(self):
             yield {"name": "not-a-spec"}
 
-    host = uisbench.get_plugin_manager(strict=True, load_entry_points=False, plugins=[("wrong", Wrong())])
+    host = uisbench.host.load_plugins(strict=True, load_entry_points=False, plugins=[("wrong", Wrong())])
     with pytest.raises(uisbench.PluginError, match="expected MaskerSpec"):
         host.specs("maskers")
 
 
 def test_unknown_name_suggests():
-    host = uisbench.get_plugin_manager(strict=True, load_entry_points=False, plugins=[("m", _metric_plugin("count-errors"))])
+    host = uisbench.host.load_plugins(strict=True, load_entry_points=False, plugins=[("m", _metric_plugin("count-errors"))])
     with pytest.raises(uisbench.UnknownNameError, match="Did you mean: count-errors"):
         host.spec("metrics", "count-error")
     assert isinstance(uisbench.UnknownNameError("x", "y", []), KeyError)
@@ -200,7 +200,7 @@ def test_plugins_command_lists_builtins_and_specs(capsys):
 
 def test_trace_env_reports_hook_calls(monkeypatch, capsys):
     monkeypatch.setenv("UISBENCH_TRACE_PLUGINS", "1")
-    host = uisbench.get_plugin_manager(strict=True, load_entry_points=False, plugins=[("traced", _metric_plugin("m-traced"))])
+    host = uisbench.host.load_plugins(strict=True, load_entry_points=False, plugins=[("traced", _metric_plugin("m-traced"))])
     host.specs("metrics")
     assert "uisbench trace: traced.uisbench_metrics() -> [m-traced]" in capsys.readouterr().err
 
@@ -215,9 +215,9 @@ def test_entry_point_name_clash_between_distributions_is_not_silent(fake_entry_p
         keep_real=False,
     )
     with pytest.raises(uisbench.PluginError, match="'vit'.*uisbench-b.*also declared by distribution uisbench-a"):
-        uisbench.get_plugin_manager(strict=True)
+        uisbench.host.load_plugins(strict=True)
     with pytest.warns(UserWarning, match="uisbench-a"):
-        host = uisbench.get_plugin_manager()
+        host = uisbench.host.load_plugins()
     assert [(f.name, f.distribution) for f in host.failures] == [("vit", "uisbench-b")]
     assert "metric-a" in host.specs("metrics")
 
@@ -240,7 +240,7 @@ def test_typo_message_names_only_that_plugins_hooks(fake_entry_points, monkeypat
         keep_real=False,
     )
     with pytest.warns(UserWarning):
-        host = uisbench.get_plugin_manager()
+        host = uisbench.host.load_plugins()
     errors = {f.name: f.error for f in host.failures}
     assert "uisbench_metricz" in errors["first"] and "uisbench_datasetz" in errors["second"]
     assert "uisbench_metricz" not in errors["second"], errors["second"]

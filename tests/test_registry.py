@@ -48,7 +48,7 @@ class _Plugin:
 
 @pytest.fixture
 def toy_host():
-    return uisbench.get_plugin_manager(strict=True, load_entry_points=False, plugins=[("toy", _Plugin())])
+    return uisbench.host.load_plugins(strict=True, load_entry_points=False, plugins=[("toy", _Plugin())])
 
 
 def _write(tmp_path, text, name="reg.yaml"):
@@ -227,7 +227,7 @@ def test_validate_rejects_what_the_plugin_rejects_at_run_time(tmp_path, host, ki
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump({"version": 1, kind: {"bad": body}}, default_flow_style=False, sort_keys=False))
     with pytest.raises(uisbench.ConfigError) as validated:
-        uisbench.load_registry([path], host)
+        uisbench.host.load_registry([path], host)
     text = "\n".join(validated.value.problems)
     assert re.search(rf"{re.escape(str(path))}:\d+: \w+ entry 'bad': ", text) and needle in text, text
     if param is not None:
@@ -243,12 +243,12 @@ def test_bench_seeds_bootstrap_and_rank_by_are_validated(tmp_path, host):
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump({"version": 1, "bench": {"seeds": 0, "bootstrap": -1, "rank_by": "cocoo.AP50mask"}}))
     with pytest.raises(uisbench.ConfigError) as info:
-        uisbench.load_registry([path], host)
+        uisbench.host.load_registry([path], host)
     text = "\n".join(info.value.problems)
     assert "bench seeds must be an integer >= 1" in text and "bench bootstrap must be an integer >= 0" in text
     assert "rank_by names unknown metric entry 'cocoo'. Did you mean 'coco'?" in text
     path.write_text(yaml.safe_dump({"version": 1, "bench": {"seeds": 3, "rank_by": "student.count-error.count_mae"}}))
-    bench = uisbench.load_registry([path], host).bench
+    bench = uisbench.host.load_registry([path], host).bench
     assert (bench.seeds, bench.bootstrap, bench.rank_by) == (3, 200, "student.count-error.count_mae")
 
 
@@ -262,7 +262,7 @@ def test_bench_defaults_follow_the_device(tmp_path, host, registry):
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump({"version": 1, "bench": {"cpu": {"backbones": ["pixelz"], "seeds": 0}}}))
     with pytest.raises(uisbench.ConfigError) as info:
-        uisbench.load_registry([path], host)
+        uisbench.host.load_registry([path], host)
     text = "\n".join(info.value.problems)
     assert "bench cpu seeds must be an integer >= 1" in text and "bench cpu backbones names unknown entry 'pixelz'" in text
     assert f"{path}:" in text
@@ -273,5 +273,5 @@ def test_a_user_file_bench_key_wins_over_the_shipped_device_override(tmp_path, h
 
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump({"version": 1, "bench": {"backbones": ["pixels"]}}))
-    bench = uisbench.load_registry([path], host).bench
+    bench = uisbench.host.load_registry([path], host).bench
     assert bench.for_device("cpu").backbones == ("pixels",) == bench.for_device("cuda").backbones

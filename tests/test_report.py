@@ -31,13 +31,13 @@ UNAVAILABLE = ("Backbone 'vit_small_patch16_224.dino': no weights on this machin
 
 
 def _host_registry(extra: str | None = None, tmp: Path | None = None):
-    host = uisbench.get_plugin_manager()  # strict under UISBENCH_STRICT_PLUGINS=1 (make test)
+    host = uisbench.host.load_plugins()  # strict under UISBENCH_STRICT_PLUGINS=1 (make test)
     paths = []
     if extra is not None:
         path = tmp / "mine.yaml"
         path.write_text(extra)
         paths.append(str(path))
-    return host, uisbench.load_registry(paths, host)
+    return host, uisbench.host.load_registry(paths, host)
 
 
 def _bench(workdir: Path, host, registry, **options):

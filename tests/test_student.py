@@ -445,7 +445,7 @@ def test_resnet_fpn_detector_from_a_local_weights_file(host, synth, tmp_path):
 def _student_names():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return sorted(uisbench.get_plugin_manager(strict=False).specs("students"))
+        return sorted(uisbench.host.load_plugins(strict=False).specs("students"))
 
 
 @pytest.mark.parametrize("name", _student_names())

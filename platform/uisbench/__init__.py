@@ -16,6 +16,9 @@ Besides the records and contracts, plugins share these public helpers (import co
 - :mod:`uisbench.weights`: safe checkpoint reading; :mod:`uisbench.io`: atomic writes, file hashes;
 - :mod:`uisbench.masks`: COCO RLE helpers.
 
+Tools that run plugins (the CLI, notebooks, CI scripts) use :mod:`uisbench.host` (plugin discovery,
+registry loading) and :func:`uisbench.evaluate` (a whole bench run).
+
 Nothing heavy is imported by this module: torch, timm and friends load inside plugin factories.
 """
 
@@ -23,8 +26,7 @@ from __future__ import annotations
 
 import pluggy
 
-from . import data, grid, io, masks, spectral, weights
-from ._manager import PluginFailure, PluginHost, PluginInfo, get_plugin_manager
+from . import data, grid, host, io, masks, spectral, weights
 from .api import Results, evaluate
 from .contracts import (
     Backbone,
@@ -52,7 +54,6 @@ from .errors import (
 )
 from .grid import GridBackbone, GridMasker
 from .io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
-from .registry import BenchDefaults, Entry, Registry, load_registry
 from .types import REQUIRED, BackboneSpec, DatasetSpec, MaskerSpec, MetricSpec, Param, StudentSpec
 
 __version__ = "0.1.0"
@@ -90,15 +91,8 @@ __all__ = [
     # running the bench from Python
     "evaluate",
     "Results",
-    # plugin manager and registry
-    "get_plugin_manager",
-    "PluginHost",
-    "PluginInfo",
-    "PluginFailure",
-    "load_registry",
-    "Registry",
-    "Entry",
-    "BenchDefaults",
+    # the host side (plugin discovery, registries): not needed by plugin authors
+    "host",
     # errors
     "UisbenchError",
     "PluginError",

@@ -209,7 +209,7 @@ class PluginHost:
         return f"{plugin_name!r} ({info.distribution} {info.version})" if info else repr(plugin_name)
 
 
-def get_plugin_manager(
+def load_plugins(
     *,
     strict: bool | None = None,
     load_entry_points: bool = True,

@@ -114,11 +114,11 @@ def evaluate(
     ``registry`` adds registry files (your own entries). The other arguments are ``platform bench``'s
     options of the same names. Raises :class:`uisbench.ConfigError` (and its kin) for bad input.
     """
-    from ._manager import get_plugin_manager
+    from ._manager import load_plugins
     from .bench import BenchOptions, run_bench
     from .registry import load_registry
 
-    host = get_plugin_manager(strict=strict_plugins)
+    host = load_plugins(strict=strict_plugins)
     reg = load_registry([str(p) for p in registry], host)
     if backbones == "all":
         backbones = list(reg.names("backbones"))

@@ -263,7 +263,6 @@ def _resnet_fpn(name: str, weights_path: str | None) -> tuple[nn.Module, dict[st
     info: dict[str, Any] = {"init": "random", "weights": None}
     if weights_path is None:
         return backbone, info
-    import hashlib
     from pathlib import Path
 
     path = Path(weights_path).expanduser()
@@ -301,8 +300,7 @@ def _resnet_fpn(name: str, weights_path: str | None) -> tuple[nn.Module, dict[st
             f"detector_weights {str(path)!r}: no key matches a torchvision {name} (e.g. 'layer1.0.conv1.weight'); "
             "give a ResNet state dict."
         )
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    info = {"init": "file", "weights": str(path), "weights_sha256": digest, "loaded_tensors": loaded,
+    info = {"init": "file", "weights": str(path), "weights_sha256": uisbench.io.file_sha256(path), "loaded_tensors": loaded,
             "missing_keys": len(result.missing_keys)}
     return backbone, info
 

@@ -30,7 +30,6 @@ __all__ = [
     "sample_seed",
     "instance_masks",
     "copy_paste",
-    "content_size",
     "merge_self_training",
     "IterationBatches",
     "PredictImages",
@@ -99,14 +98,6 @@ def copy_paste(
     return image, stacked
 
 
-def content_size(height: int, width: int, prep: uisbench.Preprocessing) -> tuple[int, int]:
-    """Size of the image content inside the backbone's ``S x S`` frame (as ``Backbone.preprocess`` resizes)."""
-    if prep.resize == "square":
-        return prep.size, prep.size
-    scale = prep.size / max(height, width)
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
 def _boxes(masks):
     """``(N, 4)`` float boxes ``x1, y1, x2, y2`` of binary masks, COCO convention (``x2 = last + 1``)."""
     import torch
@@ -136,7 +127,7 @@ def _frame_sample(image: np.ndarray, masks: np.ndarray | None, backbone: Any | N
         return sample
     prep = backbone.preprocessing
     sample["pixels"] = backbone.preprocess(image)
-    h, w = content_size(height, width, prep)
+    h, w = prep.content_size(height, width)
     sample["size"] = (h, w)
     if masks is not None:
         frame = torch.zeros((masks.shape[0], prep.size, prep.size), dtype=torch.uint8)

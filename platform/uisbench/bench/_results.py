@@ -7,7 +7,6 @@ JSON Schema the file uses), so no extra dependency is needed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform as _stdlib_platform
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..io import file_sha256
 
 SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
@@ -67,8 +67,9 @@ def _versions(device: str) -> dict[str, Any]:
 
 
 def _sha256(path: str) -> str | None:
+    """A registry file's hash for provenance; None where it vanished since loading."""
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return file_sha256(path)
     except OSError:
         return None
 

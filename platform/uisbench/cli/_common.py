@@ -9,10 +9,10 @@ from typing import Any
 
 
 def host_and_registry(args: argparse.Namespace, *, validate: bool = True) -> tuple[Any, Any]:
-    from .._manager import get_plugin_manager
+    from .._manager import load_plugins
     from ..registry import load_registry
 
-    host = get_plugin_manager(strict=args.strict_plugins)
+    host = load_plugins(strict=args.strict_plugins)
     registry = load_registry(args.registry, host if validate else None)
     return host, registry
 

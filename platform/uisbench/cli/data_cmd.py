@@ -72,10 +72,10 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from .._manager import get_plugin_manager
+    from .._manager import load_plugins
     from ..data import write_coco
 
-    host = get_plugin_manager(strict=args.strict_plugins)
+    host = load_plugins(strict=args.strict_plugins)
     spec = host.spec("datasets", "synth-instances")
     params: dict[str, Any] = {}
     preset = args.size_preset

@@ -18,10 +18,10 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._manager import get_plugin_manager
+    from .._manager import load_plugins
     from ..types import KINDS
 
-    host = get_plugin_manager(strict=args.strict_plugins)
+    host = load_plugins(strict=args.strict_plugins)
     provides: dict[str, list[str]] = {}
     specs = []
     conflicts = []

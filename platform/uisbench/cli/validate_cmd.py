@@ -14,11 +14,11 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._manager import get_plugin_manager
+    from .._manager import load_plugins
     from ..errors import ConfigError
     from ..registry import default_registry_path, load_registry
 
-    host = get_plugin_manager(strict=args.strict_plugins)
+    host = load_plugins(strict=args.strict_plugins)
     default = default_registry_path().resolve()
     files = list(args.files) or [str(default)]
     status = 0
