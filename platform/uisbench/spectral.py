@@ -80,6 +80,7 @@ torch, numpy and scipy are imported inside the functions: importing this module 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -99,7 +100,11 @@ __all__ = [
     "SEED_RTOL",
     "default_tau",
     "check_finite",
+    "no_tf32",
     "binary_affinity",
+    "cosine_above",
+    "REFINE_ATOL",
+    "TIE_TOL",
     "edge_matrix",
     "weights",
     "normalized_affinity",
@@ -167,26 +172,81 @@ def check_finite(feats: torch.Tensor, image_ids: Sequence[Any] | None) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """TF32 matmuls off on CUDA inside the block, so float32 similarities keep float32 accuracy."""
+    import torch
+
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def binary_affinity(feats: torch.Tensor, tau: float) -> torch.Tensor:
     """``(B, n, C)`` features -> ``(B, n, n)`` bool: cosine similarity of L2-normalised features ``> tau``.
 
     Computed in float32 like the reference (``F.normalize`` then ``F^T F``), with TF32 switched off on
-    CUDA so that no entry near ``tau`` flips because of reduced-precision matmuls.
+    CUDA so that no entry near ``tau`` flips because of reduced-precision matmuls. (MaskCut's parity
+    fixtures are float32 decisions; :func:`cosine_above` decides near-``tau`` entries exactly.)
     """
     import torch
     import torch.nn.functional as F
 
     x = F.normalize(feats.float(), p=2, dim=-1)
-    if x.is_cuda:
-        old = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        try:
-            gram = torch.bmm(x, x.transpose(1, 2))
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = old
-    else:
-        gram = torch.bmm(x, x.transpose(1, 2))
-    return gram > tau
+    with no_tf32():
+        return torch.bmm(x, x.transpose(1, 2)) > tau
+
+
+#: :func:`cosine_above`: similarities within this distance of the threshold are recomputed in float64.
+REFINE_ATOL = 1e-3
+#: :func:`cosine_above`: values within this distance of the threshold count as equal to it.
+TIE_TOL = 1e-9
+
+
+def cosine_above(x: torch.Tensor, tau: float, *, eps: float = 0.0, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool ``(r, n)``: cosine similarity of patches ``rows`` (default: all) with every patch ``> tau``,
+    decided in exact arithmetic on ``x`` ``(n, C)``.
+
+    The cosine is ``x_i . x_j / (n_i n_j)`` with ``n = |x| + eps`` (ProMerge's normalisation) for
+    ``eps > 0``, ``n = max(|x|, 1e-12)`` (``F.normalize``: MaskCut, TokenCut) for ``eps = 0``. Computed in
+    float32; entries within :data:`REFINE_ATOL` of ``tau`` are recomputed in float64 (exact products,
+    rounding ~1e-16) and decided with the tie rule (:data:`TIE_TOL`): the result does not depend on
+    BLAS threads or the device.
+    """
+    import torch
+
+    x32 = x.float()
+    norm32 = x32.norm(dim=1)
+    den32 = norm32 + eps if eps > 0 else norm32.clamp_min(1e-12)
+    u = x32 / den32[:, None]
+    r = u if rows is None else u[rows]
+    above = torch.empty((r.shape[0], u.shape[0]), dtype=torch.bool, device=u.device)
+    near = []
+    step = max(1, (1 << 24) // max(1, u.shape[0]))  # row blocks of <= 64 MB of float32 similarities
+    for start in range(0, r.shape[0], step):
+        if u.is_cuda:
+            with no_tf32():
+                sim = r[start : start + step] @ u.T
+        else:
+            sim = r[start : start + step] @ u.T
+        above[start : start + step] = sim > tau
+        block = ((sim >= tau - REFINE_ATOL) & (sim <= tau + REFINE_ATOL)).nonzero()
+        block[:, 0] += start
+        near.append(block)
+    near = torch.cat(near)
+    if len(near):
+        x64 = x.double()
+        norm64 = x64.norm(dim=1)
+        den64 = norm64 + eps if eps > 0 else norm64.clamp_min(1e-12)
+        row_index = near[:, 0] if rows is None else rows[near[:, 0]]
+        for start in range(0, len(near), 4096):  # bounded memory
+            i, j = row_index[start : start + 4096], near[start : start + 4096, 1]
+            val = (x64[i] * x64[j]).sum(1) / (den64[i] * den64[j])
+            above[near[start : start + 4096, 0], j] = (val - tau) > TIE_TOL
+    return above
 
 
 def edge_matrix(binary: torch.Tensor, alive: torch.Tensor, tau: float, dtype) -> torch.Tensor:

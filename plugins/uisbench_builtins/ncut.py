@@ -22,6 +22,14 @@ float32 with a float64 redo where eigenvalues are too close for float32) and ``s
 ``scipy.linalg.eigh(D - W, D, subset_by_index=[1, 2])`` per image). Both reproduce CutLER's own masks
 exactly on the parity fixtures (tests/fixtures/maskcut), with 1 and with 2 BLAS threads.
 
+Adaptive number of cuts (``min_score``; null, the default, is always ``n_masks`` cuts as MaskCut): with
+a value, ``n_masks`` is the maximum and an image stops at its first cut whose (non-empty) mask scores
+below ``min_score`` (that mask is dropped), or as soon as MaskCut has run dry: an accepted mask lies
+inside the earlier masks, or a cut paints nothing without being a duplicate of the previous mask (it
+covers <= 1 % of the grid, or nothing). The graph then stays the same for every later cut, whose masks
+would all be empty. The masks are a prefix of MaskCut's own; with ``min_score: 0`` they equal
+``n_masks`` fixed cuts, at the cost of the cuts until it runs dry. Images that stop leave the batch.
+
 Score of a mask: ``1 - Ncut(S) / 2`` (:func:`uisbench.spectral.ncut_score`) on the graph of the cut that
 produced it (``S``: the output mask on the patch grid, earlier masks removed). In ``[0, 1]``: an object
 few graph edges leave scores near 1, an arbitrary split of a homogeneous region near 0.5. Computed
@@ -54,11 +62,13 @@ class NCutMasker(uisbench.GridMasker):
     name = "ncut"
 
     def __init__(self, *, tau: float | None = None, n_masks: int = 3, eps: float = 1e-5, solver: str = "torch",
-                 precision: str = "float32", memory_gb: float | None = None) -> None:
-        uisbench.raise_problems("masker ncut", check_params(dict(n_masks=n_masks, eps=eps, solver=solver, precision=precision)))
+                 precision: str = "float32", min_score: float | None = None, memory_gb: float | None = None) -> None:
+        uisbench.raise_problems("masker ncut", check_params(dict(n_masks=n_masks, eps=eps, solver=solver, precision=precision,
+                                                                 min_score=min_score)))
         super().__init__(memory_gb=memory_gb)
         self.tau, self.n_masks = tau, int(n_masks)
         self.eps, self.solver, self.precision = float(eps), solver, precision
+        self.min_score = None if min_score is None else float(min_score)
 
     def grid_masks(
         self, features: torch.Tensor, image_ids: Sequence[int], patch_size: int
@@ -67,7 +77,8 @@ class NCutMasker(uisbench.GridMasker):
 
         tau = self.tau if self.tau is not None else spectral.default_tau(patch_size)
         dtype = torch.float32 if self.precision == "float32" else torch.float64
-        out = maskcut_batch(features, tau, self.n_masks, solver=self.solver, eps=self.eps, image_ids=image_ids, dtype=dtype)
+        out = maskcut_batch(features, tau, self.n_masks, solver=self.solver, eps=self.eps, image_ids=image_ids, dtype=dtype,
+                            min_score=self.min_score)
         return [([m.astype(bool) for m in masks], [float(s) for s in scores]) for masks, scores in out]
 
 
@@ -92,6 +103,7 @@ def maskcut_batch(
     eps: float = 1e-5,
     image_ids: Sequence[Any] | None = None,
     dtype: Any = None,
+    min_score: float | None = None,
     **solver_options: Any,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """MaskCut on a batch ``(B, C, h, w)`` of patch features (one device, one grid size).
@@ -99,6 +111,7 @@ def maskcut_batch(
     Returns per image ``(masks, scores)``: ``masks`` uint8 ``(n_masks, h, w)`` (all-zero where a cut
     was rejected or emptied by the earlier masks, as the reference), ``scores`` float ``(n_masks,)``.
     ``dtype`` is the torch solver's working precision (float32 or float64; default float32).
+    ``min_score``: the adaptive stop (module docstring); an image's masks after its stop are all-zero.
     """
     import numpy as np
     import torch
@@ -120,37 +133,57 @@ def maskcut_batch(
     current = [np.zeros((h, w), dtype=bool) for _ in range(B)]
     union = [np.zeros((h, w), dtype=bool) for _ in range(B)]
     warm = None
+    act = np.arange(B)  # the images still cutting (all of them without min_score)
     for i in range(n_masks):
+        sel = None if len(act) == B else torch.from_numpy(act).to(dev)
+        bin_a = binary if sel is None else binary[sel]
+        alive_a = alive if sel is None else alive[sel]
         if solver == "scipy":
-            fied = spectral.fiedler_scipy(spectral.weights(binary, alive, tau, eps))
+            fied = spectral.fiedler_scipy(spectral.weights(bin_a, alive_a, tau, eps))
         else:
-            M, d = spectral.normalized_affinity(binary, alive, tau, eps, dtype)
+            M, d = spectral.normalized_affinity(bin_a, alive_a, tau, eps, dtype)
             fied = spectral.fiedler_torch(M, d, warm, **solver_options)
             del M
             warm = fied.block
             if dtype != torch.float64 and fied.accurate is not None and not fied.accurate.all():
                 # Near-degenerate eigenvalues below float32's reach: redo those images in float64.
                 idx = torch.from_numpy(np.nonzero(~fied.accurate)[0]).to(dev)
-                M64, d64 = spectral.normalized_affinity(binary[idx], alive[idx], tau, eps, torch.float64)
+                M64, d64 = spectral.normalized_affinity(bin_a[idx], alive_a[idx], tau, eps, torch.float64)
                 f64 = spectral.fiedler_torch(M64, d64, warm[idx], **solver_options)
                 del M64
                 fied.vectors[~fied.accurate] = f64.vectors
                 fied.values[~fied.accurate] = f64.values
 
-        outs = []
-        for b in range(B):
-            m = spectral.orient_and_select(fied.vectors[b], (h, w))
+        outs, dry = [], []
+        for j, b in enumerate(act):
+            m = raw = spectral.orient_and_select(fied.vectors[j], (h, w))
             if i >= 1 and (_iou(current[b], m) > 0.5 or m.sum() / m.size <= 0.01):
                 m = np.zeros((h, w), dtype=bool)
+            # run dry (module docstring): from here on the graph, and so the cut, stays the same
+            dry.append(bool(m.any() and not (m & ~union[b]).any()) or bool(not m.any() and raw.sum() <= 0.01 * raw.size))
             current[b] = m
             out = m & ~union[b]
             union[b] |= out
             masks[b, i] = out
             outs.append(out)
-        S = torch.from_numpy(np.stack(outs).reshape(B, n, 1)).to(dev)
-        scores[:, i] = spectral.ncut_score(spectral.graph_counts(spectral.edge_matrix(binary, alive, tau, torch.float32), S), eps)[:, 0]
-        paint = torch.from_numpy(np.stack(current).reshape(B, n)).to(dev)
-        alive = alive & ~paint
+        S = torch.from_numpy(np.stack(outs).reshape(len(act), n, 1)).to(dev)
+        edges = spectral.edge_matrix(bin_a, alive_a, tau, torch.float32)
+        scores[act, i] = spectral.ncut_score(spectral.graph_counts(edges, S), eps)[:, 0]
+        paint = torch.from_numpy(np.stack([current[b] for b in act]).reshape(len(act), n)).to(dev)
+        if sel is None:
+            alive = alive & ~paint
+        else:
+            alive[sel] = alive_a & ~paint
+        if min_score is not None:
+            low = np.array([o.any() for o in outs]) & (scores[act, i] < min_score)
+            masks[act[low], i] = 0
+            scores[act[low], i] = 0.0
+            keep = ~(low | np.array(dry))
+            if warm is not None and not keep.all():
+                warm = warm[torch.from_numpy(np.flatnonzero(keep)).to(warm.device)]
+            act = act[keep]
+            if not len(act):
+                break
     return [(masks[b], scores[b]) for b in range(B)]
 
 
@@ -198,11 +231,15 @@ def check_params(params):
     yield from spectral.check_cut_params(params)
     if params["n_masks"] < 1:
         yield "n_masks", f"must be >= 1, got {params['n_masks']}"
+    if params.get("min_score") is not None and not 0.0 <= params["min_score"] <= 1.0:
+        yield "min_score", f"must be in [0, 1] or null, got {params['min_score']}"
 
 
 PARAMS = (
     uisbench.Param("tau", "float", None, "affinity threshold; null = 0.15 for patch 8, 0.2 otherwise (MaskCut)", nullable=True),
-    uisbench.Param("n_masks", "int", 3, "number of cuts per image (MaskCut's N)"),
+    uisbench.Param("n_masks", "int", 3, "number of cuts per image (MaskCut's N); the most per image with min_score"),
+    uisbench.Param("min_score", "float", None, "adaptive stop: an image stops at its first mask scoring below this, "
+                   "or when MaskCut runs dry; null = always n_masks cuts", nullable=True),
     *spectral.CUT_PARAMS,
     uisbench.grid.MEMORY_PARAM,
 )

@@ -1,0 +1,141 @@
+"""Benchmark: every masker on the same features, masks/s and pseudo-mask AP50 side by side.
+
+Features: oracle features (the registry's ``oracle-instance`` entry, or ``--backbone``) of
+synth-instances val images generated at ``8 x grid`` pixels with patch 8, so that AP can be computed
+against exact ground truth: a 30 x 30 grid (900 tokens, 240 px) and a 60 x 60 grid (3600 tokens,
+480 px). Features are extracted once per size; every masker then runs ``predict`` (grid masks,
+upsampling, RLE: the bench's pseudo-mask stage) on the same batch, after one warm-up image. Scores
+come from pycocotools (class-agnostic mask AP50 and AR100, 100 detections).
+
+Columns: ``images/s`` (images through ``predict`` per second), ``masks/s`` (pseudo-masks produced per
+second), ``masks/img``, ``AP50``, ``AR100``. ``ncut-auto`` needs ncut's ``min_score`` parameter; it is
+marked n/a where the installed ncut lacks it.
+
+CPU run (2 threads; ~10 minutes, most of it kmeans-spectral's dense eigh and ncut at 3600 tokens)::
+
+    .venv/bin/python benchmarks/bench_maskers.py --images 8
+
+Quick CPU run, 900 tokens only::
+
+    .venv/bin/python benchmarks/bench_maskers.py --sizes 900 --images 8
+
+GPU run::
+
+    .venv/bin/python benchmarks/bench_maskers.py --device cuda --images 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import time
+
+#: (row, plugin, parameters): the registry's entries, plus the ones proposed for it.
+MASKERS = [
+    ("ncut", "ncut", {"n_masks": 4}),
+    ("ncut-auto", "ncut", {"n_masks": 12, "min_score": 0.5}),
+    ("kmeans", "kmeans", {"ks": [2, 3, 4, 5, 6], "foreground": "border"}),
+    ("kmeans-spectral", "kmeans", {"ks": [2, 3, 4, 5, 6], "space": "spectral", "foreground": "none"}),
+    ("promerge", "promerge", {}),
+    ("tokencut", "tokencut", {}),
+]
+
+
+def _ap(ds, ids, preds) -> tuple[float, float]:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    results = [p.to_coco() for ps in preds for p in ps]
+    if not results:
+        return 0.0, 0.0
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = ds.coco_ground_truth(ids)
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(results), "segm")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[1]), float(ev.stats[8])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--images", type=int, default=8, help="images per grid size")
+    ap.add_argument("--sizes", default="900,3600", help="token counts: 900 (30 x 30) and/or 3600 (60 x 60)")
+    ap.add_argument("--backbone", default="oracle-instance", help="registry backbone entry (oracle-*, pixels)")
+    ap.add_argument("--maskers", default=",".join(m[0] for m in MASKERS), help="rows to run, comma-separated")
+    args = ap.parse_args(argv)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
+
+    import torch
+    from tabulate import tabulate
+
+    import uisbench
+
+    torch.set_num_threads(args.threads)
+    host = uisbench.host.load_plugins(strict=True)
+    registry = uisbench.host.load_registry([], host)
+    wanted = set(args.maskers.split(","))
+    print(
+        f"device={args.device} threads={args.threads} torch={torch.__version__} backbone={args.backbone} "
+        f"images={args.images}"
+    )
+    rows = []
+    for tokens in (int(s) for s in args.sizes.split(",")):
+        grid = int(round(tokens**0.5))
+        size = 8 * grid
+        ds = host.spec("datasets", "synth-instances").build(split="val", size=size, images=args.images)
+        ids = ds.image_ids()
+        records = [ds.record(i) for i in ids]
+        bb = registry.build("backbones", args.backbone, host, size=size, patch_size=8)
+        bb.bind(ds)
+        fm = bb.extract(torch.stack([bb.preprocess(ds.load_image(i)) for i in ids]), ids)
+        fm.features = fm.features.to(args.device)
+        n_gt = sum(len(ds.ground_truth(i)) for i in ids)
+        for label, plugin, params in MASKERS:
+            if label not in wanted:
+                continue
+            spec = host.spec("maskers", plugin)
+            if not set(params) <= {p.name for p in spec.params}:
+                missing = sorted(set(params) - {p.name for p in spec.params})
+                rows.append([tokens, label, len(ids), "n/a", "n/a", "n/a", "n/a", "n/a", f"{plugin} lacks {missing}"])
+                continue
+            masker = spec.build(**params).to(args.device)
+            one = uisbench.FeatureMap(fm.features[:1], ids[:1], fm.patch_size, fm.facet, fm.layer)
+            masker.predict(one, records[:1])  # warm-up
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            preds = masker.predict(fm, records)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t
+            n_masks = sum(len(p) for p in preds)
+            ap50, ar100 = _ap(ds, ids, preds)
+            rows.append(
+                [
+                    tokens,
+                    label,
+                    len(ids),
+                    f"{len(ids) / dt:.2f}",
+                    f"{n_masks / dt:.2f}",
+                    f"{n_masks / len(ids):.2f}",
+                    f"{ap50:.3f}",
+                    f"{ar100:.3f}",
+                    f"{n_gt / len(ids):.1f} instances/img",
+                ]
+            )
+            print(f"  {tokens} {label}: {dt:.1f}s", flush=True)
+    headers = ["tokens", "masker", "images", "images/s", "masks/s", "masks/img", "AP50", "AR100", "note"]
+    print(tabulate(rows, headers=headers, tablefmt="github"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
