@@ -31,6 +31,7 @@ from .api import Results, evaluate
 from .contracts import (
     Backbone,
     Dataset,
+    EnsembleMasker,
     EvalSample,
     FeatureMap,
     GroundTruth,
@@ -75,6 +76,7 @@ __all__ = [
     # contracts and data records
     "Backbone",
     "Masker",
+    "EnsembleMasker",
     "Student",
     "Metric",
     "Dataset",

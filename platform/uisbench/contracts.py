@@ -33,6 +33,7 @@ __all__ = [
     "Dataset",
     "Backbone",
     "Masker",
+    "EnsembleMasker",
     "Student",
     "Metric",
 ]
@@ -380,6 +381,27 @@ class Masker(abc.ABC):
     @abc.abstractmethod
     def predict(self, features: FeatureMap, records: Sequence[ImageRecord]) -> list[list[Prediction]]:
         """For each image of the batch, its masks (COCO RLE at ``record.height x record.width``) with scores."""
+
+
+class EnsembleMasker(abc.ABC):
+    """Combines other cells' pseudo-masks of one image into new ones (e.g. VoteCut's voting).
+
+    Its spec says ``consumes="pseudo-masks"`` and its ``members`` parameter names the
+    ``"backbone/masker"`` registry pairs whose masks it combines; the bench computes (and caches)
+    those first. An ensemble's masks do not depend on the row's backbone: every row shares them, and
+    the student of a cell still trains on that row's features.
+    """
+
+    device: str = "cpu"
+
+    def to(self, device: str) -> EnsembleMasker:
+        self.device = str(device)
+        return self
+
+    @abc.abstractmethod
+    def combine(self, candidates: Sequence[Sequence[Prediction]], record: ImageRecord) -> list[Prediction]:
+        """One image's masks from ``candidates[i]``, the masks member ``i`` gave it (in ``members``
+        order; COCO RLE at ``record.height x record.width``), with scores."""
 
 
 class Student(abc.ABC):

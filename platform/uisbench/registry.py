@@ -55,6 +55,7 @@ __all__ = [
     "Registry",
     "load_registry",
     "default_registry_path",
+    "ensemble_members",
     "SCHEMA_VERSION",
     "MAX_YAML_NODES",
     "MAX_YAML_DEPTH",
@@ -541,6 +542,40 @@ def _check_bench_names(registry: Registry, b: BenchDefaults, device: str | None,
         problems.append(f"{src}:{line}: {what} dataset {b.dataset!r} is not a datasets entry.{_suggest(b.dataset, registry.entries['datasets'])}")
 
 
+def ensemble_members(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """An ensemble masker entry's ``members`` as ``(backbone entry, masker entry)`` pairs."""
+    pairs = []
+    for member in params.get("members") or ():
+        backbone, _, masker = str(member).partition("/")
+        pairs.append((backbone.strip(), masker.strip()))
+    return pairs
+
+
+def _check_ensembles(registry: Registry, host: PluginHost, problems: list[str]) -> None:
+    """Ensemble masker entries name existing ``backbone/masker`` pairs of feature maskers."""
+    for entry in registry.entries["maskers"].values():
+        spec = host.spec("maskers", entry.plugin)
+        if not getattr(spec, "ensemble", False):
+            continue
+        at = f"{entry.where()}: masker entry {entry.name!r}: members"
+        raw = list(registry.resolved_params(entry, host).get("members") or ())
+        pairs = ensemble_members({"members": raw})
+        if len(pairs) < 2:
+            problems.append(f"{at} must name at least two 'backbone/masker' pairs (an ensemble of one is its member), got {raw!r}.")
+        if len(set(pairs)) != len(pairs):
+            problems.append(f"{at} lists a pair twice: {raw!r}.")
+        for text, (backbone, masker) in zip(raw, pairs, strict=True):
+            if not backbone or not masker or "/" in masker:
+                problems.append(f"{at}: {text!r} is not 'backbone/masker' (two entry names and one '/').")
+                continue
+            if backbone not in registry.entries["backbones"]:
+                problems.append(f"{at}: {text!r}: {backbone!r} is not a backbones entry.{_suggest(backbone, registry.entries['backbones'])}")
+            if masker not in registry.entries["maskers"]:
+                problems.append(f"{at}: {text!r}: {masker!r} is not a maskers entry.{_suggest(masker, registry.entries['maskers'])}")
+            elif getattr(host.spec("maskers", registry.entries["maskers"][masker].plugin), "ensemble", False):
+                problems.append(f"{at}: {text!r}: {masker!r} is itself an ensemble; members must be maskers of features.")
+
+
 def load_registry(
     paths: Sequence[str | os.PathLike[str]] | None = None,
     host: PluginHost | None = None,
@@ -569,6 +604,7 @@ def load_registry(
     registry.sha256 = digest.hexdigest()
     if host is not None and not problems:
         registry.add_implicit_entries(host)
+        _check_ensembles(registry, host, problems)
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) in the registry:\n" + "\n".join(problems), problems)
     return registry

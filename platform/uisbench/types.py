@@ -26,6 +26,7 @@ __all__ = [
     "DatasetSpec",
     "SPEC_TYPES",
     "KINDS",
+    "MASKER_INPUTS",
 ]
 
 
@@ -37,6 +38,9 @@ class _Required:
 
 
 REQUIRED: Any = _Required()
+
+#: What a masker reads: patch features (every masker so far) or other cells' pseudo-masks (ensembles).
+MASKER_INPUTS = ("features", "pseudo-masks")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -176,9 +180,34 @@ class BackboneSpec(PluginSpec):
 
 @dataclass(frozen=True)
 class MaskerSpec(PluginSpec):
-    """A masker plugin: factory returns a :class:`uisbench.Masker`."""
+    """A masker plugin: factory returns a :class:`uisbench.Masker`.
 
+    ``consumes="pseudo-masks"`` declares an ensemble masker: its factory returns a
+    :class:`uisbench.EnsembleMasker`, which reads the pseudo-masks of other cells instead of features.
+    Such a spec must have a ``members`` parameter (``list[str]``) whose values name registry entries
+    as ``"backbone/masker"`` pairs; the bench computes each member's pseudo-masks first (they are
+    cached like any other) and hands the ensemble every member's masks of an image::
+
+        MaskerSpec(name="vote", description="...", factory=VoteMasker, consumes="pseudo-masks",
+                   params=(Param("members", "list[str]", REQUIRED, "backbone/masker pairs"), ...))
+    """
+
+    consumes: str = "features"
     kind: str = field(default="masker", init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.consumes not in MASKER_INPUTS:
+            raise PluginError(f"MaskerSpec {self.name!r}: consumes must be one of {', '.join(MASKER_INPUTS)}, got {self.consumes!r}.")
+        members = self.param("members")
+        if self.consumes == "pseudo-masks" and (members is None or members.type != "list[str]"):
+            raise PluginError(f"MaskerSpec {self.name!r}: an ensemble masker (consumes='pseudo-masks') needs a "
+                              "'members' parameter of type list[str] naming 'backbone/masker' entry pairs.")
+
+    @property
+    def ensemble(self) -> bool:
+        """Whether this masker reads other cells' pseudo-masks (see ``consumes``)."""
+        return self.consumes == "pseudo-masks"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ._cost import combine_parts
+from ._cost import combine_parts, with_member_time
 from ._evaluate import MetricEvaluator, Scoring
 from ._features import backbone_provenance
 from ._label_efficiency import finetune_part
@@ -101,7 +101,13 @@ class CellWalker:
 
     def masks_cost(self, b: str, m: str, splits: list[str], repeat: int = 0) -> dict[str, Any] | None:
         outputs = [self.pipeline.peek(self.pipeline.pseudo_masks(b, m, split, repeat)) for split in splits]
-        return combine_parts("pseudo-masks", [o.cost for o in outputs if o])
+        cost = combine_parts("pseudo-masks", [o.cost for o in outputs if o])
+        if cost is not None and self.plan.is_ensemble(m):
+            # an ensemble costs its members' features and masks too: their time, its images
+            members = [self.features_cost(mb, splits) for mb, _ in self.plan.members[m]]
+            members += [self.masks_cost(mb, mm, splits) for mb, mm in self.plan.members[m]]
+            cost = with_member_time(cost, [c for c in members if c])
+        return cost
 
     def features_provenance(self, b: str) -> dict[str, Any] | None:
         handle = self.pipeline.backbones[b]
@@ -114,6 +120,12 @@ class CellWalker:
             if output and output.provenance is not None:
                 return output.provenance
         return None
+
+    def release_members(self, m: str, keep: str) -> None:
+        """Free the models of ensemble ``m``'s member backbones (all but the row's ``keep``)."""
+        for mb, _ in self.plan.members[m]:
+            if mb != keep:
+                self.pipeline.backbones[mb].release()
 
     # -- parts of a cell ----------------------------------------------------------------------
 
@@ -203,18 +215,24 @@ class CellWalker:
         for m in self.plan.maskers:
             pm_part: dict[str, Any] | None = None
             cell_started = time.perf_counter()
+            ensemble = self.plan.is_ensemble(m)
             if unavailable is None:
                 try:
                     pm_part = self.pseudo_mask_part(b, m)
                 except StageError as err:
-                    if err.status == "unavailable":
+                    if err.status == "unavailable" and not ensemble:
                         unavailable = err.reason
-                    else:
-                        pm_part = {"status": err.status, "reason": err.reason, "metrics": {}}
+                    else:  # an ensemble member's backbone missing ends this cell, not the row
+                        reason = f"a member of ensemble {m!r}: {err.reason}" if ensemble and err.status == "unavailable" else err.reason
+                        pm_part = {"status": err.status, "reason": reason, "metrics": {}}
+                if ensemble:
+                    self.release_members(m, keep=b)
             pm_seconds = time.perf_counter() - cell_started
+            # masks built from ground-truth-reading members are calibration results too
+            cell_calibration = calibration or (ensemble and any(self.pipeline.backbones[mb].calibration for mb, _ in self.plan.members[m]))
             for s in students:
                 cell_start = time.perf_counter()
-                cell = self.cell(b, m, s, calibration, pm_part, unavailable)
+                cell = self.cell(b, m, s, cell_calibration, pm_part, unavailable)
                 cell["timings"] = self.timings(b, m, s, cell)
                 cell["seconds"] = round(time.perf_counter() - cell_start + (pm_seconds if s == students[0] else 0.0), 3)
                 row_cells.append(cell)

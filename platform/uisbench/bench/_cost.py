@@ -146,6 +146,18 @@ def combine_parts(stage: str, records: list[dict[str, Any] | None]) -> dict[str,
     return out
 
 
+def with_member_time(record: dict[str, Any], members: list[dict[str, Any]]) -> dict[str, Any]:
+    """``record`` charged with the time of the work it consumed (an ensemble's members): seconds add
+    up, peaks take the maximum, the image count stays ``record``'s own."""
+    if not members:
+        return record
+    gpu = [r["peak_gpu_mb"] for r in [record, *members] if r.get("peak_gpu_mb") is not None]
+    out = cost_record(record["stage"], record["images"], record["seconds"] + sum(r["seconds"] for r in members),
+                      max(r["peak_host_mb"] for r in [record, *members]), max(gpu) if gpu else None, record["device"])
+    out["hardware"] = record.get("hardware", out["hardware"])
+    return out
+
+
 def to_stage_cost(record: dict[str, Any]) -> StageCost:
     return StageCost(
         stage=record["stage"],

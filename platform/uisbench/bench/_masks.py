@@ -13,15 +13,57 @@ if TYPE_CHECKING:
     from ._features import FeaturesStage
     from ._pipeline import Pipeline
 
-__all__ = ["PseudoMasksStage"]
+__all__ = ["MasksStage", "PseudoMasksStage"]
 
 
-class PseudoMasksStage(Stage):
-    """Pseudo-masks of masker ``masker`` on backbone ``backbone``'s features of ``split``: ``<id>.json``
-    per image; the summary holds every image's predictions (COCO results) and the cost."""
+class MasksStage(Stage):
+    """What every pseudo-mask stage shares: ``<id>.json`` per image (``{"image_id", "predictions"}``,
+    COCO results), and a summary with every image's predictions, the cost and the masker's name.
+    Subclasses set ``pipeline``, ``masker`` and ``split`` and compute the files."""
 
     name = "pseudo-masks"
     per_image = True
+    pipeline: Pipeline
+    masker: str
+
+    def summary_ids(self) -> list[int]:
+        return self.pipeline.data.ids(self.split)
+
+    def read_masks(self, key: str, image_id: int) -> list[dict[str, Any]]:
+        """One image's masks (COCO results) as a finished stage wrote them."""
+        path = self.item_path(key, image_id)
+        item = self.ctx.cache.read(path)
+        if not isinstance(item, dict) or not isinstance(item.get("predictions"), list):
+            raise CacheDamaged(self, key, path, "missing or unreadable")
+        return item["predictions"]
+
+    def finish(self, key: str, reports: list[Any]) -> dict[str, Any]:
+        predictions: dict[str, list[dict[str, Any]]] = {}
+        for image_id in self.image_ids():
+            predictions[str(image_id)] = self.read_masks(key, image_id)
+        costs = [r for r in reports if r]
+        cost = combine_ranks(costs) if costs else None
+        if cost is None:  # every image was done by an earlier run over another id list
+            previous = [self.ctx.cache.read(p) for p in self.ctx.cache.summaries(self.folder(key))]
+            cost = next((p.get("cost") for p in previous if p and p.get("cost")), None)
+        return {
+            "key": key,
+            "masker": self.masker,  # which entry: a later dry run estimates time from this cost
+            "split": self.split,
+            "images": len(predictions),
+            "skipped": self.pipeline.data.skipped_among(self.split, self.summary_ids()),
+            "cost": cost,
+            "items": self.item_sizes(key, self.image_ids()),
+            "predictions": predictions,
+        }
+
+    def adopt(self, output: StageOutput) -> None:
+        self.pipeline.data.note_skipped(self.split, output.skipped)
+
+
+class PseudoMasksStage(MasksStage):
+    """Pseudo-masks of masker ``masker`` on backbone ``backbone``'s features of ``split``: ``<id>.json``
+    per image; the summary holds every image's predictions (COCO results) and the cost."""
 
     def __init__(self, pipeline: Pipeline, backbone: str, masker: str, split: str, repeat: int = 0) -> None:
         # a masker is stochastic when it has a seed: only then does a repetition (--seeds) redo it
@@ -50,9 +92,6 @@ class PseudoMasksStage(Stage):
 
     def image_ids(self) -> list[int]:
         return self.pipeline.data.usable(self.split)  # images the features stage could read
-
-    def summary_ids(self) -> list[int]:
-        return self.pipeline.data.ids(self.split)
 
     def compute(self, key: str, chunks: list[list[int]] | None) -> dict[str, Any] | None:
         import torch
@@ -96,30 +135,3 @@ class PseudoMasksStage(Stage):
         finally:
             bar.close()
         return meter.record()
-
-    def finish(self, key: str, reports: list[Any]) -> dict[str, Any]:
-        predictions: dict[str, list[dict[str, Any]]] = {}
-        for image_id in self.image_ids():
-            path = self.item_path(key, image_id)
-            item = self.ctx.cache.read(path)
-            if not isinstance(item, dict) or not isinstance(item.get("predictions"), list):
-                raise CacheDamaged(self, key, path, "missing or unreadable")
-            predictions[str(image_id)] = item["predictions"]
-        costs = [r for r in reports if r]
-        cost = combine_ranks(costs) if costs else None
-        if cost is None:  # every image was done by an earlier run over another id list
-            previous = [self.ctx.cache.read(p) for p in self.ctx.cache.summaries(self.folder(key))]
-            cost = next((p.get("cost") for p in previous if p and p.get("cost")), None)
-        return {
-            "key": key,
-            "masker": self.masker,  # which entry: a later dry run estimates time from this cost
-            "split": self.split,
-            "images": len(predictions),
-            "skipped": self.pipeline.data.skipped_among(self.split, self.summary_ids()),
-            "cost": cost,
-            "items": self.item_sizes(key, self.image_ids()),
-            "predictions": predictions,
-        }
-
-    def adopt(self, output: StageOutput) -> None:
-        self.pipeline.data.note_skipped(self.split, output.skipped)

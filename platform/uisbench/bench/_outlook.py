@@ -51,6 +51,7 @@ def outlook(pipeline: Pipeline) -> list[str]:
     speeds = _measured_speeds(pipeline)
     counts = {"features": [0, 0], "pseudo-masks": [0, 0], "student": [0, 0]}
     seconds, unknown = 0.0, set()
+    seen: set[str] = set()
     downloads = []
     for b in plan.backbones:
         spec, params = plan.entry("backbones", b).spec, plan.entry("backbones", b).params
@@ -67,7 +68,11 @@ def outlook(pipeline: Pipeline) -> list[str]:
                 else:
                     unknown.add(f"features of {b}")
             for m in plan.maskers:
-                cached = pipeline.peek(pipeline.pseudo_masks(b, m, split)) is not None
+                stage = pipeline.pseudo_masks(b, m, split)
+                if pipeline.runner.key(stage) in seen:  # an ensemble's masks: one result for every row
+                    continue
+                seen.add(pipeline.runner.key(stage))
+                cached = pipeline.peek(stage) is not None
                 counts["pseudo-masks"][0] += cached
                 counts["pseudo-masks"][1] += 1
                 if not cached:

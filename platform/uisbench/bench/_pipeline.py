@@ -4,6 +4,8 @@
 
     features(b, split) -> pseudo_masks(b, m, split) -> student(b, m, s) -> finetune(b, m, s, k, ...)
 
+An ensemble masker's ``pseudo_masks`` reads its members' ``pseudo_masks`` instead of features.
+
 A new stage is a :class:`~uisbench.bench._stage.Stage` subclass plus one method here that creates it.
 """
 
@@ -13,9 +15,10 @@ from typing import Any
 
 from ._context import BenchContext
 from ._data import BenchData
+from ._ensemble import EnsembleMasksStage
 from ._features import FeaturesStage
 from ._finetune import FinetuneStage
-from ._masks import PseudoMasksStage
+from ._masks import MasksStage, PseudoMasksStage
 from ._plan import BackboneHandle, Plan
 from ._stage import Stage, StageOutput, StageRunner
 from ._student import StudentStage
@@ -32,7 +35,7 @@ class Pipeline:
         self.data = data
         self._lock = lock
         self.runner = StageRunner(ctx)
-        self.backbones = {b: BackboneHandle(plan.entry("backbones", b), ctx, data) for b in plan.backbones}
+        self.backbones = {b: BackboneHandle(plan.entry("backbones", b), ctx, data) for b in plan.backbones + plan.member_backbones()}
         self._maskers: dict[tuple[str, int], Any] = {}
 
     # -- stages -------------------------------------------------------------------------------
@@ -40,7 +43,9 @@ class Pipeline:
     def features(self, backbone: str, split: str) -> FeaturesStage:
         return FeaturesStage(self, backbone, split)
 
-    def pseudo_masks(self, backbone: str, masker: str, split: str, repeat: int = 0) -> PseudoMasksStage:
+    def pseudo_masks(self, backbone: str, masker: str, split: str, repeat: int = 0) -> MasksStage:
+        if self.plan.is_ensemble(masker):  # reads its members' pseudo-masks, the same for every row
+            return EnsembleMasksStage(self, backbone, masker, split)
         return PseudoMasksStage(self, backbone, masker, split, repeat)
 
     def student(self, backbone: str, masker: str, student: str, repeat: int = 0) -> StudentStage:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import gc
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..errors import BackboneUnavailable, ConfigError
+from ..registry import ensemble_members
 from ..types import REQUIRED
 from ._cache import file_sha256, folder_digest
 from ._code import factory_fingerprint
@@ -103,9 +104,19 @@ class Plan:
     entries: dict[tuple[str, str], ResolvedEntry]
     #: the few-label stage's settings (a registry ``finetune:`` entry), or ``None``
     finetune: Any = None
+    #: ensemble masker entry -> its members' ``(backbone, masker)`` entry pairs
+    members: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def entry(self, kind: str, name: str) -> ResolvedEntry:
         return self.entries[(kind, name)]
+
+    def is_ensemble(self, masker: str) -> bool:
+        return masker in self.members
+
+    def member_backbones(self) -> list[str]:
+        """Backbones that only ensemble members use (they are built when a member needs them)."""
+        found = [b for pairs in self.members.values() for b, _ in pairs if b not in self.backbones]
+        return list(dict.fromkeys(found))
 
     def metric_names_for(self, stage: str) -> list[str]:
         """Metric entries that score ``stage`` (``features`` takes those that read no predictions)."""
@@ -141,6 +152,15 @@ def make_plan(host: Any, registry: Any, options: Any, hash_memo: Path, device_ty
     if not names["maskers"]:
         raise ConfigError("nothing to bench: no masker selected; fill `bench: maskers:` in the registry or pass --maskers.")
     entries = {(kind, n): resolve_entry(host, registry, kind, n, hash_memo) for kind, ns in names.items() for n in ns}
+    members: dict[str, list[tuple[str, str]]] = {}
+    for masker in names["maskers"]:
+        if getattr(entries[("maskers", masker)].spec, "ensemble", False):
+            # an ensemble reads other cells' pseudo-masks: resolve their entries too (validated on load)
+            members[masker] = ensemble_members(entries[("maskers", masker)].params)
+            for pair in members[masker]:
+                for kind, name in zip(("backbones", "maskers"), pair, strict=True):
+                    if (kind, name) not in entries:
+                        entries[(kind, name)] = resolve_entry(host, registry, kind, name, hash_memo)
     finetune = getattr(options, "finetune", None) or bench.finetune
     if finetune in ("none", ""):
         finetune = None
@@ -149,7 +169,8 @@ def make_plan(host: Any, registry: Any, options: Any, hash_memo: Path, device_ty
 
         raise UnknownNameError("finetune entry", finetune, registry.finetune, hint="They are the registry's `finetune:` section.")
     settings = registry.finetune.get(finetune) if finetune and names["students"] else None
-    return Plan(names["backbones"], names["maskers"], names["students"], names["metrics"], names["datasets"][0], entries, settings)
+    return Plan(names["backbones"], names["maskers"], names["students"], names["metrics"], names["datasets"][0], entries, settings,
+                members)
 
 
 class BackboneHandle:

@@ -23,7 +23,7 @@ from ._cost import Meter
 from ._stage import Stage
 
 if TYPE_CHECKING:
-    from ._masks import PseudoMasksStage
+    from ._masks import MasksStage
     from ._pipeline import Pipeline
 
 __all__ = ["StudentStage"]
@@ -44,7 +44,7 @@ class StudentStage(Stage):
         self.student = student
         self.repeat = repeat  # training is stochastic: every repetition (--seeds) trains anew
         self.seed = pipeline.ctx.seed + repeat
-        self.train_masks: PseudoMasksStage = pipeline.pseudo_masks(backbone, masker, "train", repeat)
+        self.train_masks: MasksStage = pipeline.pseudo_masks(backbone, masker, "train", repeat)
         self._built: Any = None
 
     @property
