@@ -343,6 +343,48 @@ def test_coco_train_split_is_explicit_or_flagged_transductive(tmp_path):
     assert coco.build("train", preset="coco-val2017", root=str(tmp_path), transductive=True).transductive is True
 
 
+def test_coco_folder_with_a_few_labelled_images_trains_on_the_rest_unlabelled(tmp_path):
+    """A team's photos, a few labelled: val = the held-out labelled images; train = the labelled ones
+    the few-label stage may draw from plus, with train_unlabelled, every other photo without ground
+    truth; the val photos never enter the train split."""
+    import json
+
+    from uisbench_builtins import coco
+
+    everything = tmp_path / "all"
+    uisbench.data.write_coco(_synth(images=10, size=64, split="train"), everything, progress=False)
+    data = json.loads((everything / "annotations.json").read_text())
+
+    def subset(names, out):
+        images = [i for i in data["images"] if i["file_name"] in names]
+        ids = {i["id"] for i in images}
+        anns = [a for a in data["annotations"] if a["image_id"] in ids]
+        (tmp_path / out).write_text(json.dumps({**data, "images": images, "annotations": anns}))
+
+    subset({"000001.png", "000002.png", "000003.png"}, "val-labels.json")
+    subset({"000004.png", "000005.png", "000006.png", "000007.png"}, "train-labels.json")
+    entry = dict(root=str(tmp_path), images="all/images", annotations="val-labels.json", train_images="all/images",
+                 train_annotations="train-labels.json")
+    val = coco.build("val", **entry, train_unlabelled=True)
+    assert val.image_ids() == [1, 2, 3] and all(val.ground_truth(i) for i in val.image_ids())
+    train = coco.build("train", **entry, train_unlabelled=True)
+    names = {Path(train.record(i).file).name for i in train.image_ids()}
+    assert names == {f"{i:06d}.png" for i in range(4, 11)} and train.transductive is False
+    labelled = [i for i in train.image_ids() if train.ground_truth(i)]
+    assert sorted(Path(train.record(i).file).name for i in labelled) == [f"{i:06d}.png" for i in range(4, 8)]
+    unlabelled = [i for i in train.image_ids() if i not in labelled]
+    assert len(unlabelled) == 3 and min(unlabelled) > max(labelled)  # numbered after the annotated ones
+    assert train.record(unlabelled[0]).width == 64
+    plain = coco.build("train", **entry)  # without the flag: the labelled images only
+    assert len(plain.image_ids()) == 4 and plain.fingerprint() != train.fingerprint()
+    # an unreadable extra photo is a problem of that file, like any other
+    (everything / "images" / "000099.png").write_bytes(b"not a png")
+    with pytest.raises(uisbench.DataError, match="000099.png"):
+        coco.build("train", **entry, train_unlabelled=True)
+    skipping = coco.build("train", **entry, train_unlabelled=True, skip_bad_images=True)
+    assert len(skipping.image_ids()) == 7 and skipping.skipped[0]["file"].endswith("000099.png")
+
+
 def test_coco20k_list_is_shipped():
     from uisbench_builtins import coco
 

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = [
     "load_rgb",
     "image_size",
+    "image_files",
     "iter_batches",
     "write_coco",
     "record_skip",
@@ -431,6 +432,15 @@ def expand_path(path: str | os.PathLike[str] | None) -> Path | None:
     if path is None:
         return None
     return Path(os.path.expandvars(os.path.expanduser(str(path))))
+
+
+def image_files(root: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
+    """Image files under ``root`` (by suffix, :data:`IMAGE_SUFFIXES`, case-insensitive; hidden files
+    left out), sorted by their path relative to ``root``: the order a folder dataset numbers them in."""
+    root = Path(root)
+    pattern = root.rglob("*") if recursive else root.glob("*")
+    files = [p for p in pattern if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
 def digest(*parts: Any) -> str:

@@ -19,6 +19,15 @@ records it and the leaderboard shows it. ``transductive: true`` asks for that on
 LVIS, whose published unsupervised protocols discover objects on the evaluation images themselves,
 set it); a preset whose train files are missing is an error naming them, not a silent fallback.
 
+Your own images with a few of them labelled (the realistic case: a team annotates 20 of its 500
+photos) are a ``coco`` entry too: the val split is the held-out labelled images (``annotations``),
+the train split the labelled ones the few-label stage may draw from (``train_annotations``), and
+``train_unlabelled: true`` adds every other image of ``train_images`` to the train split without
+ground truth, for pseudo-labelling only. An image that the val annotations name is never added::
+
+    line3: {plugin: coco, root: /data/line3, images: photos, annotations: val-labels.json,
+            train_images: photos, train_annotations: train-labels.json, train_unlabelled: true}
+
 The data is checked when the dataset is built: a malformed or truncated json (with the position),
 annotations pointing at missing images or image files that are absent, polygons with fewer than
 3 points, empty masks, negative or out-of-image boxes. Decoding errors and size mismatches are
@@ -104,6 +113,8 @@ PARAMS = (
                    nullable=True),
     uisbench.Param("train_max_images", "int", None, "train split: keep the first N images by id (null = all)",
                    nullable=True),
+    uisbench.Param("train_unlabelled", "bool", False, "train split: also every image file of train_images that no "
+                   "annotation file names, without ground truth (pseudo-labelled only; fine-tuning never draws it)"),
     uisbench.Param("transductive", "bool", False, "the train split is the evaluation split, on purpose (recorded "
                    "in results); also the case when no train_* path is given"),
     uisbench.Param("val_images", "path", None, "image folder of the val split (default: images)", nullable=True),
@@ -215,7 +226,7 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
     def __init__(self, *, split: str, images_dir: Path, annotations: Path, file_list: Path | None,
                  max_dets: int, skip_bad_images: bool, label: str, allow_outside_root: bool = False,
                  max_image_pixels: int = uisbench.data.DEFAULT_MAX_IMAGE_PIXELS, max_images: int | None = None,
-                 transductive: bool = False) -> None:
+                 transductive: bool = False, unlabelled: bool = False, exclude: frozenset[str] = frozenset()) -> None:
         self.init_skip_policy(skip_bad_images, max_image_pixels)
         self.allow_outside_root = bool(allow_outside_root)
         self.split, self.label = split, label
@@ -223,6 +234,9 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
         self.max_images, self.max_dets = max_images, int(max_dets)
         #: a train split made of the evaluation images (see the module docstring)
         self.transductive = bool(transductive)
+        #: add the folder's images that no annotation file names (``train_unlabelled``), except ``exclude``
+        #: (real paths of the evaluation images)
+        self.unlabelled, self.exclude = bool(unlabelled), frozenset(exclude)
         self._load()
 
     def __repr__(self) -> str:
@@ -249,6 +263,7 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
 
         problems: list[tuple[int | None, str | None, str]] = []
         self._records: dict[int, uisbench.ImageRecord] = {}
+        self._unlabelled: set[int] = set()
         stats: list[tuple[int, str, int]] = []
         self._listed: set[int] = set()
         for index, image in enumerate(data["images"]):
@@ -264,6 +279,9 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
 
         if self.file_list is not None:
             self._apply_file_list()
+        if self.unlabelled:
+            named = {os.path.realpath(self.images_dir / n) for n in (_file_name(i) for i in data["images"] if isinstance(i, dict)) if n}
+            problems.extend(self._add_unlabelled(named, max(self._listed, default=0) + 1))
 
         for image_id, rec in self._records.items():
             try:
@@ -288,7 +306,7 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
         if not self._ids:
             raise uisbench.DataError(f"{where}: no usable images (images folder {self.images_dir}).")
         self._fingerprint = digest("coco", self.split, str(self.annotations_path), os.stat(self.annotations_path).st_size,
-                                   os.stat(self.annotations_path).st_mtime_ns, sorted(stats), self._ids)
+                                   os.stat(self.annotations_path).st_mtime_ns, sorted(stats), self._ids, sorted(self._unlabelled))
 
     def _add_record(self, image_id: int, image: dict[str, Any]) -> tuple[int, str | None, str] | None:
         """Check one entry of the images list and record it; return its problem, if any."""
@@ -316,6 +334,29 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
             )
         self._records[image_id] = uisbench.ImageRecord(image_id, str(path), width, height)
         return None
+
+    def _add_unlabelled(self, named: set[str], next_id: int) -> list[tuple[int | None, str | None, str]]:
+        """``train_unlabelled``: the folder's other images, numbered after the annotated ones."""
+        problems = []
+        for path in uisbench.data.image_files(self.images_dir):
+            real = os.path.realpath(path)
+            if real in named or real in self.exclude:
+                continue
+            image_id, next_id = next_id, next_id + 1
+            outside = None if self.allow_outside_root else outside_root(self.images_dir, path)
+            if outside is not None:
+                problems.append((image_id, str(path), f"image id {image_id}: {path} leads to {outside} through a symbolic "
+                                 f"link, outside the image folder {self.images_dir} (not opened); set `allow_outside_root: true` "
+                                 "in the dataset entry if that is intended"))
+                continue
+            try:
+                width, height = uisbench.data.image_size(path, max_pixels=self.max_image_pixels)
+            except uisbench.DataError as err:
+                problems.append((image_id, str(path), f"image id {image_id} (unlabelled): {err}"))
+                continue
+            self._records[image_id] = uisbench.ImageRecord(image_id, str(path), width, height)
+            self._unlabelled.add(image_id)
+        return problems
 
     def _apply_file_list(self) -> None:
         path = self.file_list
@@ -500,12 +541,21 @@ def build(split: str = "val", **params: Any) -> CocoDataset:
             f"{label} (split {split}): missing files under {source}:\n  - " + "\n  - ".join(missing) + "\n"
             f"Set `root:` in your registry entry (or ${ROOT_ENV}) to the folder holding them.{hint}"
         )
+    unlabelled = split == "train" and bool(params["train_unlabelled"]) and not transductive
+    exclude: frozenset[str] = frozenset()
+    if unlabelled:  # the evaluation images stay out of training, labelled or not
+        val_images = _resolve(root, params["val_images"] or params["images"])
+        val_annotations = _resolve(root, params["val_annotations"] or params["annotations"])
+        if val_images is not None and val_annotations is not None and val_annotations.is_file():
+            listed = read_json(val_annotations)
+            entries = listed.get("images") if isinstance(listed, dict) and isinstance(listed.get("images"), list) else []
+            exclude = frozenset(os.path.realpath(val_images / n) for n in (_file_name(i) for i in entries if isinstance(i, dict)) if n)
     return CocoDataset(split=split, images_dir=images, annotations=annotations, file_list=file_list,
                        max_dets=int(params["max_dets"]), skip_bad_images=bool(params["skip_bad_images"]), label=label,
                        allow_outside_root=bool(params["allow_outside_root"]),
                        max_image_pixels=int(params["max_image_pixels"]),
                        max_images=params["train_max_images"] if split == "train" else None,
-                       transductive=transductive)
+                       transductive=transductive, unlabelled=unlabelled, exclude=exclude)
 
 
 @uisbench.hookimpl

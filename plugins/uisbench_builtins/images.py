@@ -38,13 +38,6 @@ PARAMS = (
 )
 
 
-def sorted_image_files(root: Path, recursive: bool = True) -> list[Path]:
-    """Image files under ``root`` (by suffix, case-insensitive), sorted by relative path."""
-    pattern = root.rglob("*") if recursive else root.glob("*")
-    files = [p for p in pattern if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")]
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
-
-
 class ImageFolder(SkipPolicy, uisbench.Dataset):
     """Images without ground truth; sizes read from the file headers (EXIF orientation applied)."""
 
@@ -61,7 +54,7 @@ class ImageFolder(SkipPolicy, uisbench.Dataset):
                 f"images dataset (split {split}): folder {root} not found; set `root:` in your registry entry "
                 f"(or ${ROOT_ENV}) to a folder of images."
             )
-        files = sorted_image_files(root, recursive)
+        files = uisbench.data.image_files(root, recursive)
         if max_images is not None:
             files = files[: max(0, int(max_images))]
         if not files:
