@@ -772,6 +772,8 @@ def test_label_efficiency_curves_and_labels_saved(tmp_path):
     baseline = {p["k"]: p["mean"] for p in row["baseline"]}
     assert pseudo[2] == pseudo[4] == baseline[4] == 1.0 and baseline[2] < 1.0 and pseudo[0] < 1.0
     assert row["labels_saved_text"] == "<=2"  # the baseline's 2 labels already reach the zero-shot student
+    # each point of the pseudo curve in baseline labels: 2 labels on top of pseudo-masks are worth the baseline's 4
+    assert [(p["k"], p["baseline_k_text"]) for p in row["pseudo"]] == [(0, "<=2"), (2, "4.0"), (4, "4.0")]
     assert out["run"]["computed"]["finetune"] == 8  # random baseline shared by both inits' maskers; 2 x 2 x 2
     assert validate_results(out) == []
     again = _bench(tmp_path, registry=registry, backbones=["pixels"], finetune="fk")

@@ -91,7 +91,10 @@ def label_efficiency(cells: list[dict[str, Any]], ranking: dict[str, Any]) -> di
         for selection in dict.fromkeys(p["selection"] for p in part["points"]):
             pseudo = _curve(part["points"], selection, "pseudo", metric, value)
             baseline = _curve(part["points"], selection, "baseline", metric, value)
-            saved, text = labels_saved([(p["k"], p["mean"]) for p in pseudo], [(p["k"], p["mean"]) for p in baseline])
+            base = [(p["k"], p["mean"]) for p in baseline]
+            saved, text = labels_saved([(p["k"], p["mean"]) for p in pseudo], base)
+            for point in pseudo:  # what each point of the pseudo curve is worth in baseline labels
+                point["baseline_k"], point["baseline_k_text"] = labels_saved([(point["k"], point["mean"])], base)
             rows.append({"backbone": cell["backbone"], "masker": cell["masker"], "student": cell["student"],
                          "selection": selection, "budgets": part["budgets"], "pseudo": pseudo, "baseline": baseline,
                          "labels_saved": saved, "labels_saved_text": text})

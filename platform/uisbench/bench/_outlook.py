@@ -88,6 +88,11 @@ def outlook(pipeline: Pipeline) -> list[str]:
                     counts["student"][1] += 1
                     if not cached:
                         unknown.add(f"student {s}")
+    if plan.finetune is not None and plan.students:
+        ft = plan.finetune
+        runs = 2 * sum(1 for b in ft.budgets if b not in (0, "0", "0%")) * len(ft.selection) * ft.seeds
+        lines.append(f"few labels: finetune entry {ft.name!r}, budgets {list(ft.budgets)}, selection {list(ft.selection)}, "
+                     f"{ft.seeds} seed(s): up to {runs} fine-tuning runs per cell whose student trains")
     lines.append("cached: " + ", ".join(f"{stage} {done}/{total}" for stage, (done, total) in counts.items() if total))
     if downloads:
         lines.append("to download (online; offline these rows are unavailable): " + "; ".join(downloads))
