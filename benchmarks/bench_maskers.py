@@ -7,9 +7,12 @@ against exact ground truth: a 30 x 30 grid (900 tokens, 240 px) and a 60 x 60 gr
 upsampling, RLE: the bench's pseudo-mask stage) on the same batch, after one warm-up image. Scores
 come from pycocotools (class-agnostic mask AP50 and AR100, 100 detections).
 
+Rows are the registry's masker entries (``--maskers`` picks some). An ensemble entry (``vote``) is
+run over the masks of its members' distinct *maskers* on these same features (its ``backbone/``
+parts are ignored here: every member sees the oracle features); its time includes its members' time.
+
 Columns: ``images/s`` (images through ``predict`` per second), ``masks/s`` (pseudo-masks produced per
-second), ``masks/img``, ``AP50``, ``AR100``. ``ncut-auto`` needs ncut's ``min_score`` parameter; it is
-marked n/a where the installed ncut lacks it.
+second), ``masks/img``, ``AP50``, ``AR100``.
 
 CPU run (2 threads; ~10 minutes, most of it kmeans-spectral's dense eigh and ncut at 3600 tokens)::
 
@@ -32,15 +35,9 @@ import io
 import os
 import time
 
-#: (row, plugin, parameters): the registry's entries, plus the ones proposed for it.
-MASKERS = [
-    ("ncut", "ncut", {"n_masks": 4}),
-    ("ncut-auto", "ncut", {"n_masks": 12, "min_score": 0.5}),
-    ("kmeans", "kmeans", {"ks": [2, 3, 4, 5, 6], "foreground": "border"}),
-    ("kmeans-spectral", "kmeans", {"ks": [2, 3, 4, 5, 6], "space": "spectral", "foreground": "none"}),
-    ("promerge", "promerge", {}),
-    ("tokencut", "tokencut", {}),
-]
+#: default rows: every registry masker but the scipy reference (same masks as ncut, CPU only) and
+#: the CPU-sized copy of ``vote``
+DEFAULT_MASKERS = "ncut,ncut-auto,kmeans,kmeans-spectral,promerge,tokencut,vote"
 
 
 def _ap(ds, ids, preds) -> tuple[float, float]:
@@ -61,6 +58,23 @@ def _ap(ds, ids, preds) -> tuple[float, float]:
     return float(ev.stats[1]), float(ev.stats[8])
 
 
+def _run(masker, fm, records, device: str):
+    """``masker.predict`` on the whole batch after a one-image warm-up: (predictions, seconds)."""
+    import torch
+
+    import uisbench
+
+    one = uisbench.FeatureMap(fm.features[:1], fm.image_ids[:1], fm.patch_size, fm.facet, fm.layer)
+    masker.predict(one, records[:1])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    preds = masker.predict(fm, records)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return preds, time.perf_counter() - t
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -68,7 +82,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=8, help="images per grid size")
     ap.add_argument("--sizes", default="900,3600", help="token counts: 900 (30 x 30) and/or 3600 (60 x 60)")
     ap.add_argument("--backbone", default="oracle-instance", help="registry backbone entry (oracle-*, pixels)")
-    ap.add_argument("--maskers", default=",".join(m[0] for m in MASKERS), help="rows to run, comma-separated")
+    ap.add_argument("--maskers", default=DEFAULT_MASKERS, help="registry masker entries to run, comma-separated")
     args = ap.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -81,7 +95,6 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     host = uisbench.host.load_plugins(strict=True)
     registry = uisbench.host.load_registry([], host)
-    wanted = set(args.maskers.split(","))
     print(
         f"device={args.device} threads={args.threads} torch={torch.__version__} backbone={args.backbone} "
         f"images={args.images}"
@@ -98,24 +111,26 @@ def main(argv=None) -> int:
         fm = bb.extract(torch.stack([bb.preprocess(ds.load_image(i)) for i in ids]), ids)
         fm.features = fm.features.to(args.device)
         n_gt = sum(len(ds.ground_truth(i)) for i in ids)
-        for label, plugin, params in MASKERS:
-            if label not in wanted:
-                continue
-            spec = host.spec("maskers", plugin)
-            if not set(params) <= {p.name for p in spec.params}:
-                missing = sorted(set(params) - {p.name for p in spec.params})
-                rows.append([tokens, label, len(ids), "n/a", "n/a", "n/a", "n/a", "n/a", f"{plugin} lacks {missing}"])
-                continue
-            masker = spec.build(**params).to(args.device)
-            one = uisbench.FeatureMap(fm.features[:1], ids[:1], fm.patch_size, fm.facet, fm.layer)
-            masker.predict(one, records[:1])  # warm-up
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            preds = masker.predict(fm, records)
-            if args.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t
+        times: dict[str, float] = {}
+        outputs: dict[str, list] = {}
+        for label in args.maskers.split(","):
+            entry = registry.entry("maskers", label)
+            spec = host.spec("maskers", entry.plugin)
+            masker = registry.build("maskers", label, host).to(args.device)
+            if spec.ensemble:
+                # on one backbone's features, members that differ only in backbone would vote twice
+                members = list(dict.fromkeys(m for _, m in uisbench.host.ensemble_members(entry.params)))
+                for m in members:  # the members' maskers on the same features, timed as rows of their own
+                    if m not in outputs:
+                        outputs[m], times[m] = _run(registry.build("maskers", m, host).to(args.device), fm, records, args.device)
+                t = time.perf_counter()
+                preds = [masker.combine([outputs[m][i] for m in members], rec) for i, rec in enumerate(records)]
+                dt = time.perf_counter() - t + sum(times[m] for m in members)
+                note = f"incl. members {', '.join(members)}"
+            else:
+                preds, dt = _run(masker, fm, records, args.device)
+                outputs[label], times[label] = preds, dt
+                note = ""
             n_masks = sum(len(p) for p in preds)
             ap50, ar100 = _ap(ds, ids, preds)
             rows.append(
@@ -128,7 +143,7 @@ def main(argv=None) -> int:
                     f"{n_masks / len(ids):.2f}",
                     f"{ap50:.3f}",
                     f"{ar100:.3f}",
-                    f"{n_gt / len(ids):.1f} instances/img",
+                    f"{n_gt / len(ids):.1f} instances/img" + (f"; {note}" if note else ""),
                 ]
             )
             print(f"  {tokens} {label}: {dt:.1f}s", flush=True)

@@ -59,7 +59,7 @@ fi
 step install-editable 300 "$PY" -m pip install --no-deps --no-build-isolation -e .
 step import-check 120 "$PY" -c 'import pycocotools.mask, uisbench, torch; assert torch.cuda.is_available(), "no CUDA"; print("ok", uisbench.__version__)'
 step pytest-gpu "$STEP_TIMEOUT" "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$OUT/pytest-gpu.xml"
-for bench in bench_backbone bench_ncut bench_student; do
+for bench in bench_backbone bench_ncut bench_student bench_maskers; do
     if [ -f "benchmarks/$bench.py" ]; then
         step "$bench" "$STEP_TIMEOUT" "$PY" "benchmarks/$bench.py" --device cuda
     else

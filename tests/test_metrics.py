@@ -338,6 +338,7 @@ def test_instance_awareness_recall_split():
     assert values["recall_single"] == 0.5 and values["recall_multi"] == 0.2
     assert values["recall_ratio"] == pytest.approx(0.4)
     assert math.isnan(values["separability_auroc"])  # no features given: separability undefined
+    assert metric.describe() == {"instances": "2 single-instance, 5 multi-instance (of 3 images; AUROC over 0)"}
     # a stricter IoU loses the jittered dog (IoU 17/23)
     assert feed(InstanceAwareness(iou=0.8), samples).compute()["recall_single"] == 0.0
     # no multi-instance ground truth at all: multi recall and ratio undefined

@@ -109,7 +109,7 @@ def test_ground_truth_masks_beat_shuffled_masks(host, synth, tmp_path):
     }
     scores = {}
     for name, masks in (("gt", gt), ("shuffled", shuffled)):
-        student = _student(host, PixelBackbone(96), iterations=60)
+        student = _student(host, PixelBackbone(96), iterations=120)
         student.fit(train, masks, workdir=tmp_path / name, seed=0)
         preds = student.predict(val, val.image_ids())
         scores[name] = _ap50(val, preds)
@@ -120,8 +120,10 @@ def test_ground_truth_masks_beat_shuffled_masks(host, synth, tmp_path):
             for p in items[:5]:
                 assert p.image_id == image_id and list(p.segmentation["size"]) == [rec.height, rec.width]
                 assert isinstance(p.segmentation["counts"], str) and len(p.bbox) == 4 and 0 <= p.score <= 1
-    assert scores["gt"] > 0.08, scores  # 0.16 vs 0.001 here (torch 2.14 CPU)
-    assert scores["gt"] > scores["shuffled"] + 0.06, scores
+    # 120 iterations: ground truth gave 0.21-0.28 over seeds 0-2 at 1 and 2 threads (torch 2.14 CPU).
+    # At 60 iterations it was 0.05-0.08 and the thread count decided whether 0.08 was passed.
+    assert scores["gt"] > 0.15, scores
+    assert scores["gt"] > scores["shuffled"] + 0.1, scores
 
 
 # ---- DropLoss -----------------------------------------------------------------------------------
@@ -412,10 +414,12 @@ def test_oracle_backbones_are_refused(host):
         host.spec("students", "maskrcnn").build(backbone=backbone)
 
 
-def test_empty_pseudo_masks_everywhere_is_a_data_error(host, synth, tmp_path):
+def test_empty_pseudo_masks_everywhere_skip_the_cell(host, synth, tmp_path):
+    # a masker that found nothing on these features: nothing to train on; the bench marks the cell
+    # skipped with this reason (not failed: the code did nothing wrong)
     train, _ = synth
     student = _student(host, PixelBackbone(96), iterations=1)
-    with pytest.raises(uisbench.DataError, match="empty for all"):
+    with pytest.raises(uisbench.IncompatibleError, match="empty for all"):
         student.fit(train, {i: [] for i in train.image_ids()}, workdir=tmp_path)
 
 

@@ -14,7 +14,7 @@ To run the bench itself from Python use :func:`uisbench.evaluate`.
 from __future__ import annotations
 
 from ._manager import PluginFailure, PluginHost, PluginInfo, load_plugins
-from .registry import BenchDefaults, Entry, Registry, default_registry_path, load_registry
+from .registry import BenchDefaults, Entry, Registry, default_registry_path, ensemble_members, load_registry
 
 __all__ = [
     "load_plugins",
@@ -23,6 +23,7 @@ __all__ = [
     "PluginFailure",
     "load_registry",
     "default_registry_path",
+    "ensemble_members",
     "Registry",
     "Entry",
     "BenchDefaults",

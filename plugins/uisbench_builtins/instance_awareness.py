@@ -175,6 +175,13 @@ class InstanceAwareness(uisbench.Metric):
     def compute(self) -> dict[str, float]:
         return self._values(sorted(self.images))
 
+    def describe(self) -> dict[str, str]:
+        """How many instances each recall is over: a recall of 12 instances reads differently from one of 1,200."""
+        rows = list(self.images.values())
+        single, multi = sum(r[0] for r in rows), sum(r[2] for r in rows)
+        with_auroc = sum(r[4] is not None for r in rows)
+        return {"instances": f"{single} single-instance, {multi} multi-instance (of {len(rows)} images; AUROC over {with_auroc})"}
+
     def resample(self, draws):
         return [{k: v for k, v in self._values(draw).items() if k in self.headline} for draw in draws]
 

@@ -548,8 +548,8 @@ class MaskRCNNStudent(uisbench.Student):
             int(i): list(v) for i, v in pseudo_masks.items() if int(i) in known
         }
         trainable = [i for i in sorted(targets) if any(uisbench.masks.area(m.segmentation) > 0 for m in targets[i])]
-        if not trainable:
-            raise uisbench.DataError(
+        if not trainable:  # the masker found nothing on these features: a cell to skip, not a fault
+            raise uisbench.IncompatibleError(
                 f"maskrcnn: the pseudo-masks are empty for all {len(known)} training images of dataset "
                 f"{type(dataset).__name__} ({len(targets)} images have an entry); nothing to train on. "
                 "Check the masker's output (its parameters, or the backbone's features) before the student stage."

@@ -318,15 +318,18 @@ def _not_scored(rows: list[dict[str, Any]], wrap: Any) -> list[str]:
 
     for r in rows:
         if r["_status"] == "unavailable":
-            unavailable.setdefault(r["backbone"], r["_reason"] or "")
+            # a whole row (its backbone), or one ensemble masker in every row (a member's backbone)
+            ensemble = (r["_reason"] or "").startswith("a member of ensemble")
+            unavailable.setdefault(f"masker {r['masker']} (all rows)" if ensemble else r["backbone"], r["_reason"] or "")
         elif r["_status"] != "ok" and r["_reason"]:
             lines.append(line(r["_status"], r["_id"], r["_reason"]))
     lines += [line("unavailable", backbone, reason) for backbone, reason in unavailable.items()]
     if not lines:
         return []
     out = ["", "Not scored here:", *lines]
-    if unavailable:
-        first, reason = next(iter(unavailable.items()))
+    backbones = {name: reason for name, reason in unavailable.items() if not name.startswith("masker ")}
+    if backbones:
+        first, reason = next(iter(backbones.items()))
         out += ["", f"How to score the unavailable backbones ({first}; the others alike):"]
         out += [wrap.fill(paragraph) for paragraph in reason.split("\n") if paragraph.strip()]
     return out
