@@ -11,8 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..contracts import Prediction
-from ._context import progress_bar
-from ._cost import Meter
 from ._masks import MasksStage
 from ._stage import Stage
 
@@ -52,26 +50,16 @@ class EnsembleMasksStage(MasksStage):
     def compute(self, key: str, chunks: list[list[int]] | None) -> dict[str, Any] | None:
         if not chunks:
             return None
-        ctx = self.ctx
         ensemble = self.pipeline.masker(self.masker)
         dataset = self.pipeline.data.dataset(self.split)
         member_keys = [self.pipeline.runner.key(m) for m in self.members]
-        meter = Meter(self.name, ctx.device)
-        bar = progress_bar(sum(len(c) for c in chunks), self.label, ctx.show_progress)
-        try:
-            for chunk in chunks:
-                with meter:
-                    for image_id in chunk:
-                        candidates = [[Prediction.from_coco(p) for p in member.read_masks(k, image_id)]
-                                      for member, k in zip(self.members, member_keys, strict=True)]
-                        masks = ensemble.combine(candidates, dataset.record(image_id))
-                        ctx.cache.write(
-                            self.item_path(key, image_id),
-                            {"image_id": image_id, "predictions": [p.to_coco() for p in masks]},
-                        )
-                    meter.images += len(chunk)
-                ctx.computed[self.name] += len(chunk)
-                bar.update(len(chunk))
-        finally:
-            bar.close()
-        return meter.record()
+
+        def masks_of(chunk: list[int]) -> list[list[Prediction]]:
+            out = []
+            for image_id in chunk:
+                candidates = [[Prediction.from_coco(p) for p in member.read_masks(k, image_id)]
+                              for member, k in zip(self.members, member_keys, strict=True)]
+                out.append(ensemble.combine(candidates, dataset.record(image_id)))
+            return out
+
+        return self.write_masks(key, chunks, masks_of)

@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 from ..contracts import Prediction
 from ..errors import ConfigError, IncompatibleError
 from ..io import atomic_write_json
-from ._context import seed_everything, short_error
-from ._cost import Meter
 from ._stage import Stage
+from ._student import train_and_predict
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
@@ -162,34 +161,11 @@ class FinetuneStage(Stage):
         init_from = None
         if self.init == "pseudo":
             init_from = self._student_stage().folder(self.pipeline.runner.key(self._student_stage()))
-        handle = self.pipeline.backbones[self.backbone]
-        handle.bind("train")
-        seed_everything(self.seed)
-        with Meter("finetune-train", ctx.device) as fit_meter:
-            samples = student.fit(train, labels, workdir=workdir, seed=self.seed, init_from=init_from)
-        fit_meter.images = int(samples or 0)
-        handle.bind("val")
-        val_ids = data.usable("val")
-        with Meter("finetune-predict", ctx.device) as predict_meter:
-            predictions = student.predict(data.dataset("val"), val_ids)
-        predict_meter.images = len(val_ids)
-        if not ctx.shard.main:
+        summary = train_and_predict(self, student, key, "finetune",
+                                    lambda: student.fit(train, labels, workdir=workdir, seed=self.seed, init_from=init_from))
+        if summary is None:
             return None
-        try:
-            provenance = dict(student.provenance() or {})
-        except Exception as err:
-            provenance = {"error": short_error(err)}
-        ctx.computed[self.name] += 1
-        return {
-            "key": key,
-            "k": self.k,
-            "init": self.init,
-            "selection": self.selection,
-            "subset": subset,
-            "predictions": {str(i): [p.to_coco() for p in predictions.get(i, [])] for i in val_ids},
-            "cost": {"train": fit_meter.record(), "predict": predict_meter.record()},
-            "provenance": provenance,
-        }
+        return {**summary, "k": self.k, "init": self.init, "selection": self.selection, "subset": subset}
 
     def finish(self, key: str, reports: list[Any]) -> dict[str, Any]:
         return next(r for r in reports if r is not None)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..contracts import FeatureMap
+from ..contracts import FeatureMap, Prediction
 from ._context import progress_bar, seed_everything
 from ._cost import Meter, combine_ranks
 from ._stage import CacheDamaged, Stage, StageOutput
@@ -36,6 +37,28 @@ class MasksStage(Stage):
         if not isinstance(item, dict) or not isinstance(item.get("predictions"), list):
             raise CacheDamaged(self, key, path, "missing or unreadable")
         return item["predictions"]
+
+    def write_masks(self, key: str, chunks: list[list[int]], masks_of: Callable[[list[int]], list[list[Prediction]]]) -> dict[str, Any]:
+        """Every chunk through ``masks_of`` (its images' masks, in order), one file per image, with a
+        progress bar; returns the cost record of the work."""
+        ctx = self.ctx
+        meter = Meter(self.name, ctx.device)
+        bar = progress_bar(sum(len(c) for c in chunks), self.label, ctx.show_progress)
+        try:
+            for chunk in chunks:
+                with meter:
+                    preds = masks_of(chunk)
+                    if len(preds) != len(chunk):
+                        raise ValueError(f"masker {self.masker!r} returned {len(preds)} prediction lists for {len(chunk)} images")
+                    for image_id, image_preds in zip(chunk, preds, strict=True):
+                        ctx.cache.write(self.item_path(key, image_id),
+                                        {"image_id": image_id, "predictions": [p.to_coco() for p in image_preds]})
+                    meter.images += len(chunk)
+                ctx.computed[self.name] += len(chunk)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+        return meter.record()
 
     def finish(self, key: str, reports: list[Any]) -> dict[str, Any]:
         predictions: dict[str, list[dict[str, Any]]] = {}
@@ -98,40 +121,25 @@ class PseudoMasksStage(MasksStage):
 
         if not chunks:
             return None
-        ctx = self.ctx
         masker = self.pipeline.masker(self.masker, self.repeat)
         dataset = self.pipeline.data.dataset(self.split)
         features_key = self.pipeline.runner.key(self.features)
-        meter = Meter(self.name, ctx.device)
-        bar = progress_bar(sum(len(c) for c in chunks), self.label, ctx.show_progress)
-        try:
-            for chunk in chunks:
-                with meter:
-                    loaded = [self.features.load(features_key, i) for i in chunk]
-                    valid = None
-                    if loaded[0]["valid"] is not None:
-                        valid = torch.stack([r["valid"] for r in loaded]).to(masker.device)
-                    fm = FeatureMap(
-                        features=torch.stack([r["features"].float() for r in loaded]).to(masker.device),
-                        image_ids=list(chunk),
-                        patch_size=loaded[0]["patch_size"],
-                        facet=loaded[0]["facet"],
-                        layer=loaded[0]["layer"],
-                        valid=valid,
-                    )
-                    seed_everything(ctx.seed + self.repeat + chunk[0])
-                    with torch.no_grad():
-                        preds = masker.predict(fm, [dataset.record(i) for i in chunk])
-                    if len(preds) != len(chunk):
-                        raise ValueError(f"masker {self.masker!r} returned {len(preds)} prediction lists for {len(chunk)} images")
-                    for image_id, image_preds in zip(chunk, preds, strict=True):
-                        ctx.cache.write(
-                            self.item_path(key, image_id),
-                            {"image_id": image_id, "predictions": [p.to_coco() for p in image_preds]},
-                        )
-                    meter.images += len(chunk)
-                ctx.computed[self.name] += len(chunk)
-                bar.update(len(chunk))
-        finally:
-            bar.close()
-        return meter.record()
+
+        def masks_of(chunk: list[int]) -> list[list[Prediction]]:
+            loaded = [self.features.load(features_key, i) for i in chunk]
+            valid = None
+            if loaded[0]["valid"] is not None:
+                valid = torch.stack([r["valid"] for r in loaded]).to(masker.device)
+            fm = FeatureMap(
+                features=torch.stack([r["features"].float() for r in loaded]).to(masker.device),
+                image_ids=list(chunk),
+                patch_size=loaded[0]["patch_size"],
+                facet=loaded[0]["facet"],
+                layer=loaded[0]["layer"],
+                valid=valid,
+            )
+            seed_everything(self.ctx.seed + self.repeat + chunk[0])
+            with torch.no_grad():
+                return masker.predict(fm, [dataset.record(i) for i in chunk])
+
+        return self.write_masks(key, chunks, masks_of)

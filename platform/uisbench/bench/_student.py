@@ -12,6 +12,7 @@ the predictions and writes every file); any other student runs on rank 0 alone w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,41 @@ if TYPE_CHECKING:
     from ._masks import MasksStage
     from ._pipeline import Pipeline
 
-__all__ = ["StudentStage"]
+__all__ = ["StudentStage", "train_and_predict"]
+
+
+def train_and_predict(stage: Any, student: Any, key: str, cost: str, fit: Callable[[], int | None]) -> dict[str, Any] | None:
+    """What every training stage does once its targets are chosen: ``fit()`` on the train split and
+    a prediction of every usable val image, each timed (costs ``<cost>-train``, ``<cost>-predict``);
+    then, on rank 0, the summary fields they share (``key``, ``predictions``, ``cost``,
+    ``provenance``). ``None`` on the other ranks: rank 0 holds every prediction and reports for all."""
+    ctx, data = stage.ctx, stage.pipeline.data
+    handle = stage.pipeline.backbones[stage.backbone]
+    handle.bind("train")
+    seed_everything(stage.seed)
+    with Meter(f"{cost}-train", ctx.device) as fit_meter:
+        samples = fit()
+    # Throughput is samples processed (iterations x batch size; all ranks together) over the
+    # training time, not the size of the training set: a student that does not say reports none.
+    fit_meter.images = int(samples or 0)
+    val_ids = data.usable("val")
+    handle.bind("val")
+    with Meter(f"{cost}-predict", ctx.device) as predict_meter:
+        predictions = student.predict(data.dataset("val"), val_ids)
+    predict_meter.images = len(val_ids)
+    if not ctx.shard.main:
+        return None
+    try:
+        provenance = dict(student.provenance() or {})
+    except Exception as err:
+        provenance = {"error": short_error(err)}
+    ctx.computed[stage.name] += 1
+    return {
+        "key": key,
+        "predictions": {str(i): [p.to_coco() for p in predictions.get(i, [])] for i in val_ids},
+        "cost": {"train": fit_meter.record(), "predict": predict_meter.record()},
+        "provenance": provenance,
+    }
 
 
 class StudentStage(Stage):
@@ -91,34 +126,10 @@ class StudentStage(Stage):
             workdir.mkdir(parents=True, exist_ok=True)
         train = self.pipeline.run(self.train_masks).summary
         pseudo = {int(k): [Prediction.from_coco(p) for p in v] for k, v in train["predictions"].items()}
-        handle = self.pipeline.backbones[self.backbone]
-        handle.bind("train")
         if main:
             atomic_write_json(workdir / "started.json", {"started": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        seed_everything(self.seed)
-        with Meter("student-train", ctx.device) as fit_meter:
-            samples = student.fit(data.dataset("train"), pseudo, workdir=workdir, seed=self.seed)
-        # Throughput is samples processed (iterations x batch size; all ranks together) over the
-        # training time, not the size of the training set: a student that does not say reports none.
-        fit_meter.images = int(samples or 0)
-        val_ids = data.usable("val")
-        handle.bind("val")
-        with Meter("student-predict", ctx.device) as predict_meter:
-            predictions = student.predict(data.dataset("val"), val_ids)
-        predict_meter.images = len(val_ids)
-        if not main:  # rank 0 holds every prediction and reports for all ranks
-            return None
-        try:
-            provenance = dict(student.provenance() or {})
-        except Exception as err:
-            provenance = {"error": short_error(err)}
-        ctx.computed[self.name] += 1
-        return {
-            "key": key,
-            "predictions": {str(i): [p.to_coco() for p in predictions.get(i, [])] for i in val_ids},
-            "cost": {"train": fit_meter.record(), "predict": predict_meter.record()},
-            "provenance": provenance,
-        }
+        return train_and_predict(self, student, key, "student",
+                                 lambda: student.fit(data.dataset("train"), pseudo, workdir=workdir, seed=self.seed))
 
     def finish(self, key: str, reports: list[Any]) -> dict[str, Any]:
         return reports[0]
