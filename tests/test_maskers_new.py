@@ -10,9 +10,7 @@ background too), and every TokenCut mask (17 cases, torch solver; 4 with the sci
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -23,6 +21,7 @@ import numpy as np
 import pytest
 
 import uisbench
+from helpers import pseudo_mask_ap50
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 PM_CASES = json.loads((FIX / "promerge" / "cases.json").read_text())
@@ -338,24 +337,6 @@ def oracle_run():
     return host, ds, ids, [ds.record(i) for i in ids], feats
 
 
-def _ap50(ds, ids, preds) -> float:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    results = [p.to_coco() for ps in preds for p in ps]
-    if not results:
-        return 0.0
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = ds.coco_ground_truth(ids)
-        gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(results), "segm")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return float(ev.stats[1])
-
-
 def test_promerge_oracle_instance_vs_semantic(oracle_run):
     """ProMerge separates instances on the ideal instance descriptor and merges them on the semantic one.
 
@@ -370,7 +351,7 @@ def test_promerge_oracle_instance_vs_semantic(oracle_run):
     """
     host, ds, ids, records, feats = oracle_run
     m = host.spec("maskers", "promerge").build(stride=2, tau=0.5, fg_include=0.3)
-    ap = {name: _ap50(ds, ids, m.predict(fm, records)) for name, fm in feats.items()}
+    ap = {name: pseudo_mask_ap50(ds, ids, m.predict(fm, records)) for name, fm in feats.items()}
     assert ap["instance"] >= 0.6, ap
     assert ap["semantic"] <= ap["instance"] - 0.15, ap
 

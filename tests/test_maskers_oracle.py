@@ -15,10 +15,9 @@ on the registry's own oracle-instance / oracle-semantic entries.
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import pytest
+
+from helpers import pseudo_mask_ap50
 
 
 @pytest.fixture(scope="module")
@@ -42,23 +41,6 @@ def oracle_run():
     return host, ds, ids, records, feats, max_inst
 
 
-def _ap50(ds, ids, preds) -> float:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    results = [p.to_coco() for ps in preds for p in ps]
-    assert results, "no predictions"
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = ds.coco_ground_truth(ids)
-        gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(results), "segm")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return float(ev.stats[1])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "masker,params",
@@ -70,7 +52,7 @@ def test_oracle_instance_vs_semantic(oracle_run, masker, params):
     if masker == "ncut":
         params = {**params, "n_masks": max_inst + 2}
     m = host.spec("maskers", masker).build(**params)
-    ap = {name: _ap50(ds, ids, m.predict(fm, records)) for name, fm in feats.items()}
+    ap = {name: pseudo_mask_ap50(ds, ids, m.predict(fm, records)) for name, fm in feats.items()}
     if masker == "ncut":  # see the module docstring
         ap["instance"] = ap.pop("instance-w2")
     assert ap["instance"] >= 0.8, ap

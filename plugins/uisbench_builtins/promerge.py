@@ -336,11 +336,5 @@ PARAMS = (
 
 @uisbench.hookimpl
 def uisbench_maskers():
-    yield uisbench.MaskerSpec(
-        name="promerge",
-        description="ProMerge: prompt masks from seed similarities, background cascade filter, merging (ECCV 2024).",
-        factory=ProMergeMasker,
-        params=PARAMS,
-        check=check_params,
-        version="1",
-    )
+    description = "ProMerge: prompt masks from seed similarities, background cascade filter, merging (ECCV 2024)."
+    yield uisbench.MaskerSpec(name="promerge", description=description, factory=ProMergeMasker, params=PARAMS, check=check_params)

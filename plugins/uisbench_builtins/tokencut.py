@@ -144,11 +144,5 @@ PARAMS = (
 
 @uisbench.hookimpl
 def uisbench_maskers():
-    yield uisbench.MaskerSpec(
-        name="tokencut",
-        description="TokenCut: one normalised cut per image, the seed's side and component (object-discovery baseline).",
-        factory=TokenCutMasker,
-        params=PARAMS,
-        check=check_params,
-        version="1",
-    )
+    description = "TokenCut: one normalised cut per image, the seed's side and component (object-discovery baseline)."
+    yield uisbench.MaskerSpec(name="tokencut", description=description, factory=TokenCutMasker, params=PARAMS, check=check_params)
