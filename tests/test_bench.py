@@ -164,6 +164,45 @@ def test_a_code_change_recomputes_the_stage(tmp_path, monkeypatch):
     assert ap(edited) == ap(bench("fresh")) == 0.0
 
 
+def test_code_fingerprints_leave_out_the_report_and_nothing_that_computes_imports_it(monkeypatch):
+    """Editing the report, the table or the CLI must not recompute cached stages: their modules are not
+    in any stage's fingerprint. That is only sound while no module a stage runs through imports them;
+    the orchestrators that do are listed here, and a new importer fails this test."""
+    import ast
+
+    from uisbench.bench import _code
+
+    visited = []
+    real = _code._file_info
+
+    def recording(module, path, stamp):
+        visited.append(module)
+        return real(module, path, stamp)
+
+    monkeypatch.setattr(_code, "_file_info", recording)
+    for module in ("uisbench.bench._features", "uisbench.bench._masks", "uisbench.bench._student", "uisbench.bench._evaluate"):
+        visited.clear()
+        _code.code_fingerprint(module)
+        assert {"uisbench", "uisbench.contracts", "uisbench.spectral", "uisbench.bench._stage"} <= set(visited), module
+        assert not [m for m in visited if _code._presentation(m)], module  # the walk reaches the facade, not the report
+    root = Path(uisbench.__file__).parent
+    importers = set()
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_bytes())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package) if node.level else node.module
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            if any(_code._presentation(t) for t in targets) and not _code._presentation(name):
+                importers.add(name)
+    assert importers == {"uisbench.__main__", "uisbench.bench", "uisbench.bench._run"}
+
+
 def test_bench_ranks_oracle_first_and_rerun_computes_nothing(tmp_path):
     first = _bench(tmp_path, report=True)
     assert first.exit_code == 0

@@ -9,6 +9,11 @@ own module with the core modules it runs through (``StageRunner.key``).
 Edit one line of a plugin, of one of its private helper modules or of a stage, and the keys of every
 stage built on it change. Modules without a source file (built into the interpreter, or defined
 interactively) are named instead of hashed.
+
+The walk reaches the whole package (every module imports ``uisbench``, whose ``__init__`` imports
+the rest), so the modules that only *present* finished results (the report, the leaderboard table,
+the command line: :data:`PRESENTATION`) are left out: editing the report must not recompute a day
+of features. Nothing a stage computes may import them (``tests/test_bench.py`` checks it).
 """
 
 from __future__ import annotations
@@ -21,7 +26,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["code_fingerprint", "factory_fingerprint"]
+__all__ = ["PRESENTATION", "code_fingerprint", "factory_fingerprint"]
+
+#: module-name prefixes that format results and never compute them: not part of any fingerprint
+PRESENTATION = ("uisbench.bench._report", "uisbench.bench._svg", "uisbench.bench._leaderboard", "uisbench.cli")
+
+
+def _presentation(module: str) -> bool:
+    """``module`` is one of :data:`PRESENTATION`, a submodule or a ``_report_*`` sibling."""
+    return any(module == p or module.startswith((p + ".", p + "_")) for p in PRESENTATION)
 
 
 @functools.lru_cache(maxsize=256)
@@ -111,7 +124,7 @@ def code_fingerprint(module: str) -> str:
             continue
         st = path.stat()
         hashes[name], imported = _file_info(name, path, (st.st_ino, st.st_size, st.st_mtime_ns))
-        todo.extend(m for m in imported if m.partition(".")[0] == top and m not in hashes)
+        todo.extend(m for m in imported if m.partition(".")[0] == top and m not in hashes and not _presentation(m))
     digest = hashlib.sha256()
     for name in sorted(hashes):
         if hashes[name] is not None:
