@@ -135,6 +135,32 @@ def test_unavailable_rows_collapse_into_one_notice_and_label_efficiency_is_drawn
             "to reach what pseudo-mask training reaches with no labels (AP50mask 0.200)") in text
 
 
+def test_label_efficiency_colours_per_selection_shapes_per_masker_and_whiskers_stay_in_the_frame(run):
+    """As `make bench` draws it: one backbone, two maskers, two selection rules; an interval reaching
+    past the last round tick (0.114 above means <= 0.1) must widen the axis, not leave the frame."""
+    workdir, host, registry, results = run
+    rows = []
+    for selection, base in (("random", 0.02), ("uncertain", 0.01)):
+        for masker in ("ncut", "kmeans"):
+            pseudo = [{"k": k, "mean": base + 0.03 * i, "std": None, "ci": [0.0, base + 0.03 * i + 0.024]} for i, k in enumerate([0, 8, 24])]
+            baseline = [{"k": k, "mean": base + 0.01 * i, "std": None, "ci": None} for i, k in enumerate([8, 24])]
+            rows.append({"backbone": "pixels", "masker": masker, "student": "maskrcnn", "selection": selection,
+                         "budgets": [0, 8, 24], "pseudo": pseudo, "baseline": baseline})
+    more = copy.deepcopy(results)
+    more["label_efficiency"] = {"metric": "coco", "value": "AP50mask", "rows": rows}
+    svg = all_plots(more)["label_efficiency"]
+    frame = re.search(r"<rect x='([\d.]+)' y='([\d.]+)' width='([\d.]+)' height='([\d.]+)' class='box'/>", svg)
+    top, bottom = float(frame.group(2)), float(frame.group(2)) + float(frame.group(4))
+    whisker_ends = [float(v) for v in re.findall(r"V(-?[\d.]+)", svg)]
+    assert whisker_ends and all(top - 1e-6 <= v <= bottom + 1e-6 for v in whisker_ends), (top, bottom, whisker_ends)
+    lines = re.findall(r"<polyline points='[^']*' fill='none' stroke='(#[0-9a-f]{6})' stroke-width='1.8'( stroke-dasharray='5 3')?", svg)
+    solid = [c for c, dash in lines if not dash]
+    dashed = [c for c, dash in lines if dash]
+    assert len(solid) == 4 and len(set(solid)) == 2  # a colour per selection rule, shared by its maskers
+    assert len(dashed) == 2 and set(dashed) == set(solid)  # one baseline per selection, in its colour
+    assert "masker ncut" in svg and "masker kmeans" in svg and "pixels, uncertain · baseline" in svg
+
+
 def test_findings_follow_the_data():
     def cell(backbone, masker, value, ci, calibration=False):
         metrics = {"coco": {"status": "ok", "values": {"AP50mask": value}, "higher_is_better": {"AP50mask": True},

@@ -45,11 +45,17 @@ class Styles:
 
 
 def _span(values: list[float], *, floor0: bool = True, top1: bool = False) -> tuple[float, float]:
+    """The value axis: from 0 (or the least value) to the first tick at or above every value, so no
+    point or whisker is drawn outside the frame; at most 1.0 for shares (``top1``)."""
     lo = 0.0 if floor0 else min(values)
     hi = max(values) if values else 1.0
+    if hi <= lo:
+        return lo, (0.1 if top1 else lo + 1.0)
+    ticks = nice_ticks(lo, hi * 1.08)
+    top = ticks[-1] if ticks[-1] >= hi else ticks[-1] + (ticks[1] - ticks[0] if len(ticks) > 1 else hi - ticks[-1])
     if top1 and hi <= 1.0:
-        return lo, max(0.1, min(1.0, nice_ticks(0, hi * 1.08)[-1] if hi > 0 else 0.1))
-    return lo, (nice_ticks(lo, hi * 1.08)[-1] if hi > lo else lo + 1.0)
+        return lo, max(0.1, min(1.0, top))
+    return lo, top
 
 
 def instance_plot(view: View, st: Styles) -> str:
@@ -235,31 +241,35 @@ def label_efficiency_plot(results: dict[str, Any], st: Styles) -> str | None:
     ax.frame("labelled training images" + (" (log scale)" if log else ""), f"{value} after fine-tuning", xticks=ticks,
              xlabels={zero: "0"} if log and 0.0 in ks else None)
     legend: list[tuple[str, str, str, bool]] = []
-    drawn_baselines: list[Any] = []
-    selections = {r.get("selection") for r in rows}
-    for i, r in enumerate(rows):
-        colour = st.colour.get(r.get("backbone"), PALETTE[i % len(PALETTE)])
-        who = " / ".join(str(r.get(k)) for k in ("backbone", "masker") if r.get(k))
-        who += f" ({r.get('selection')})" if len(selections) > 1 else ""
-        for series, dash in (("pseudo", None), ("baseline", "5 3")):
+    # One colour per (backbone, selection rule): its pseudo-mask curves solid, one marker shape per
+    # masker, and its baseline dashed with hollow markers. The baseline does not depend on the masker,
+    # so it is drawn once per colour.
+    groups = list(dict.fromkeys((r.get("backbone"), r.get("selection")) for r in rows))
+    by_backbone = len(groups) == len({g[0] for g in groups})
+    maskers = list(dict.fromkeys(r.get("masker") for r in rows if r.get("masker")))
+    drawn_baselines: set[tuple[Any, Any]] = set()
+    for r in rows:
+        group = (r.get("backbone"), r.get("selection"))
+        colour = st.colour.get(group[0], PALETTE[0]) if by_backbone else PALETTE[groups.index(group) % len(PALETTE)]
+        who = str(group[0]) + (f", {group[1]}" if len({g[1] for g in groups}) > 1 else "")
+        for series in ("pseudo", "baseline"):
             pts = sorted((p for p in r.get(series) or [] if p.get("k") is not None and p.get("mean") is not None), key=lambda p: p["k"])
-            if not pts:
+            if not pts or (series == "baseline" and group in drawn_baselines):
                 continue
-            colour_s = colour
-            if series == "baseline":  # one baseline serves every masker: drawn once, grey when shared
-                signature = [(p["k"], p["mean"]) for p in pts]
-                if signature in drawn_baselines:
-                    continue
-                drawn_baselines.append(signature)
-                colour_s = "#777" if len(rows) > 1 else colour
-            ax.line([(x(p["k"]), float(p["mean"])) for p in pts], colour_s, dash=dash, width=1.8)
+            baseline = series == "baseline"
+            if baseline:
+                drawn_baselines.add(group)
+            shape = "circle" if baseline else st.shape.get(r.get("masker"), "circle")
+            name = f"{who} · " + (f"baseline ({r.get('student') or 'student'}, own init)" if baseline else str(r.get("masker")))
+            ax.line([(x(p["k"]), float(p["mean"])) for p in pts], colour, dash="5 3" if baseline else None, width=1.8)
             for p in pts:
                 err = _series_err(p)
-                ax.errorbar(x(p["k"]), float(p["mean"]), yerr=err, colour=colour_s)
-                tip = f"{who} {series}: {p['k']} labels, {value} {fmt(p['mean'])}" + (f" {fmt_ci(err)}" if err else "")
-                ax.point(x(p["k"]), float(p["mean"]), colour=colour_s, hollow=series == "baseline", size=4, tip=tip)
-            name = who if series == "pseudo" else f"baseline ({r.get('student') or 'student'}, own init)"
-            legend.append((name if len(name) <= 32 else name[:31] + "…", colour_s, "line-dashed" if dash else "line", False))
+                ax.errorbar(x(p["k"]), float(p["mean"]), yerr=err, colour=colour)
+                tip = f"{name}: {p['k']} labels, {value} {fmt(p['mean'])}" + (f" {fmt_ci(err)}" if err else "")
+                ax.point(x(p["k"]), float(p["mean"]), colour=colour, shape=shape, hollow=baseline, size=4, tip=tip)
+            legend.append((name if len(name) <= 32 else name[:31] + "…", colour, "line-dashed" if baseline else "line", False))
+    if len(maskers) > 1:
+        legend += [(f"masker {m}", "#555", st.shape.get(m, "circle"), False) for m in maskers]
     return ax.render(legend, legend_title="pseudo-mask pre-training", plot_id="label-efficiency")
 
 
