@@ -281,6 +281,25 @@ def test_statuses_unavailable_skipped_failed_and_exit_code(tmp_path):
     assert _cell(again, "oracle")["status"] == "skipped"
 
 
+def test_cells_that_did_not_run_for_one_reason_share_one_short_line():
+    """make bench's four calibration x student cells were four lines cut mid-word; now one line names
+    them and the reason follows, cut at a word, within 120 columns."""
+    from uisbench.bench._leaderboard import _first_sentence, _not_scored
+
+    reason = ("maskrcnn with detector_backbone 'frozen-ssl' cannot use calibration backbone OracleBackbone: it reads the "
+              "evaluation ground truth, so a student built on it would see the answers. Score them at the pseudo-mask stage.")
+    rows = [{"_status": "skipped", "_reason": reason, "_id": f"{b}/{m}/maskrcnn", "backbone": b, "masker": m}
+            for b in ("oracle-instance", "oracle-semantic") for m in ("kmeans", "ncut")]
+    rows.append({"_status": "failed", "_reason": "boom", "_id": "pixels/ncut/maskrcnn", "backbone": "pixels", "masker": "ncut"})
+    lines = "\n".join(_not_scored(rows, None)).splitlines()
+    assert lines[1:3] == ["Not scored here:", "  skipped     oracle-instance, oracle-semantic / kmeans, ncut / maskrcnn (4 cells):"]
+    assert lines[3].strip().startswith("maskrcnn with detector_backbone 'frozen-ssl'") and lines[3].endswith("…")
+    assert lines[3].rstrip("…").split()[-1] in reason.split()  # a whole word before the ellipsis
+    assert lines[4] == "  failed      pixels/ncut/maskrcnn: boom"
+    assert max(map(len, lines)) <= 120
+    assert _first_sentence("short. Second sentence.") == "short"
+
+
 def test_failing_metric_fails_the_cell_but_keeps_the_others(tmp_path):
     registry = {"metrics": {"exploding": {"plugin": "fake-exploding"}}}
     out = _bench(tmp_path, registry=registry, backbones=["pixels"], students=[], metrics=["coco", "exploding"])

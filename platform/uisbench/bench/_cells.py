@@ -50,7 +50,10 @@ def _summary_line(cell: dict[str, Any]) -> str:
     if st:
         parts.append(f"student AP50mask={_fmt(st.get('AP50mask'))}")
     if cell.get("reason"):
-        parts.append(f"({cell['reason'].strip().splitlines()[0]})")
+        reason = cell["reason"].strip().splitlines()[0]
+        if cell["status"] != "failed" and len(reason) > 110:  # expected outcomes; results.json keeps the whole reason
+            reason = reason[:109] + "…"
+        parts.append(f"({reason})")
     parts.append(f"[{cell['seconds']:.1f}s]")
     return " ".join(parts)
 

@@ -299,22 +299,43 @@ def _render_terminal(board: dict[str, Any], requested: str | list[str] | None) -
 
 
 def _first_sentence(text: str, limit: int = 90) -> str:
+    """The reason's first sentence, cut at a word (with an ellipsis) when longer than ``limit``."""
     import re
 
     flat = " ".join(text.split())
     flat = re.sub(r"^Backbone '[^']*': ", "", flat)
     sentence = re.split(r"(?<=[.;])\s", flat, maxsplit=1)[0].rstrip(".;")
-    return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."
+    if len(sentence) <= limit:
+        return sentence
+    cut = sentence[: limit - 1]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(",:;") + "…"
+
+
+def _cells_named(ids: list[str]) -> str:
+    """``a/b/c`` for one cell; ``a, b / c, d / e (n cells)`` (the values of each part) for several."""
+    if len(ids) == 1:
+        return ids[0]
+    split = [i.split("/") for i in ids]
+    parts = [list(dict.fromkeys(p[k] for p in split if k < len(p))) for k in range(max(map(len, split)))]
+    return " / ".join(", ".join(p) for p in parts) + f" ({len(ids)} cells)"
 
 
 def _not_scored(rows: list[dict[str, Any]], wrap: Any) -> list[str]:
-    """Below the compact table: one short line per row (per backbone when a whole row is unavailable)
-    that did not run, and the full how-to of the unavailable ones once."""
+    """Below the compact table: one short line per reason a row did not run (the cells that share it
+    named together; per backbone when a whole row is unavailable), and the full how-to of the
+    unavailable ones once."""
     lines: list[str] = []
     unavailable: dict[str, str] = {}
+    grouped: dict[tuple[str, str], list[str]] = {}
+
     def line(status: str, name: str, reason: str) -> str:
         head = f"  {status:<11} {name}: "
+        if TERMINAL_WIDTH - len(head) < 40:  # long names: the reason on its own indented line
+            return head.rstrip() + "\n" + line_reason(reason)
         return head + _first_sentence(reason, TERMINAL_WIDTH - len(head))
+
+    def line_reason(reason: str) -> str:
+        return " " * 14 + _first_sentence(reason, TERMINAL_WIDTH - 14)
 
     for r in rows:
         if r["_status"] == "unavailable":
@@ -322,7 +343,8 @@ def _not_scored(rows: list[dict[str, Any]], wrap: Any) -> list[str]:
             ensemble = (r["_reason"] or "").startswith("a member of ensemble")
             unavailable.setdefault(f"masker {r['masker']} (all rows)" if ensemble else r["backbone"], r["_reason"] or "")
         elif r["_status"] != "ok" and r["_reason"]:
-            lines.append(line(r["_status"], r["_id"], r["_reason"]))
+            grouped.setdefault((r["_status"], r["_reason"]), []).append(r["_id"])
+    lines += [line(status, _cells_named(ids), reason) for (status, reason), ids in grouped.items()]
     lines += [line("unavailable", backbone, reason) for backbone, reason in unavailable.items()]
     if not lines:
         return []
