@@ -260,7 +260,7 @@ def label_efficiency_plot(results: dict[str, Any], st: Styles) -> str | None:
             if baseline:
                 drawn_baselines.add(group)
             shape = "circle" if baseline else st.shape.get(r.get("masker"), "circle")
-            name = f"{who} · " + (f"baseline ({r.get('student') or 'student'}, own init)" if baseline else str(r.get("masker")))
+            name = f"{who} · " + ("baseline" if baseline else str(r.get("masker")))
             ax.line([(x(p["k"]), float(p["mean"])) for p in pts], colour, dash="5 3" if baseline else None, width=1.8)
             for p in pts:
                 err = _series_err(p)
@@ -270,7 +270,8 @@ def label_efficiency_plot(results: dict[str, Any], st: Styles) -> str | None:
             legend.append((name if len(name) <= 32 else name[:31] + "…", colour, "line-dashed" if baseline else "line", False))
     if len(maskers) > 1:
         legend += [(f"masker {m}", "#555", st.shape.get(m, "circle"), False) for m in maskers]
-    return ax.render(legend, legend_title="pseudo-mask pre-training", plot_id="label-efficiency")
+    legend.append(("dashed: baseline, own init", "#555", "line-dashed", False))
+    return ax.render(legend, legend_title="solid: pseudo-mask init", plot_id="label-efficiency")
 
 
 def all_plots(results: dict[str, Any]) -> dict[str, Any]:

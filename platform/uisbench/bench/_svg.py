@@ -55,7 +55,7 @@ def tick_text(v: float) -> str:
         return f"{v:,.0f}"
     if abs(v) >= 1:
         return f"{v:g}"
-    return f"{v:.2f}".rstrip("0").rstrip(".") if abs(v) >= 0.01 else f"{v:.1g}"
+    return f"{v:.4g}"  # 0.025 stays 0.025: two decimals printed the 0.025 grid as 0.03, 0.05, 0.07
 
 
 class Axes:
