@@ -70,6 +70,23 @@ done
 BENCH_DIR="$WORK/bench-cuda"
 step bench-cuda-cold "$STEP_TIMEOUT" "$PY" -m uisbench bench --all --device cuda --limit "$BENCH_LIMIT" --workdir "$BENCH_DIR" --format markdown
 step bench-cuda-warm 180 "$PY" -m uisbench bench --all --device cuda --limit "$BENCH_LIMIT" --workdir "$BENCH_DIR" --format markdown
+# End to end at CutLER's scale per image: random-init ViT-B/8 at 480 px (declared pretrained: false in
+# scripts/gpu_large.yaml) x ncut on synth-instances-large's val split; wall time per stage, and the
+# projection to COCO val2017's 5000 images (CutLER's scipy MaskCut: about 19 hours there).
+LARGE_DIR="$WORK/bench-large"
+step bench-large "$STEP_TIMEOUT" "$PY" -m uisbench bench --registry scripts/gpu_large.yaml --backbones vitb8-random-480 \
+    --maskers ncut --students none --finetune none --dataset synth-instances-large --device cuda \
+    ${LARGE_LIMIT:+--limit "$LARGE_LIMIT"} --workdir "$LARGE_DIR" --format markdown --no-report
+step bench-large-projection 60 "$PY" - "$LARGE_DIR/results.json" <<'PYEOF'
+import json, sys
+cell = json.load(open(sys.argv[1]))["cells"][0]
+for stage, t in cell["timings"].items():
+    per = t["seconds"] / max(1, t["images"])
+    print(f"{stage}: {t['images']} images in {t['seconds']:.1f} s ({t['images_per_s']} img/s, peak GPU {t['peak_gpu_mb']} MB); "
+          f"COCO val2017 (5000 images): {5000 * per / 60:.1f} min")
+PYEOF
+mkdir -p "$OUT/bench-large"
+[ -f "$LARGE_DIR/results.json" ] && cp "$LARGE_DIR/results.json" "$OUT/bench-large/"
 mkdir -p "$OUT/bench-cuda"
 for f in results.json leaderboard.md leaderboard.csv report.html; do
     [ -f "$BENCH_DIR/$f" ] && cp "$BENCH_DIR/$f" "$OUT/bench-cuda/"
