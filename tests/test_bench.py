@@ -300,6 +300,28 @@ def test_cells_that_did_not_run_for_one_reason_share_one_short_line():
     assert _first_sentence("short. Second sentence.") == "short"
 
 
+def test_dry_run_prints_the_plan_and_computes_nothing(tmp_path):
+    """`platform bench --dry-run`: cells, what is cached, the time from speeds measured in this work
+    directory; no file is written before, and a cached stage is counted as such after a real run."""
+    from uisbench.bench import dry_run
+
+    host, reg = _setup(tmp_path)
+    options = BenchOptions(workdir=tmp_path / "w", report=False)
+    before = dry_run(host, reg, options)
+    assert before[0].startswith("plan: 3 backbone(s) x 1 masker(s) x 1 student(s) = 3 cell(s) on shapes (train 6, val 6 images)")
+    assert "cached: features 0/6, pseudo-masks 0/6, student 0/3" in before
+    assert before[-1].startswith("time: nothing measured before; unknown for features of oracle")
+    assert not [p for p in (tmp_path / "w").rglob("*") if p.is_file() and p.name != ".lock"]  # computed nothing
+
+    run_bench(host, reg, options)
+    assert dry_run(host, reg, options)[-2:] == ["cached: features 6/6, pseudo-masks 6/6, student 3/3",
+                                                "time: nothing to compute, every stage is cached"]
+    host, changed = _setup(tmp_path, maskers={"groups": {"plugin": "fake-groups", "decimals": 3}})
+    after = dry_run(host, changed, options)  # new masks of an entry measured before: estimated, not unknown
+    assert "cached: features 6/6, pseudo-masks 0/6, student 0/3" in after  # the students train on those masks
+    assert after[-1].startswith("time: about ") and after[-1].endswith("for the stages measured before; unknown for student student")
+
+
 def test_failing_metric_fails_the_cell_but_keeps_the_others(tmp_path):
     registry = {"metrics": {"exploding": {"plugin": "fake-exploding"}}}
     out = _bench(tmp_path, registry=registry, backbones=["pixels"], students=[], metrics=["coco", "exploding"])

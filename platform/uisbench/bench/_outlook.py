@@ -96,6 +96,9 @@ def outlook(pipeline: Pipeline) -> list[str]:
     lines.append("cached: " + ", ".join(f"{stage} {done}/{total}" for stage, (done, total) in counts.items() if total))
     if downloads:
         lines.append("to download (online; offline these rows are unavailable): " + "; ".join(downloads))
-    estimate = f"about {_duration(seconds)} for the stages measured before" if seconds else "nothing measured before"
+    if not unknown and not seconds and all(done == total for done, total in counts.values()):
+        estimate = "nothing to compute, every stage is cached"
+    else:
+        estimate = f"about {_duration(seconds)} for the stages measured before" if seconds else "nothing measured before"
     lines.append(f"time: {estimate}" + (f"; unknown for {', '.join(sorted(unknown))}" if unknown else ""))
     return lines
