@@ -3,8 +3,9 @@ downloaded (and how big), and how long the rest should take. ``platform bench`` 
 ``platform bench --dry-run`` prints it and stops.
 
 The time estimate comes from earlier runs in the same work directory: a stage summary names its
-entry (``backbone``, ``masker``) and holds its measured images/s, so an uncached stage of the same
-entry is estimated at that speed; stages never run before are counted as "unknown", not guessed.
+entry (``backbone``, ``masker``; ``student`` with its backbone) and holds its measured images/s (a
+student: its seconds), so an uncached stage of the same entry is estimated from it; stages never run
+before are counted as "unknown", not guessed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,22 @@ def _measured_speeds(pipeline: Pipeline) -> dict[tuple[str, str], float]:
     return {k: sum(v) / len(v) for k, v in speeds.items()}
 
 
+def _measured_trainings(pipeline: Pipeline) -> dict[tuple[str, str], float]:
+    """``(student entry, backbone entry) -> seconds`` of one training and prediction, from the student
+    summaries in the work directory (the time hardly depends on which pseudo-masks it learns)."""
+    runs: dict[tuple[str, str], list[float]] = {}
+    root = pipeline.ctx.cache.root / "student"
+    for path in sorted(root.glob("*/summary.json")) if root.is_dir() else []:
+        summary = pipeline.ctx.cache.read(path)
+        if not isinstance(summary, dict) or not isinstance(summary.get("student"), str):
+            continue
+        cost = summary.get("cost") or {}
+        seconds = [(cost.get(part) or {}).get("seconds") for part in ("train", "predict")]
+        if all(isinstance(x, (int, float)) and x >= 0 for x in seconds):
+            runs.setdefault((summary["student"], str(summary.get("backbone"))), []).append(float(sum(seconds)))
+    return {k: sum(v) / len(v) for k, v in runs.items()}
+
+
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -49,6 +66,7 @@ def outlook(pipeline: Pipeline) -> list[str]:
         f"device {ctx.device}; {ctx.seeds} seed(s); workdir {ctx.workdir}"
     ]
     speeds = _measured_speeds(pipeline)
+    trainings = _measured_trainings(pipeline)
     counts = {"features": [0, 0], "pseudo-masks": [0, 0], "student": [0, 0]}
     seconds, unknown = 0.0, set()
     seen: set[str] = set()
@@ -87,7 +105,10 @@ def outlook(pipeline: Pipeline) -> list[str]:
                     counts["student"][0] += cached
                     counts["student"][1] += 1
                     if not cached:
-                        unknown.add(f"student {s}")
+                        if (s, b) in trainings:
+                            seconds += trainings[(s, b)]
+                        else:
+                            unknown.add(f"student {s}")
     if plan.finetune is not None and plan.students:
         ft = plan.finetune
         runs = 2 * sum(1 for b in ft.budgets if b not in (0, "0", "0%")) * len(ft.selection) * ft.seeds
