@@ -200,3 +200,32 @@ def test_weights_hash_memo_sees_a_file_replaced_with_its_old_mtime(tmp_path):
     assert file_sha256(weights, memo) != before
     memo.write_text('["not", "a", "table"]')  # a damaged memo is ignored, not a crash
     assert file_sha256(weights, memo) == file_sha256(weights)
+
+
+def test_skipped_unreadable_images_still_get_a_report_without_them(tmp_path):
+    """--skip-bad-images on a folder with a broken file: the bench goes on with the other images,
+    results.json lists the file (an image refused while the dataset was built was left out of it
+    silently), and report.html is written, naming the file but never trying to show it."""
+    import numpy as np
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "d"):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(photos / f"{name}.png")
+    (photos / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
+    extra = tmp_path / "mine.yaml"
+    extra.write_text(f"version: 1\ndatasets:\n  mine: {{plugin: images, root: {photos}}}\n")
+    host = uisbench.host.load_plugins(strict=True)
+    registry = uisbench.host.load_registry([str(extra)], host)
+    options = BenchOptions(workdir=tmp_path / "w", dataset="mine", backbones=["pixels"], maskers=["kmeans"], students=[],
+                           metrics=["cost"], finetune="none", skip_bad_images=True, bootstrap=0, device="cpu")
+    out = run_bench(host, registry, options)
+    assert out.exit_code == 0 and [c["status"] for c in out["cells"]] == ["ok"]
+    skipped = out["dataset"]["skipped_images"]
+    assert [s["image_id"] for s in skipped] == [3] and skipped[0]["file"].endswith("c.png")
+    page = (tmp_path / "w" / "report.html").read_text()
+    assert "c.png" in page and page.count("data:image/png;base64,") >= 1
+    shown = sorted(p.name for p in (tmp_path / "w" / "report").glob("image-*.png"))
+    assert shown == ["image-1.png", "image-2.png", "image-4.png"]  # the gallery never reloads image 3

@@ -48,6 +48,11 @@ class BenchData:
                 ids = ids[: max(0, int(self.limit))]
             if not ids:
                 raise ConfigError(f"dataset {self.name!r} split {split!r} has no images.")
+            # images a dataset refused while it was built (--skip-bad-images) never reach a stage, so
+            # no stage reports them: note them here, or results.json would not say they were left out
+            refused = [x for x in getattr(self.dataset(split), "skipped", None) or []
+                       if x.get("image_id") is not None and (self.limit is None or int(x["image_id"]) <= ids[-1])]
+            self.note_skipped(split, refused)
             self._ids[split] = ids
         return self._ids[split]
 
