@@ -243,22 +243,23 @@ def label_efficiency_plot(results: dict[str, Any], st: Styles) -> str | None:
     legend: list[tuple[str, str, str, bool]] = []
     # One colour per (backbone, selection rule): its pseudo-mask curves solid, one marker shape per
     # masker, and its baseline dashed with hollow markers. The baseline does not depend on the masker,
-    # so it is drawn once per colour.
+    # so it is drawn once per colour and student.
     groups = list(dict.fromkeys((r.get("backbone"), r.get("selection")) for r in rows))
     by_backbone = len(groups) == len({g[0] for g in groups})
     maskers = list(dict.fromkeys(r.get("masker") for r in rows if r.get("masker")))
-    drawn_baselines: set[tuple[Any, Any]] = set()
+    drawn_baselines: set[tuple[Any, Any, Any]] = set()
     for r in rows:
         group = (r.get("backbone"), r.get("selection"))
+        baseline_id = (*group, r.get("student"))
         colour = st.colour.get(group[0], PALETTE[0]) if by_backbone else PALETTE[groups.index(group) % len(PALETTE)]
         who = str(group[0]) + (f", {group[1]}" if len({g[1] for g in groups}) > 1 else "")
         for series in ("pseudo", "baseline"):
             pts = sorted((p for p in r.get(series) or [] if p.get("k") is not None and p.get("mean") is not None), key=lambda p: p["k"])
-            if not pts or (series == "baseline" and group in drawn_baselines):
+            if not pts or (series == "baseline" and baseline_id in drawn_baselines):
                 continue
             baseline = series == "baseline"
             if baseline:
-                drawn_baselines.add(group)
+                drawn_baselines.add(baseline_id)
             shape = "circle" if baseline else st.shape.get(r.get("masker"), "circle")
             name = f"{who} · " + ("baseline" if baseline else str(r.get("masker")))
             ax.line([(x(p["k"]), float(p["mean"])) for p in pts], colour, dash="5 3" if baseline else None, width=1.8)
