@@ -30,8 +30,6 @@ GPU run::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import time
 
@@ -40,22 +38,14 @@ import time
 DEFAULT_MASKERS = "ncut,ncut-auto,kmeans,kmeans-spectral,promerge,tokencut,vote"
 
 
-def _ap(ds, ids, preds) -> tuple[float, float]:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+def _ap(metric, ds, ids, preds) -> tuple[float, float]:
+    """Mask AP50 and AR100 of the masks, by the bench's own ``coco`` metric (pycocotools)."""
+    import uisbench
 
-    results = [p.to_coco() for ps in preds for p in ps]
-    if not results:
-        return 0.0, 0.0
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = ds.coco_ground_truth(ids)
-        gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(results), "segm")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return float(ev.stats[1]), float(ev.stats[8])
+    for image_id, image_preds in zip(ids, preds, strict=True):
+        metric.update(uisbench.EvalSample(record=ds.record(image_id), ground_truth=ds.ground_truth(image_id), predictions=image_preds))
+    values = metric.compute()
+    return float(values["AP50mask"] or 0.0), float(values["AR100mask"] or 0.0)
 
 
 def _run(masker, fm, records, device: str):
@@ -132,7 +122,7 @@ def main(argv=None) -> int:
                 outputs[label], times[label] = preds, dt
                 note = ""
             n_masks = sum(len(p) for p in preds)
-            ap50, ar100 = _ap(ds, ids, preds)
+            ap50, ar100 = _ap(registry.build("metrics", "coco", host), ds, ids, preds)
             rows.append(
                 [
                     tokens,
