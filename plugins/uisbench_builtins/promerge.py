@@ -58,7 +58,7 @@ the scores, no eigen-solve; ~12 bytes per pair of patches (:attr:`ProMergeMasker
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import uisbench
@@ -108,6 +108,9 @@ class ProMergeParams:
     merge_ioa: float = 0.1
     merge_similarity: float = 0.1
     eps: float = 1e-5
+
+
+DEFAULTS = ProMergeParams()
 
 
 @dataclass
@@ -270,33 +273,16 @@ class ProMergeMasker(uisbench.GridMasker):
     # float32 similarities + bool graph + float32 edge matrix for the score counts, per patch pair
     bytes_per_token_pair = 12
 
-    def __init__(
-        self,
-        *,
-        stride: int = 4,
-        tau: float = 0.2,
-        cc_area: float = 0.5,
-        iou_filter: float = 0.8,
-        fg_include: float = 0.1,
-        merge_intersection: float = 0.5,
-        merge_ioa: float = 0.1,
-        merge_similarity: float = 0.1,
-        eps: float = 1e-5,
-        memory_gb: float | None = None,
-    ) -> None:
+    def __init__(self, *, memory_gb: float | None = None, **thresholds: float) -> None:
+        # ProMergeParams holds the defaults (PARAMS reads them too): one place for the paper's values
         super().__init__(memory_gb=memory_gb)
-        uisbench.raise_problems(f"masker {self.name}", check_params(dict(stride=stride, eps=eps)))
-        self.params = ProMergeParams(
-            stride=int(stride),
-            tau=float(tau),
-            cc_area=float(cc_area),
-            iou_filter=float(iou_filter),
-            fg_include=float(fg_include),
-            merge_intersection=float(merge_intersection),
-            merge_ioa=float(merge_ioa),
-            merge_similarity=float(merge_similarity),
-            eps=float(eps),
-        )
+        known = {f.name: f.type for f in fields(ProMergeParams)}
+        unknown = sorted(set(thresholds) - set(known))
+        if unknown:
+            raise TypeError(f"ProMergeMasker got unknown parameter(s) {', '.join(unknown)}")
+        values = {**asdict(DEFAULTS), **thresholds}
+        uisbench.raise_problems(f"masker {self.name}", check_params(values))
+        self.params = ProMergeParams(**{k: (int if known[k] == "int" else float)(v) for k, v in values.items()})
 
     def grid_masks(
         self, features: torch.Tensor, image_ids: Sequence[int], patch_size: int
@@ -319,17 +305,17 @@ def check_params(params):
 
 
 PARAMS = (
-    uisbench.Param("stride", "int", 4, "a prompt seed every stride patches along rows and columns"),
-    uisbench.Param("tau", "float", 0.2, "prompt threshold on the cosine similarity to the seed (bipartition_tau)"),
-    uisbench.Param("cc_area", "float", 0.5, "keep a prompt's components down to this share of the seed's own"),
-    uisbench.Param("iou_filter", "float", 0.8, "drop a candidate lying this much in the background (iou_filter_tau)"),
+    uisbench.Param("stride", "int", DEFAULTS.stride, "a prompt seed every stride patches along rows and columns"),
+    uisbench.Param("tau", "float", DEFAULTS.tau, "prompt threshold on the cosine similarity to the seed (bipartition_tau)"),
+    uisbench.Param("cc_area", "float", DEFAULTS.cc_area, "keep a prompt's components down to this share of the seed's own"),
+    uisbench.Param("iou_filter", "float", DEFAULTS.iou_filter, "drop a candidate lying this much in the background (iou_filter_tau)"),
     uisbench.Param(
-        "fg_include", "float", 0.1, "drop a candidate whose mean feature is this similar to the background's"
+        "fg_include", "float", DEFAULTS.fg_include, "drop a candidate whose mean feature is this similar to the background's"
     ),
-    uisbench.Param("merge_intersection", "float", 0.5, "merge when the overlap exceeds this share of the candidate"),
-    uisbench.Param("merge_ioa", "float", 0.1, "merge from this overlap when the mean features are similar"),
-    uisbench.Param("merge_similarity", "float", 0.1, "mean-feature similarity that counts as similar (dino_merge_tau)"),
-    uisbench.Param("eps", "float", 1e-5, "added to feature norms before normalising (ProMerge)"),
+    uisbench.Param("merge_intersection", "float", DEFAULTS.merge_intersection, "merge when the overlap exceeds this share of the candidate"),
+    uisbench.Param("merge_ioa", "float", DEFAULTS.merge_ioa, "merge from this overlap when the mean features are similar"),
+    uisbench.Param("merge_similarity", "float", DEFAULTS.merge_similarity, "mean-feature similarity that counts as similar (dino_merge_tau)"),
+    uisbench.Param("eps", "float", DEFAULTS.eps, "added to feature norms before normalising (ProMerge)"),
     uisbench.grid.MEMORY_PARAM,
 )
 
