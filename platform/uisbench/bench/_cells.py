@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ._context import shorten
 from ._cost import combine_parts, with_member_time
 from ._evaluate import MetricEvaluator, Scoring
 from ._features import backbone_provenance
@@ -51,8 +52,8 @@ def _summary_line(cell: dict[str, Any]) -> str:
         parts.append(f"student AP50mask={_fmt(st.get('AP50mask'))}")
     if cell.get("reason"):
         reason = cell["reason"].strip().splitlines()[0]
-        if cell["status"] != "failed" and len(reason) > 110:  # expected outcomes; results.json keeps the whole reason
-            reason = reason[:109] + "…"
+        if cell["status"] != "failed":  # expected outcomes; results.json keeps the whole reason
+            reason = shorten(reason, 110)
         parts.append(f"({reason})")
     parts.append(f"[{cell['seconds']:.1f}s]")
     return " ".join(parts)

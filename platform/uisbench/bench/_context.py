@@ -89,6 +89,14 @@ def short_error(err: BaseException) -> str:
     return text if len(text) <= 2000 else text[:1997] + "..."
 
 
+def shorten(text: str, limit: int) -> str:
+    """``text`` when it fits ``limit`` characters, else cut at a word with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(",:;") + "…"
+
+
 def progress_bar(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 

@@ -11,6 +11,8 @@ import io
 import json
 from typing import Any
 
+from ._context import shorten
+
 FORMATS = ("table", "markdown", "json", "csv")
 
 _STAGES = {"pseudo-masks": ("pseudo_masks", "pm"), "student": ("student_stage", "st")}
@@ -305,10 +307,7 @@ def _first_sentence(text: str, limit: int = 90) -> str:
     flat = " ".join(text.split())
     flat = re.sub(r"^Backbone '[^']*': ", "", flat)
     sentence = re.split(r"(?<=[.;])\s", flat, maxsplit=1)[0].rstrip(".;")
-    if len(sentence) <= limit:
-        return sentence
-    cut = sentence[: limit - 1]
-    return (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(",:;") + "…"
+    return shorten(sentence, limit)
 
 
 def _cells_named(ids: list[str]) -> str:
