@@ -55,7 +55,7 @@ from .errors import (
 )
 from .grid import GridBackbone, GridMasker
 from .io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
-from .types import REQUIRED, BackboneSpec, DatasetSpec, MaskerSpec, MetricSpec, Param, StudentSpec
+from .types import REQUIRED, BackboneSpec, DatasetSpec, MaskerSpec, MetricSpec, Param, StudentSpec, complete_params
 
 __version__ = "0.1.0"
 
@@ -68,6 +68,7 @@ __all__ = [
     # plugin records
     "Param",
     "REQUIRED",
+    "complete_params",
     "BackboneSpec",
     "MaskerSpec",
     "StudentSpec",

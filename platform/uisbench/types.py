@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import PluginError
+from .errors import PluginError, raise_problems
 
 __all__ = [
     "REQUIRED",
     "Param",
     "ParamProblem",
+    "complete_params",
     "PluginSpec",
     "BackboneSpec",
     "MaskerSpec",
@@ -54,6 +55,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "list[str]": (list,),
     "dict": (dict,),
 }
+_NUMERIC = ("int", "float", "list[int]", "list[float]")
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,13 @@ class Param:
 
     ``type`` is one of ``int, float, str, bool, path, list[int], list[float], list[str], dict``.
     ``default=REQUIRED`` makes the parameter mandatory; ``nullable=True`` admits ``null``.
+    A number (or every item of a list of numbers) may be bounded, pydantic-style: ``ge``/``gt`` below,
+    ``le``/``lt`` above; ``platform validate`` and :func:`complete_params` enforce the bounds, so a
+    plugin's ``check`` keeps only what involves several parameters.
 
     Example::
 
-        Param("tau", "float", 0.2, "affinity threshold of the binarised graph")
+        Param("tau", "float", 0.2, "affinity threshold of the binarised graph", ge=0, lt=1)
     """
 
     name: str
@@ -74,12 +79,52 @@ class Param:
     help: str = ""
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
             raise PluginError(
                 f"Param {self.name!r}: unknown type {self.type!r}; use one of {', '.join(_TYPES)}."
             )
+        bounded = self.bounds != ""
+        if bounded and self.type not in _NUMERIC:
+            raise PluginError(f"Param {self.name!r}: bounds (ge, gt, le, lt) apply to numbers, not to {self.type}.")
+        if (self.ge is not None and self.gt is not None) or (self.le is not None and self.lt is not None):
+            raise PluginError(f"Param {self.name!r}: give one lower bound (ge or gt) and one upper bound (le or lt).")
+
+    @property
+    def bounds(self) -> str:
+        """The allowed range as an interval, e.g. ``[0, 1)`` or ``>= 1``; empty when unbounded."""
+        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
+        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if low and high:
+            return f"{low}, {high}"
+        if low:
+            return f"{'>=' if low[0] == '[' else '>'} {low[1:]}"
+        if high:
+            return f"{'<=' if high[-1] == ']' else '<'} {high[:-1]}"
+        return ""
+
+    def _within(self, number: float) -> bool:
+        return not (
+            (self.ge is not None and not number >= self.ge)
+            or (self.gt is not None and not number > self.gt)
+            or (self.le is not None and not number <= self.le)
+            or (self.lt is not None and not number < self.lt)
+        )
+
+    def _out_of_bounds(self, value: Any) -> str | None:
+        bounds = self.bounds
+        if not bounds:
+            return None
+        need = f"lie in {bounds}" if "," in bounds else f"be {bounds}"
+        if self.type.startswith("list["):
+            bad = [v for v in value if not self._within(v)]
+            return f"items must {need}, got {bad!r}" if bad else None
+        return None if self._within(value) else f"must {need}, got {value!r}"
 
     @property
     def required(self) -> bool:
@@ -101,11 +146,45 @@ class Param:
                 return f"expected {self.type}, got items {bad!r}"
         if self.choices is not None and value not in self.choices:
             return f"must be one of {', '.join(map(repr, self.choices))}, got {value!r}"
-        return None
+        return self._out_of_bounds(value)
 
 
 #: A parameter problem found by a spec's ``check``: ``(parameter name or None, message)``.
 ParamProblem = tuple[str | None, str]
+
+
+def complete_params(
+    where: str,
+    params: Iterable[Param],
+    given: Mapping[str, Any],
+    check: Callable[[Mapping[str, Any]], Iterable[ParamProblem]] | None = None,
+) -> dict[str, Any]:
+    """Every parameter of ``params``: ``given`` over the defaults, checked the way ``platform validate``
+    checks a registry entry (unknown and missing names, each value against its :class:`Param`, then
+    ``check`` on the whole). Raises one :class:`ConfigError` that lists every problem.
+
+    It lets a factory declare its parameters once, in the spec's ``params``, and still be called
+    from Python with keywords::
+
+        class VoteMasker(uisbench.EnsembleMasker):
+            def __init__(self, members, **options):
+                p = uisbench.complete_params("masker vote", PARAMS, {"members": members, **options}, check_params)
+    """
+    declared = {p.name: p for p in params}
+    problems: list[ParamProblem] = [(name, "unknown parameter") for name in given if name not in declared]
+    values: dict[str, Any] = {}
+    for name, param in declared.items():
+        if name not in given and param.required:
+            problems.append((name, f"missing required parameter ({param.type}: {param.help})"))
+            continue
+        values[name] = given.get(name, param.default)
+        problem = param.check(values[name])
+        if problem:
+            problems.append((name, problem))
+    if not problems and check is not None:  # the combination check assumes every value is well-typed
+        problems = [(name, str(message)) for name, message in check(values)]
+    raise_problems(where, problems)
+    return values
 
 
 @dataclass(frozen=True)

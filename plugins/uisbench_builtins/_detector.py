@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,9 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_loss
 from torchvision.ops import box_iou
+
+if TYPE_CHECKING:  # the student imports this module: no import cycle at run time
+    from .maskrcnn import MaskRCNNConfig
 
 __all__ = [
     "SimpleFeaturePyramid",
@@ -306,64 +309,48 @@ def _resnet_fpn(name: str, weights_path: str | None) -> tuple[nn.Module, dict[st
 
 
 def build_maskrcnn(
-    *,
-    detector_backbone: str,
-    in_channels: int | None = None,
-    patch_size: int | None = None,
-    fpn_channels: int = 256,
-    representation_size: int = 1024,
-    mask_head_channels: int = 256,
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
-    min_size: int = 800,
-    max_size: int = 1333,
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_nms_thresh: float = 0.7,
-    rpn_batch_size_per_image: int = 256,
-    box_batch_size_per_image: int = 512,
-    box_positive_fraction: float = 0.25,
-    score_thresh: float = 0.0,
-    detections_per_img: int = 100,
-    drop_iou: float | None = 0.01,
-    weights_path: str | None = None,
+    config: MaskRCNNConfig, *, in_channels: int | None = None, patch_size: int | None = None
 ) -> tuple[MaskRCNN, dict[str, Any]]:
-    """A two-class torchvision ``MaskRCNN`` with DropLoss RoI heads; returns ``(model, init_info)``."""
-    if detector_backbone == "frozen-ssl":
+    """A two-class torchvision ``MaskRCNN`` with DropLoss RoI heads, as ``config`` (the student's
+    :class:`~uisbench_builtins.maskrcnn.MaskRCNNConfig`) describes it; returns ``(model, init_info)``.
+    ``frozen-ssl`` needs the frozen backbone's channels and patch size."""
+    c = config
+    if c.detector_backbone == "frozen-ssl":
         assert in_channels is not None and patch_size is not None
-        backbone: nn.Module = SimpleFeaturePyramid(in_channels, patch_size, fpn_channels)
+        backbone: nn.Module = SimpleFeaturePyramid(in_channels, patch_size, c.fpn_channels)
         info: dict[str, Any] = {"init": "random (pyramid and heads); backbone frozen"}
         image_mean, image_std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]  # unused: pixels come normalised
     else:
-        backbone, info = _resnet_fpn(detector_backbone.split("-")[0], weights_path)
-        if fpn_channels != backbone.out_channels:
+        backbone, info = _resnet_fpn(c.detector_backbone.split("-")[0], c.detector_weights)
+        if c.fpn_channels != backbone.out_channels:
             info["fpn_channels"] = backbone.out_channels
         image_mean, image_std = None, None
     out = backbone.out_channels
-    anchors = AnchorGenerator(sizes=tuple((int(s),) for s in anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * len(anchor_sizes))
+    anchors = AnchorGenerator(sizes=tuple((int(s),) for s in c.anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * len(c.anchor_sizes))
     model = MaskRCNN(
         backbone,
         num_classes=None,
-        min_size=min_size,
-        max_size=max_size,
+        min_size=c.min_size,
+        max_size=c.max_size,
         image_mean=image_mean,
         image_std=image_std,
         rpn_anchor_generator=anchors,
-        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
-        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_train=min(2000, c.rpn_post_nms_top_n_train),
+        rpn_post_nms_top_n_train=c.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=1000,
         rpn_post_nms_top_n_test=1000,
-        rpn_nms_thresh=rpn_nms_thresh,
-        rpn_batch_size_per_image=rpn_batch_size_per_image,
-        box_head=TwoMLPHead(out * 7 * 7, representation_size),
-        box_predictor=FastRCNNPredictor(representation_size, 2),
-        box_score_thresh=score_thresh,
-        box_detections_per_img=detections_per_img,
-        box_batch_size_per_image=box_batch_size_per_image,
-        box_positive_fraction=box_positive_fraction,
-        mask_head=MaskRCNNHeads(out, [mask_head_channels] * 4, 1),
-        mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, 2),
+        rpn_nms_thresh=c.rpn_nms_thresh,
+        rpn_batch_size_per_image=c.rpn_batch_size_per_image,
+        box_head=TwoMLPHead(out * 7 * 7, c.representation_size),
+        box_predictor=FastRCNNPredictor(c.representation_size, 2),
+        box_score_thresh=c.score_thresh,
+        box_detections_per_img=c.max_detections,
+        box_batch_size_per_image=c.box_batch_size_per_image,
+        box_positive_fraction=c.box_positive_fraction,
+        mask_head=MaskRCNNHeads(out, [c.mask_head_channels] * 4, 1),
+        mask_predictor=MaskRCNNPredictor(c.mask_head_channels, c.mask_head_channels, 2),
     )
-    model.roi_heads = DropLossRoIHeads.from_roi_heads(model.roi_heads, drop_iou)
+    model.roi_heads = DropLossRoIHeads.from_roi_heads(model.roi_heads, c.droploss_iou if c.droploss else None)
     model.rpn.fg_bg_sampler = SeededSampler.replacing(model.rpn.fg_bg_sampler, salt=0)
     model.roi_heads.fg_bg_sampler = SeededSampler.replacing(model.roi_heads.fg_bg_sampler, salt=1)
     return model, info

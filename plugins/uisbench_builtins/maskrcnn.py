@@ -60,52 +60,48 @@ _ZIP_MAGIC = b"PK\x03\x04"
 PARAMS: tuple[uisbench.Param, ...] = (
     P("detector_backbone", "str", "frozen-ssl", "frozen-ssl: the evaluated backbone, frozen, under a simple feature pyramid; resnet50-fpn / resnet18-fpn: torchvision ResNet-FPN", choices=DETECTOR_BACKBONES),
     P("detector_weights", "path", None, "resnet*-fpn only: local ResNet state dict (e.g. DINO ResNet-50); null = random init"),
-    P("iterations", "int", 40000, "training iterations of the first round"),
-    P("batch_size", "int", 16, "images per iteration (the global batch: under torchrun the ranks share it)"),
+    P("iterations", "int", 40000, "training iterations of the first round", ge=1),
+    P("batch_size", "int", 16, "images per iteration (the global batch: under torchrun the ranks share it)", ge=1),
     P("optimizer", "str", "sgd", "sgd (momentum 0.9) or adamw", choices=("sgd", "adamw")),
-    P("lr", "float", 0.01, "base learning rate"),
+    P("lr", "float", 0.01, "base learning rate", gt=0),
     P("weight_decay", "float", 5e-5, "weight decay"),
     P("warmup_iters", "int", 1000, "linear warm-up iterations (from lr/1000)"),
     P("lr_steps", "list[float]", [0.5], "fractions of the iterations where the lr is multiplied by lr_gamma"),
     P("lr_gamma", "float", 0.02, "lr factor at each step"),
     P("grad_clip", "float", 1.0, "clip the gradient norm of the whole model to this (0 = off)"),
     P("amp", "bool", True, "bf16 autocast on CUDA (ignored on CPU)"),
-    P("min_size", "int", 800, "resnet*-fpn: shorter image side after resizing (frozen-ssl uses the backbone's size)"),
-    P("max_size", "int", 1333, "resnet*-fpn: longest image side after resizing"),
-    P("fpn_channels", "int", 256, "channels of the feature pyramid (frozen-ssl)"),
-    P("representation_size", "int", 1024, "width of the box head's two MLP layers"),
-    P("mask_head_channels", "int", 256, "channels of the four mask-head convolutions"),
+    P("min_size", "int", 800, "resnet*-fpn: shorter image side after resizing (frozen-ssl uses the backbone's size)", ge=1),
+    P("max_size", "int", 1333, "resnet*-fpn: longest image side after resizing", ge=1),
+    P("fpn_channels", "int", 256, "channels of the feature pyramid (frozen-ssl)", ge=1),
+    P("representation_size", "int", 1024, "width of the box head's two MLP layers", ge=1),
+    P("mask_head_channels", "int", 256, "channels of the four mask-head convolutions", ge=1),
     P("anchor_sizes", "list[int]", [32, 64, 128, 256, 512], "RPN anchor size per pyramid level (5 levels), in detector-frame pixels"),
-    P("rpn_post_nms_top_n_train", "int", 4000, "proposals kept per image after RPN NMS in training (CutLER 4000)"),
+    P("rpn_post_nms_top_n_train", "int", 4000, "proposals kept per image after RPN NMS in training (CutLER 4000)", ge=1),
     P("rpn_nms_thresh", "float", 0.65, "RPN NMS IoU threshold (CutLER 0.65)"),
-    P("rpn_batch_size_per_image", "int", 256, "anchors sampled per image for the RPN loss"),
-    P("box_batch_size_per_image", "int", 512, "proposals sampled per image for the RoI heads"),
+    P("rpn_batch_size_per_image", "int", 256, "anchors sampled per image for the RPN loss", ge=1),
+    P("box_batch_size_per_image", "int", 512, "proposals sampled per image for the RoI heads", ge=1),
     P("box_positive_fraction", "float", 0.25, "positive fraction of the sampled proposals (CutLER 0.25)"),
     P("droploss", "bool", True, "DropLoss: no classification loss for proposals whose best IoU with any pseudo-mask box is <= droploss_iou"),
-    P("droploss_iou", "float", 0.01, "DropLoss IoU threshold"),
+    P("droploss_iou", "float", 0.01, "DropLoss IoU threshold", gt=0),
     P("copy_paste", "bool", True, "copy-paste augmentation: paste instances of another training image"),
     P("copy_paste_rate", "float", 1.0, "probability that an image gets pasted instances"),
     P("copy_paste_scale", "list[float]", [0.3, 1.0], "range of the pasted instances' scale factor"),
     P("hflip", "bool", True, "random horizontal flips"),
-    P("self_training_rounds", "int", 0, "self-training rounds after the first training (CutLER: 1-2)"),
-    P("self_training_thresholds", "list[float]", [0.7, 0.65], "score threshold of kept predictions, per round (the last repeats)"),
+    P("self_training_rounds", "int", 0, "self-training rounds after the first training (CutLER: 1-2)", ge=0),
+    P("self_training_thresholds", "list[float]", [0.7, 0.65], "score threshold of kept predictions, per round (the last repeats)", ge=0, le=1),
     P("self_training_merge_iou", "float", 0.5, "earlier pseudo-masks are kept when their IoU with every kept prediction is below this"),
     P("self_training_iterations", "int", None, "iterations of each self-training round (null = half of iterations)", nullable=True),
     P("self_training_lr", "float", None, "lr of the self-training rounds (null = half of lr)", nullable=True),
     P("self_training_droploss", "bool", False, "DropLoss during self-training rounds (CutLER: off)"),
-    P("self_training_max_detections", "int", 30, "detections per image used to build self-training targets"),
-    P("max_detections", "int", 100, "detections per evaluation image (300 for LVIS)"),
+    P("self_training_max_detections", "int", 30, "detections per image used to build self-training targets", ge=1),
+    P("max_detections", "int", 100, "detections per evaluation image (300 for LVIS)", ge=1),
     P("score_thresh", "float", 0.0, "minimum detection score at evaluation"),
-    P("checkpoint_every", "int", 1000, "write a checkpoint every this many iterations (and at the end of each round)"),
+    P("checkpoint_every", "int", 1000, "write a checkpoint every this many iterations (and at the end of each round)", ge=1),
     P("feature_cache_mb", "int", 0, "frozen-ssl: keep the frozen features of unaltered (not copy-pasted) training images, up to this many MB per rank (0 = off)"),
     P("num_workers", "int", 0, "data-loader worker processes (0 = in the training process)"),
-    P("predict_batch_size", "int", 8, "images per batch at prediction time"),
+    P("predict_batch_size", "int", 8, "images per batch at prediction time", ge=1),
 )
 
-
-_AT_LEAST_ONE = ("iterations", "batch_size", "checkpoint_every", "predict_batch_size", "max_detections",
-                 "self_training_max_detections", "fpn_channels", "representation_size", "mask_head_channels",
-                 "rpn_post_nms_top_n_train", "rpn_batch_size_per_image", "box_batch_size_per_image", "min_size", "max_size")
 
 _DEFAULTS: dict[str, Any] = {p.name: p.default for p in PARAMS}
 
@@ -118,17 +114,8 @@ def check_params(params: Mapping[str, Any]) -> Any:
     scale = params["copy_paste_scale"]
     if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
         yield "copy_paste_scale", f"is [low, high] with 0 < low <= high, e.g. [0.3, 1.0]; got {list(scale)}"
-    for name in _AT_LEAST_ONE:
-        if params[name] < 1:
-            yield name, f"must be >= 1, got {params[name]}"
-    for name in ("lr", "droploss_iou"):
-        if not params[name] > 0:
-            yield name, f"must be > 0, got {params[name]}"
-    if params["self_training_rounds"] < 0:
-        yield "self_training_rounds", f"must be >= 0, got {params['self_training_rounds']}"
-    thresholds = params["self_training_thresholds"]
-    if not thresholds or not all(0 <= t <= 1 for t in thresholds):
-        yield "self_training_thresholds", f"needs at least one score threshold in [0, 1], got {list(thresholds)}"
+    if not params["self_training_thresholds"]:
+        yield "self_training_thresholds", "needs at least one score threshold in [0, 1]"
     if params["detector_weights"] is not None and params["detector_backbone"] == "frozen-ssl":
         yield "detector_weights", "initialises a resnet*-fpn detector; frozen-ssl uses the evaluated backbone"
 
@@ -184,9 +171,7 @@ class MaskRCNNConfig:
     predict_batch_size: int
 
     def __post_init__(self) -> None:
-        params = self.as_params()
-        typed = [(p.name, why) for p in PARAMS if (why := p.check(params[p.name])) is not None]
-        uisbench.raise_problems("maskrcnn", typed or list(check_params(params)))
+        uisbench.complete_params("maskrcnn", PARAMS, self.as_params(), check_params)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> MaskRCNNConfig:
@@ -431,27 +416,7 @@ class MaskRCNNStudent(uisbench.Student):
                 fm = self.backbone.extract(pixels, [probe_id])
             in_channels = int(fm.features.shape[1])
             patch = int(fm.patch_size)
-        model, info = build_maskrcnn(
-            detector_backbone=c.detector_backbone,
-            in_channels=in_channels,
-            patch_size=patch,
-            fpn_channels=c.fpn_channels,
-            representation_size=c.representation_size,
-            mask_head_channels=c.mask_head_channels,
-            anchor_sizes=c.anchor_sizes,
-            min_size=c.min_size,
-            max_size=c.max_size,
-            rpn_pre_nms_top_n_train=min(2000, c.rpn_post_nms_top_n_train),
-            rpn_post_nms_top_n_train=c.rpn_post_nms_top_n_train,
-            rpn_nms_thresh=c.rpn_nms_thresh,
-            rpn_batch_size_per_image=c.rpn_batch_size_per_image,
-            box_batch_size_per_image=c.box_batch_size_per_image,
-            box_positive_fraction=c.box_positive_fraction,
-            score_thresh=c.score_thresh,
-            detections_per_img=c.max_detections,
-            drop_iou=c.droploss_iou if c.droploss else None,
-            weights_path=c.detector_weights,
-        )
+        model, info = build_maskrcnn(c, in_channels=in_channels, patch_size=patch)
         self.model = model.to(self.device)
         self._init_info = info
 
@@ -1091,20 +1056,11 @@ class MaskRCNNStudent(uisbench.Student):
         return prov
 
 
-def _factory(backbone: uisbench.Backbone | None = None, **params: Any) -> MaskRCNNStudent:
-    return MaskRCNNStudent(backbone=backbone, **params)
-
-
 @uisbench.hookimpl
 def uisbench_students():
-    yield uisbench.StudentSpec(
-        name="maskrcnn",
-        description="Class-agnostic torchvision Mask R-CNN trained on pseudo-masks (CutLER recipe: DropLoss, copy-paste, self-training).",
-        factory=_factory,
-        params=PARAMS,
-        version="1",
-        check=check_params,
-    )
+    description = "Class-agnostic torchvision Mask R-CNN trained on pseudo-masks (CutLER recipe: DropLoss, copy-paste, self-training)."
+    yield uisbench.StudentSpec(name="maskrcnn", description=description, factory=MaskRCNNStudent, params=PARAMS, version="1",
+                               check=check_params)
 
 
 __all__ = ["MaskRCNNStudent", "MaskRCNNConfig", "PARAMS", "DETECTOR_BACKBONES", "uisbench_students"]

@@ -67,17 +67,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """The knobs; together with the split they fully determine every image."""
+    """The knobs; together with the split they fully determine every image. Their defaults are the
+    :data:`PARAMS` ones (:func:`build` fills them in)."""
 
-    size: int = 128
-    images: int = 24
-    min_instances: int = 1
-    max_instances: int = 4
-    overlap: float = 0.6
-    single_fraction: float = 0.25
-    difficulty: str = "medium"
-    seed: int = 0
-    classes: tuple[str, ...] = tuple(CLASSES)
+    size: int
+    images: int
+    min_instances: int
+    max_instances: int
+    overlap: float
+    single_fraction: float
+    difficulty: str
+    seed: int
+    classes: tuple[str, ...]
 
     def check(self) -> None:
         problems = self.problems()

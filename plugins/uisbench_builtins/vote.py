@@ -42,43 +42,25 @@ import uisbench
 
 
 def check_params(params: dict[str, Any]) -> Any:
-    if not 0.0 <= params["iou_threshold"] < 1.0:
-        yield "iou_threshold", f"must lie in [0, 1), got {params['iou_threshold']}"
-    if not 0.0 <= params["agreement"] < 1.0:
-        yield "agreement", f"must lie in [0, 1) (the share of a group's masks that must cover a pixel), got {params['agreement']}"
-    if not 0.0 < params["nms_iou"] <= 1.0:
-        yield "nms_iou", f"must lie in (0, 1], got {params['nms_iou']}"
-    if params["min_votes"] < 1 or params["min_votes"] > max(1, len(params["members"] or ())):
+    """What the parameters' own bounds cannot say: ``min_votes`` against the number of members."""
+    if params["min_votes"] > max(1, len(params["members"] or ())):
         yield "min_votes", f"must lie between 1 and the number of members ({len(params['members'] or ())}), got {params['min_votes']}"
-    if params["max_masks"] < 1:
-        yield "max_masks", f"must be at least 1, got {params['max_masks']}"
-    if params["pivot_steps"] < 0:
-        yield "pivot_steps", f"must be at least 0, got {params['pivot_steps']}"
 
 
 class VoteMasker(uisbench.EnsembleMasker):
-    """Groups the members' masks of an image by overlap and keeps the masks members agree on."""
+    """Groups the members' masks of an image by overlap and keeps the masks members agree on.
 
-    def __init__(
-        self,
-        members: Sequence[str],
-        iou_threshold: float = 0.6,
-        agreement: float = 0.2,
-        min_votes: int = 1,
-        nms_iou: float = 0.5,
-        max_masks: int = 20,
-        pivot_steps: int = 5,
-    ) -> None:
-        params = dict(members=list(members), iou_threshold=iou_threshold, agreement=agreement, min_votes=min_votes,
-                      nms_iou=nms_iou, max_masks=max_masks, pivot_steps=pivot_steps)
-        uisbench.raise_problems("vote", list(check_params(params)))
-        self.members = list(members)
-        self.iou_threshold = float(iou_threshold)
-        self.agreement = float(agreement)
-        self.min_votes = int(min_votes)
-        self.nms_iou = float(nms_iou)
-        self.max_masks = int(max_masks)
-        self.pivot_steps = int(pivot_steps)
+    ``VoteMasker(members, **options)``: the options and their defaults are :data:`PARAMS`."""
+
+    def __init__(self, members: Sequence[str], **options: Any) -> None:
+        p = uisbench.complete_params("masker vote", PARAMS, {"members": list(members), **options}, check_params)
+        self.members: list[str] = p["members"]
+        self.iou_threshold = float(p["iou_threshold"])
+        self.agreement = float(p["agreement"])
+        self.min_votes = int(p["min_votes"])
+        self.nms_iou = float(p["nms_iou"])
+        self.max_masks = int(p["max_masks"])
+        self.pivot_steps = int(p["pivot_steps"])
 
     def combine(self, candidates: Sequence[Sequence[uisbench.Prediction]], record: uisbench.ImageRecord) -> list[uisbench.Prediction]:
         pool = [(member, p.segmentation) for member, masks in enumerate(candidates) for p in masks]
@@ -150,12 +132,14 @@ class VoteMasker(uisbench.EnsembleMasker):
 
 PARAMS = (
     uisbench.Param("members", "list[str]", uisbench.REQUIRED, "'backbone/masker' registry pairs whose pseudo-masks vote"),
-    uisbench.Param("iou_threshold", "float", 0.6, "candidates overlapping above this IoU fall in one group (VoteCut: 0.6)"),
-    uisbench.Param("agreement", "float", 0.2, "a group's mask keeps the pixels more than this share of its masks cover (VoteCut: 0.2)"),
-    uisbench.Param("min_votes", "int", 1, "drop groups found by fewer members than this"),
-    uisbench.Param("nms_iou", "float", 0.5, "mask NMS threshold between the groups' masks"),
-    uisbench.Param("max_masks", "int", 20, "at most this many masks per image"),
-    uisbench.Param("pivot_steps", "int", 5, "times a group's pivot may move to its most central candidate (VoteCut: 5)"),
+    uisbench.Param("iou_threshold", "float", 0.6, "candidates overlapping above this IoU fall in one group (VoteCut: 0.6)",
+                   ge=0, lt=1),
+    uisbench.Param("agreement", "float", 0.2, "a group's mask keeps the pixels more than this share of its masks cover (VoteCut: 0.2)",
+                   ge=0, lt=1),
+    uisbench.Param("min_votes", "int", 1, "drop groups found by fewer members than this", ge=1),
+    uisbench.Param("nms_iou", "float", 0.5, "mask NMS threshold between the groups' masks", gt=0, le=1),
+    uisbench.Param("max_masks", "int", 20, "at most this many masks per image", ge=1),
+    uisbench.Param("pivot_steps", "int", 5, "times a group's pivot may move to its most central candidate (VoteCut: 5)", ge=0),
 )
 
 
