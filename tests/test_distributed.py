@@ -388,5 +388,21 @@ def test_rank_shares_cover_the_global_batch_once():
             assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
+def test_the_bench_and_the_student_share_one_notion_of_rank():
+    from uisbench.bench._shard import Shard
+    from uisbench.ranks import ProcessRank
+    from uisbench_builtins._student_data import Ranks
+
+    items = list(range(10))
+    for world in (1, 3):
+        for rank in range(world):
+            shard, ranks = Shard(rank=rank, world=world), Ranks(rank=rank, world=world)
+            assert isinstance(shard, ProcessRank) and isinstance(ranks, ProcessRank)
+            assert shard.mine(items) == ranks.mine(items) == items[rank::world]
+            assert shard.main == ranks.main == (rank == 0) and shard.distributed == ranks.distributed == (world > 1)
+    assert sorted(sum((Shard(rank=r, world=3).mine(items) for r in range(3)), [])) == items
+
+
 if __name__ == "__main__":
     _worker(sys.argv[1:])
+

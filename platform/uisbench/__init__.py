@@ -14,7 +14,7 @@ Besides the records and contracts, plugins share these public helpers (import co
 - :mod:`uisbench.spectral`: affinity graphs, Fiedler solvers, normalised-cut scores;
 - :mod:`uisbench.data`: image decoding, batched loading, dataset building blocks;
 - :mod:`uisbench.weights`: safe checkpoint reading; :mod:`uisbench.io`: atomic writes, file hashes;
-- :mod:`uisbench.masks`: COCO RLE helpers.
+- :mod:`uisbench.masks`: COCO RLE helpers; :mod:`uisbench.ranks`: a process's rank under torchrun.
 
 Tools that run plugins (the CLI, notebooks, CI scripts) use :mod:`uisbench.host` (plugin discovery,
 registry loading) and :func:`uisbench.evaluate` (a whole bench run).
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import pluggy
 
-from . import data, grid, host, io, masks, spectral, weights
+from . import data, grid, host, io, masks, ranks, spectral, weights
 from .api import Results, evaluate
 from .contracts import (
     Backbone,
@@ -107,6 +107,7 @@ __all__ = [
     "raise_problems",
     # helpers
     "masks",
+    "ranks",
     "data",
     "grid",
     "spectral",

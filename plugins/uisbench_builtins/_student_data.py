@@ -16,14 +16,13 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import uisbench
 
 if TYPE_CHECKING:
     import numpy as np
 
-T = TypeVar("T")
 
 __all__ = [
     "Ranks",
@@ -339,7 +338,7 @@ def _alive(group: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class Ranks:
+class Ranks(uisbench.ranks.ProcessRank):
     """This process's place in a ``torch.distributed`` run (``world == 1``: one process, and every
     method is trivial). The default process group is the bench's (``uisbench.bench._shard``)."""
 
@@ -377,24 +376,12 @@ class Ranks:
         dist.all_reduce(votes, group=self.control)
         return int(votes.item())
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
     def share(self, n: int) -> range:
         """This rank's places in a global batch of ``n``: contiguous, sizes differing by at most one
         (the first ``n % world`` ranks take one more)."""
         base, extra = divmod(n, self.world)
         start = self.rank * base + min(self.rank, extra)
         return range(start, start + base + (self.rank < extra))
-
-    def mine(self, items: Sequence[T]) -> list[T]:
-        """This rank's items, round robin (chunks of a per-image loop, as the bench shards its stages)."""
-        return list(items[self.rank :: self.world])
 
     def all_gather(self, obj: Any) -> list[Any]:
         """``obj`` of every rank, in rank order, on every rank."""

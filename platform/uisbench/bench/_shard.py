@@ -19,34 +19,20 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ..errors import ConfigError
-
-T = TypeVar("T")
+from ..ranks import ProcessRank
 
 
 @dataclass
-class Shard:
+class Shard(ProcessRank):
     rank: int = 0
     world: int = 1
     local_rank: int = 0
     initialised_here: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    def mine(self, items: Sequence[T]) -> list[T]:
-        """This rank's share of ``items`` (round robin)."""
-        return list(items[self.rank :: self.world])
 
     def barrier(self) -> None:
         if self.distributed:
