@@ -649,14 +649,20 @@ def test_feature_coverage_of_padded_grids():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_rank_by_a_renamed_metric_entry_and_its_headline_columns(tmp_path):
+def test_rank_by_a_renamed_metric_entry_and_its_headline_columns(tmp_path, capsys):
     registry = {"metrics": {"mask-ap": {"plugin": "fake-recall"}}, "bench": {**fakes.REGISTRY["bench"], "metrics": ["mask-ap"]}}
     out = _bench(tmp_path, registry=registry, backbones=["pixels"], students=[], rank_by="mask-ap.APmask")
     assert out["primary_metric"] == {"stage": "pseudo-masks", "metric": "mask-ap", "value": "APmask"}
     board = render_leaderboard(out, "csv").splitlines()
     assert board[0].startswith("rank,backbone,masker,pm AP50mask,pm APmask,") and "pm APmask ci low" in board[0]
+    # the progress line of each cell shows the value the run ranks by, whatever the entry is called
+    shown = f"[ok] pixels / groups pseudo-masks mask-ap.APmask={_cell(out, 'pixels', student=None)['pseudo_masks']['metrics']['mask-ap']['values']['APmask']:.3f} ["
+    assert shown in capsys.readouterr().err
+    _bench(tmp_path, "w3", registry=registry, backbones=["pixels"], students=[])
+    assert "[ok] pixels / groups pseudo-masks mask-ap.AP50mask=" in capsys.readouterr().err  # default: first headline
     with pytest.raises(uisbench.ConfigError, match="metric entry 'coco' is not in this run"):
         _bench(tmp_path, "w2", registry=registry, backbones=["pixels"], students=[], rank_by="coco.APmask")
+    assert "[ok]" not in capsys.readouterr().err  # refused before any cell ran
 
 
 def test_a_vendor_metric_shows_in_the_leaderboard_and_can_rank(tmp_path):

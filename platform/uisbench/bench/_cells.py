@@ -42,14 +42,27 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _summary_line(cell: dict[str, Any]) -> str:
+def _shown_value(part: dict[str, Any] | None, stage: str, rank_by: tuple[str | None, ...]) -> str | None:
+    """What a progress line shows of one stage: the ``--rank-by`` value where this stage reports it,
+    else the first headline value of the stage's first metric that has one (the ranking's own default)."""
+    metrics = (part or {}).get("metrics") or {}
+    want_stage, metric, value = rank_by
+    chosen = metrics.get(metric or "") or {}
+    if want_stage in (None, stage) and value in (chosen.get("values") or {}):
+        return f"{metric}.{value}={_fmt(chosen['values'][value])}"
+    for name, result in metrics.items():
+        if result.get("status") == "ok" and result.get("headline"):
+            first = result["headline"][0]
+            return f"{name}.{first}={_fmt((result.get('values') or {}).get(first))}"
+    return None
+
+
+def _summary_line(cell: dict[str, Any], rank_by: tuple[str | None, ...] = (None, None, None)) -> str:
     parts = [f"[{cell['status']}]", " / ".join(x for x in (cell["backbone"], cell["masker"], cell["student"]) if x)]
-    pm = (cell.get("pseudo_masks") or {}).get("metrics", {}).get("coco", {}).get("values", {})
-    st = ((cell.get("student_stage") or {}).get("metrics") or {}).get("coco", {}).get("values", {})
-    if pm:
-        parts.append(f"pseudo-mask AP50mask={_fmt(pm.get('AP50mask'))}")
-    if st:
-        parts.append(f"student AP50mask={_fmt(st.get('AP50mask'))}")
+    for stage, key in (("pseudo-masks", "pseudo_masks"), ("student", "student_stage")):
+        shown = _shown_value(cell.get(key), stage, rank_by)
+        if shown:
+            parts.append(f"{stage} {shown}")
     if cell.get("reason"):
         reason = cell["reason"].strip().splitlines()[0]
         if cell["status"] != "failed":  # expected outcomes; results.json keeps the whole reason
@@ -79,8 +92,10 @@ def _combine_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
 class CellWalker:
     """Runs every cell of the plan and collects the ``cells`` and ``backbones`` parts of results.json."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, rank_by: tuple[str | None, ...] = (None, None, None)) -> None:
         self.pipeline = pipeline
+        #: ``(stage, metric, value)`` of ``--rank-by`` (``_ranking.parse_rank_by``): what progress lines show
+        self.rank_by = rank_by
         self.ctx = pipeline.ctx
         self.plan = pipeline.plan
         self.evaluator = MetricEvaluator(pipeline)
@@ -243,7 +258,7 @@ class CellWalker:
                 self._keep_draws(draws_key(cell, "pseudo-masks"), "pseudo-masks", cell.get("pseudo_masks"))
                 self._keep_draws(draws_key(cell, "student"), "student", cell.get("student_stage"))
                 if unavailable is None:
-                    self.ctx.say(_summary_line(cell))
+                    self.ctx.say(_summary_line(cell, self.rank_by))
         if unavailable is None and self.plan.metric_names_for("features"):
             # Metrics of the features alone (e.g. cost), per backbone, once its features exist.
             try:

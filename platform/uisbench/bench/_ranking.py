@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ._cells import cell_id, draws_key
 from ._uncertainty import rank_rows
 
-__all__ = ["resolve_rank_by", "build_ranking"]
+__all__ = ["parse_rank_by", "resolve_rank_by", "build_ranking"]
 
 _PARTS = {"pseudo-masks": "pseudo_masks", "student": "student_stage"}
 
@@ -25,23 +25,26 @@ def _result(cell: dict[str, Any], stage: str, metric: str) -> dict[str, Any]:
     return ((cell.get(_PARTS[stage]) or {}).get("metrics") or {}).get(metric) or {}
 
 
+def parse_rank_by(text: str | None, metrics: list[str]) -> tuple[str | None, str | None, str | None]:
+    """``(stage or None, metric, value)`` of ``METRIC.VALUE`` or ``STAGE.METRIC.VALUE``, checked against
+    the run's metric entries (all ``None`` without ``text``)."""
+    if not text:
+        return None, None, None
+    parts = text.split(".")
+    if len(parts) not in (2, 3):
+        raise ConfigError(f"--rank-by {text!r}: use METRIC.VALUE or STAGE.METRIC.VALUE, e.g. coco.AP50mask.")
+    stage, metric, value = parts if len(parts) == 3 else (None, *parts)
+    if stage not in (None, *_PARTS):
+        raise ConfigError(f"--rank-by {text!r}: the stage is pseudo-masks or student, not {stage!r}.")
+    if metric not in metrics:
+        raise ConfigError(f"--rank-by {text!r}: metric entry {metric!r} is not in this run ({', '.join(metrics)}).")
+    return stage, metric, value
+
+
 def resolve_rank_by(text: str | None, metrics: list[str], cells: list[dict[str, Any]]) -> dict[str, Any]:
     """``{"stage", "metric", "value"}`` of the ranking value (``metric``/``value`` ``None`` when no
     metric reports a headline value)."""
-    stage = None
-    metric = value = None
-    if text:
-        parts = text.split(".")
-        if len(parts) == 3:
-            stage, metric, value = parts
-        elif len(parts) == 2:
-            metric, value = parts
-        else:
-            raise ConfigError(f"--rank-by {text!r}: use METRIC.VALUE or STAGE.METRIC.VALUE, e.g. coco.AP50mask.")
-        if stage not in (None, *_PARTS):
-            raise ConfigError(f"--rank-by {text!r}: the stage is pseudo-masks or student, not {stage!r}.")
-        if metric not in metrics:
-            raise ConfigError(f"--rank-by {text!r}: metric entry {metric!r} is not in this run ({', '.join(metrics)}).")
+    stage, metric, value = parse_rank_by(text, metrics)
     if stage is None:
         student_ran = any((c.get("student_stage") or {}).get("status") == "ok" for c in cells)
         stage = "student" if student_ran else "pseudo-masks"

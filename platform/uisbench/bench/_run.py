@@ -29,7 +29,7 @@ from ._label_efficiency import label_efficiency
 from ._outlook import outlook
 from ._pipeline import Pipeline
 from ._plan import make_plan
-from ._ranking import build_ranking, resolve_rank_by
+from ._ranking import build_ranking, parse_rank_by, resolve_rank_by
 from ._shard import check_shared_workdir
 from ._workdir import WorkdirLock, check_workdir, remove_stale_temporaries
 
@@ -107,9 +107,10 @@ def run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
             ctx.say(line)
         for failure in host.failures:
             ctx.say(f"warning: plugin {failure.name} ({failure.distribution} {failure.version}) failed to load: {failure.error}")
-        walker = CellWalker(pipeline)
+        rank_by_text = options.rank_by or registry.bench.for_device(ctx.device_type).rank_by
+        walker = CellWalker(pipeline, parse_rank_by(rank_by_text, plan.metrics))  # a typo fails before any work
         cells, backbones = walker.walk()
-        rank_by = resolve_rank_by(options.rank_by or registry.bench.for_device(ctx.device_type).rank_by, plan.metrics, cells)
+        rank_by = resolve_rank_by(rank_by_text, plan.metrics, cells)
         ranking = build_ranking(cells, walker.draws, rank_by, ctx.bootstrap, ctx.seeds)
         computed = ctx.shard.gather(dict(ctx.computed))
         total = {k: sum(c[k] for c in computed) for k in ctx.computed}
