@@ -335,6 +335,7 @@ def build_maskrcnn(
         image_mean=image_mean,
         image_std=image_std,
         rpn_anchor_generator=anchors,
+        # per pyramid level, torchvision's 2000 (detectron2's too); the post-NMS count is per image
         rpn_pre_nms_top_n_train=min(2000, c.rpn_post_nms_top_n_train),
         rpn_post_nms_top_n_train=c.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=1000,
