@@ -291,7 +291,7 @@ def test_cells_that_did_not_run_for_one_reason_share_one_short_line():
     rows = [{"_status": "skipped", "_reason": reason, "_id": f"{b}/{m}/maskrcnn", "backbone": b, "masker": m}
             for b in ("oracle-instance", "oracle-semantic") for m in ("kmeans", "ncut")]
     rows.append({"_status": "failed", "_reason": "boom", "_id": "pixels/ncut/maskrcnn", "backbone": "pixels", "masker": "ncut"})
-    lines = "\n".join(_not_scored(rows, None)).splitlines()
+    lines = "\n".join(_not_scored(rows)).splitlines()
     assert lines[1:3] == ["Not scored here:", "  skipped     oracle-instance, oracle-semantic / kmeans, ncut / maskrcnn (4 cells):"]
     assert lines[3].strip().startswith("maskrcnn with detector_backbone 'frozen-ssl'") and lines[3].endswith("…")
     assert lines[3].rstrip("…").split()[-1] in reason.split()  # a whole word before the ellipsis
@@ -320,6 +320,25 @@ def test_dry_run_prints_the_plan_and_computes_nothing(tmp_path):
     after = dry_run(host, changed, options)  # new masks of an entry measured before: estimated, not unknown
     assert "cached: features 6/6, pseudo-masks 0/6, student 0/3" in after  # the students train on those masks
     assert after[-1].startswith("time: about ") and after[-1].endswith("for the stages measured before")  # students too
+    # what the terminal shows: the same words in lines of at most 120 columns, names never split
+    long = BenchOptions(workdir=tmp_path / ("w-" + "x" * 150), report=False)
+    logical, shown = dry_run(host, changed, long), dry_run(host, changed, long, wrap=True)
+    assert len(shown) > len(logical) and all(len(line) <= 120 or " " not in line.strip() for line in shown)
+    assert " ".join(line.strip() for line in shown).split() == " ".join(logical).split()
+
+
+def test_a_progress_line_fits_the_terminal_unless_the_cell_failed():
+    from uisbench.bench._cells import _summary_line
+
+    reason = "maskrcnn with detector_backbone 'frozen-ssl' cannot use calibration backbone OracleBackbone: " + "it reads the ground truth " * 8
+    cell = {"status": "skipped", "backbone": "oracle-instance", "masker": "kmeans", "student": "maskrcnn", "seconds": 12.8,
+            "pseudo_masks": {"metrics": {"coco": {"status": "ok", "headline": ["AP50mask"], "values": {"AP50mask": 0.925}}}},
+            "reason": reason}
+    line = _summary_line(cell)
+    assert len(line) <= 120 and line.startswith("[skipped] oracle-instance / kmeans / maskrcnn pseudo-masks coco.AP50mask=0.925 (maskrcnn")
+    assert line.endswith("…) [12.8s]")
+    failed = _summary_line({**cell, "status": "failed"})  # a failure's first line is shown whole: it is the diagnosis
+    assert reason.strip() in failed and len(failed) > 120
 
 
 def test_failing_metric_fails_the_cell_but_keeps_the_others(tmp_path):

@@ -30,14 +30,17 @@ def render_leaderboard(results: dict[str, Any], fmt: str = "table", columns: str
     return render(results, fmt, columns)
 
 
-def dry_run(host: Any, registry: Any, options: BenchOptions) -> list[str]:
-    """The plan of ``options``' run (cells, cache hits, downloads, estimated time), computing nothing."""
+def dry_run(host: Any, registry: Any, options: BenchOptions, *, wrap: bool = False) -> list[str]:
+    """The plan of ``options``' run (cells, cache hits, downloads, estimated time), computing nothing:
+    one line per fact, or with ``wrap`` the lines as the terminal shows them (120 columns)."""
+    from ._context import fit_to_terminal
     from ._outlook import outlook
     from ._run import open_pipeline
 
     pipeline = open_pipeline(host, registry, options)
     try:
-        return outlook(pipeline)
+        lines = outlook(pipeline)
+        return [part for line in lines for part in fit_to_terminal(line)] if wrap else lines
     finally:
         pipeline.close()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ._context import shorten
+from ._context import TERMINAL_WIDTH, shorten
 from ._cost import combine_parts, with_member_time
 from ._evaluate import MetricEvaluator, Scoring
 from ._features import backbone_provenance
@@ -63,12 +63,13 @@ def _summary_line(cell: dict[str, Any], rank_by: tuple[str | None, ...] = (None,
         shown = _shown_value(cell.get(key), stage, rank_by)
         if shown:
             parts.append(f"{stage} {shown}")
+    seconds = f"[{cell['seconds']:.1f}s]"
     if cell.get("reason"):
         reason = cell["reason"].strip().splitlines()[0]
-        if cell["status"] != "failed":  # expected outcomes; results.json keeps the whole reason
-            reason = shorten(reason, 110)
+        if cell["status"] != "failed":  # expected outcomes fit the line; results.json keeps the whole reason
+            reason = shorten(reason, max(30, TERMINAL_WIDTH - len(" ".join(parts)) - len(seconds) - 4))
         parts.append(f"({reason})")
-    parts.append(f"[{cell['seconds']:.1f}s]")
+    parts.append(seconds)
     return " ".join(parts)
 
 

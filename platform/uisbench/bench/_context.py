@@ -89,6 +89,19 @@ def short_error(err: BaseException) -> str:
     return text if len(text) <= 2000 else text[:1997] + "..."
 
 
+#: The width budget of what the bench prints: progress lines and the terminal table (``--columns all``
+#: or a list of columns goes past it on purpose).
+TERMINAL_WIDTH = 120
+
+
+def fit_to_terminal(text: str) -> list[str]:
+    """``text`` wrapped at spaces into lines of :data:`TERMINAL_WIDTH` columns, continuations indented
+    by two; entry names (``dino-vits16-cpu``) and paths are never split, a leading indent is kept."""
+    import textwrap
+
+    return textwrap.wrap(text, TERMINAL_WIDTH, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False) or [text]
+
+
 def shorten(text: str, limit: int) -> str:
     """``text`` when it fits ``limit`` characters, else cut at a word with an ellipsis."""
     if len(text) <= limit:

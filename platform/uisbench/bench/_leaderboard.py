@@ -11,7 +11,7 @@ import io
 import json
 from typing import Any
 
-from ._context import shorten
+from ._context import TERMINAL_WIDTH, fit_to_terminal, shorten
 
 FORMATS = ("table", "markdown", "json", "csv")
 
@@ -183,10 +183,6 @@ def rows_for_table(board: dict[str, Any], rows: list[dict[str, Any]], width: int
     return out
 
 
-#: the terminal table's width budget (``--columns all`` or a list of columns goes past it on purpose)
-TERMINAL_WIDTH = 120
-
-
 def render(results: dict[str, Any], fmt: str = "table", columns: str | list[str] | None = None) -> str:
     """The leaderboard as text in ``fmt`` (table, markdown, json, csv).
 
@@ -281,22 +277,19 @@ def _width(board: dict[str, Any], columns: list[str]) -> int:
 
 
 def _render_terminal(board: dict[str, Any], requested: str | list[str] | None) -> str:
-    import textwrap
-
     columns = _choose_columns(board, requested)
     compact = requested is None
 
     def rows(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{**r, "status": r["_status"]} for r in group] if compact else group
 
-    wrap = textwrap.TextWrapper(width=TERMINAL_WIDTH, subsequent_indent="  ")
-    parts = [line for text in board["header"] for line in wrap.wrap(text)] + [""]
+    parts = [line for text in board["header"] for line in fit_to_terminal(text)] + [""]
     parts.append(_tabulate(board, rows(board["rows"]), columns, "simple", None if compact else 60) if board["rows"] else "(no backbone rows)")
     if board["calibration"]:
         parts += ["", "Calibration backbones (read ground truth: upper bounds, not contenders):"]
         parts.append(_tabulate(board, rows(board["calibration"]), columns, "simple", None if compact else 60))
     if compact:
-        parts += _not_scored(board["rows"] + board["calibration"], wrap)
+        parts += _not_scored(board["rows"] + board["calibration"])
     return "\n".join(parts) + "\n"
 
 
@@ -319,7 +312,7 @@ def _cells_named(ids: list[str]) -> str:
     return " / ".join(", ".join(p) for p in parts) + f" ({len(ids)} cells)"
 
 
-def _not_scored(rows: list[dict[str, Any]], wrap: Any) -> list[str]:
+def _not_scored(rows: list[dict[str, Any]]) -> list[str]:
     """Below the compact table: one short line per reason a row did not run (the cells that share it
     named together; per backbone when a whole row is unavailable), and the full how-to of the
     unavailable ones once."""
@@ -352,5 +345,5 @@ def _not_scored(rows: list[dict[str, Any]], wrap: Any) -> list[str]:
     if backbones:
         first, reason = next(iter(backbones.items()))
         out += ["", f"How to score the unavailable backbones ({first}; the others alike):"]
-        out += [wrap.fill(paragraph) for paragraph in reason.split("\n") if paragraph.strip()]
+        out += [line for paragraph in reason.split("\n") if paragraph.strip() for line in fit_to_terminal(paragraph)]
     return out

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ._cells import CellWalker
-from ._context import BenchContext, BenchOptions
+from ._context import BenchContext, BenchOptions, fit_to_terminal
 from ._data import BenchData
 from ._label_efficiency import label_efficiency
 from ._outlook import outlook
@@ -104,7 +104,8 @@ def run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
     ctx, plan = pipeline.ctx, pipeline.plan
     try:
         for line in outlook(pipeline):
-            ctx.say(line)
+            for part in fit_to_terminal(line):
+                ctx.say(part)
         for failure in host.failures:
             ctx.say(f"warning: plugin {failure.name} ({failure.distribution} {failure.version}) failed to load: {failure.error}")
         rank_by_text = options.rank_by or registry.bench.for_device(ctx.device_type).rank_by

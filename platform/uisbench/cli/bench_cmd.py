@@ -115,7 +115,7 @@ def _dry_run(args: argparse.Namespace, selection: dict) -> list[str]:
     host, registry = host_and_registry(args)
     if selection["backbones"] == "all":
         selection = {**selection, "backbones": list(registry.names("backbones"))}
-    return dry_run(host, registry, BenchOptions(**selection, argv=list(sys.argv)))
+    return dry_run(host, registry, BenchOptions(**selection, argv=list(sys.argv)), wrap=True)
 
 
 def _is_rank0() -> bool:
