@@ -22,7 +22,7 @@ def test_bounds_are_exact_at_their_edges():
     at_most = uisbench.Param("iou", "float", 0.5, gt=0, le=1)
     assert at_most.bounds == "(0, 1]" and at_most.check(1.0) is None and at_most.check(1.0000001) is not None
     assert uisbench.Param("n", "int", 3, le=3).check(4) == "must be <= 3, got 4"
-    assert uisbench.Param("n", "int", 3, lt=3).bounds == "< 3"
+    assert uisbench.Param("n", "int", 2, lt=3).bounds == "< 3"
 
 
 def test_bounds_apply_to_every_item_of_a_list_and_nothing_else():
@@ -35,6 +35,9 @@ def test_bounds_apply_to_every_item_of_a_list_and_nothing_else():
         uisbench.Param("name", "str", "a", ge=1)
     with pytest.raises(uisbench.PluginError, match="one lower bound"):
         uisbench.Param("x", "float", 1.0, ge=0, gt=0)
+    with pytest.raises(uisbench.PluginError, match=r"'x': the default must lie in \[0, 1\), got 1.5"):
+        uisbench.Param("x", "float", 1.5, ge=0, lt=1)
+    assert uisbench.Param("x", "float", 0.2, ge=0.123456789).bounds == ">= 0.123456789"  # shown as compared
 
 
 PARAMS = (

@@ -94,12 +94,15 @@ class Param:
             raise PluginError(f"Param {self.name!r}: bounds (ge, gt, le, lt) apply to numbers, not to {self.type}.")
         if (self.ge is not None and self.gt is not None) or (self.le is not None and self.lt is not None):
             raise PluginError(f"Param {self.name!r}: give one lower bound (ge or gt) and one upper bound (le or lt).")
+        outside = bounded and self.default is not REQUIRED and self.default is not None and self._out_of_bounds(self.default)
+        if outside:
+            raise PluginError(f"Param {self.name!r}: the default {outside}.")
 
     @property
     def bounds(self) -> str:
         """The allowed range as an interval, e.g. ``[0, 1)`` or ``>= 1``; empty when unbounded."""
-        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
-        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        low = f"[{self.ge!r}" if self.ge is not None else f"({self.gt!r}" if self.gt is not None else None
+        high = f"{self.le!r}]" if self.le is not None else f"{self.lt!r})" if self.lt is not None else None
         if low and high:
             return f"{low}, {high}"
         if low:
