@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .errors import ConfigError, UnknownNameError
-from .types import KINDS
+from .types import KINDS, review_params
 
 if TYPE_CHECKING:
     from ._manager import PluginHost
@@ -306,36 +306,24 @@ def _suggest(word: str, options: Iterable[str]) -> str:
 
 
 def _check_params(spec: PluginSpec, entry: Entry, lines: Mapping[str, int], path: str, problems: list[str]) -> None:
-    known = {p.name: p for p in spec.params}
-    before = len(problems)
-    for key, value in entry.params.items():
-        line = lines.get(key, entry.line)
-        param = known.get(key)
-        if param is None:
-            problems.append(
-                f"{path}:{line}: {entry.kind[:-1]} entry {entry.name!r}: unknown parameter {key!r} of plugin "
-                f"{spec.name!r}.{_suggest(key, known)}"
-            )
-            continue
-        problem = param.check(value)
-        if problem:
-            problems.append(f"{path}:{line}: {entry.kind[:-1]} entry {entry.name!r}: parameter {key!r} {problem}.")
-    for param in spec.params:
-        if param.required and param.name not in entry.params:
-            problems.append(
-                f"{path}:{entry.line}: {entry.kind[:-1]} entry {entry.name!r}: missing required parameter "
-                f"{param.name!r} ({param.type}: {param.help or 'see `platform list ' + entry.kind + '`'})."
-            )
-    if len(problems) > before:  # the combination check assumes every value is well-typed
-        return
+    """The entry's parameters checked by :func:`~uisbench.types.review_params`, the very check a factory's
+    :func:`uisbench.complete_params` runs, each problem put at its line with a suggestion."""
     try:
-        found = spec.problems(entry.params)
+        findings = review_params(spec.params, entry.params, spec.check).findings
     except Exception as err:  # a broken check must not hide the entry's line
-        found = [(None, f"the plugin's parameter check failed ({type(err).__name__}: {err})")]
-    for key, message in found:
+        findings = [("check", None, f"the plugin's parameter check failed ({type(err).__name__}: {err})")]
+    at = f"{entry.kind[:-1]} entry {entry.name!r}"
+    for kind, key, message in findings:
         line = lines.get(key, entry.line) if key else entry.line
-        what = f"parameter {key!r} " if key else ""
-        problems.append(f"{path}:{line}: {entry.kind[:-1]} entry {entry.name!r}: {what}{message}.")
+        if kind == "unknown":
+            text = f"unknown parameter {key!r} of plugin {spec.name!r}.{_suggest(str(key), [p.name for p in spec.params])}"
+        elif kind == "missing":
+            param = spec.param(str(key))
+            help_text = (param.help if param else "") or f"see `platform list {entry.kind}`"
+            text = f"missing required parameter {key!r} ({param.type if param else '?'}: {help_text})."
+        else:
+            text = f"{f'parameter {key!r} ' if key else ''}{message}."
+        problems.append(f"{path}:{line}: {at}: {text}")
 
 
 def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problems: list[str]) -> bytes:

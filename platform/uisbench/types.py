@@ -19,6 +19,8 @@ __all__ = [
     "Param",
     "ParamProblem",
     "complete_params",
+    "review_params",
+    "ParamReview",
     "PluginSpec",
     "BackboneSpec",
     "MaskerSpec",
@@ -156,6 +158,51 @@ class Param:
 ParamProblem = tuple[str | None, str]
 
 
+@dataclass(frozen=True)
+class ParamReview:
+    """What :func:`review_params` found: the values (defaults filled in) and every problem, in order.
+
+    Each finding is ``(kind, parameter or None, message)`` with ``kind`` one of ``unknown`` (no
+    :class:`Param` has the name), ``missing`` (a required one not given), ``value`` (the value does not
+    fit its :class:`Param`: type, choices, bounds) or ``check`` (the plugin's check of the combination).
+    ``platform validate`` and :func:`complete_params` word them differently; what they find is this.
+    """
+
+    values: dict[str, Any]
+    findings: list[tuple[str, str | None, str]]
+
+    def problems(self) -> list[ParamProblem]:
+        return [(name, message) for _, name, message in self.findings]
+
+
+def review_params(
+    params: Iterable[Param],
+    given: Mapping[str, Any],
+    check: Callable[[Mapping[str, Any]], Iterable[ParamProblem]] | None = None,
+) -> ParamReview:
+    """Check ``given`` against the declared ``params`` (defaults filled in), then ``check`` on the whole.
+
+    The one implementation of parameter checking: the registry loader (``platform validate``) and
+    :func:`complete_params` (factories) both call it, so they refuse the same values. ``check`` runs
+    only when every value passed its own :class:`Param`, since it may assume well-typed values; an
+    exception it raises propagates (the registry reports it at the entry's line).
+    """
+    declared = {p.name: p for p in params}
+    findings: list[tuple[str, str | None, str]] = [("unknown", name, "unknown parameter") for name in given if name not in declared]
+    values: dict[str, Any] = {}
+    for name, param in declared.items():
+        if name not in given and param.required:
+            findings.append(("missing", name, f"missing required parameter ({param.type}: {param.help})"))
+            continue
+        values[name] = given.get(name, param.default)
+        problem = param.check(values[name])
+        if problem:
+            findings.append(("value", name, problem))
+    if not findings and check is not None:
+        findings = [("check", name, str(message)) for name, message in check(values)]
+    return ParamReview(values, findings)
+
+
 def complete_params(
     where: str,
     params: Iterable[Param],
@@ -163,8 +210,8 @@ def complete_params(
     check: Callable[[Mapping[str, Any]], Iterable[ParamProblem]] | None = None,
 ) -> dict[str, Any]:
     """Every parameter of ``params``: ``given`` over the defaults, checked the way ``platform validate``
-    checks a registry entry (unknown and missing names, each value against its :class:`Param`, then
-    ``check`` on the whole). Raises one :class:`ConfigError` that lists every problem.
+    checks a registry entry (:func:`review_params`: unknown and missing names, each value against its
+    :class:`Param`, then ``check`` on the whole). Raises one :class:`ConfigError` that lists every problem.
 
     It lets a factory declare its parameters once, in the spec's ``params``, and still be called
     from Python with keywords::
@@ -173,21 +220,9 @@ def complete_params(
             def __init__(self, members, **options):
                 p = uisbench.complete_params("masker vote", PARAMS, {"members": members, **options}, check_params)
     """
-    declared = {p.name: p for p in params}
-    problems: list[ParamProblem] = [(name, "unknown parameter") for name in given if name not in declared]
-    values: dict[str, Any] = {}
-    for name, param in declared.items():
-        if name not in given and param.required:
-            problems.append((name, f"missing required parameter ({param.type}: {param.help})"))
-            continue
-        values[name] = given.get(name, param.default)
-        problem = param.check(values[name])
-        if problem:
-            problems.append((name, problem))
-    if not problems and check is not None:  # the combination check assumes every value is well-typed
-        problems = [(name, str(message)) for name, message in check(values)]
-    raise_problems(where, problems)
-    return values
+    review = review_params(params, given, check)
+    raise_problems(where, review.problems())
+    return review.values
 
 
 @dataclass(frozen=True)
