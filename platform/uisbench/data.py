@@ -401,7 +401,7 @@ SAFETY_PARAMS = (
     Param(
         "max_image_pixels", "int", DEFAULT_MAX_IMAGE_PIXELS,
         "refuse images whose header claims more pixels, before decoding (decompression bombs); "
-        "raise it for genuinely larger images",
+        "raise it for genuinely larger images", ge=1,
     ),
 )
 

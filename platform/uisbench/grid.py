@@ -37,14 +37,15 @@ RESIZE_POLICIES = ("square", "pad")
 
 #: Input geometry of a grid backbone, sized for synth-instances on CPU: add them to the spec's params.
 GRID_PARAMS = (
-    Param("size", "int", 128, "square input side in pixels (a multiple of patch_size)"),
-    Param("patch_size", "int", 8, "patch side in pixels"),
+    Param("size", "int", 128, "square input side in pixels (a multiple of patch_size)", ge=1),
+    Param("patch_size", "int", 8, "patch side in pixels", ge=1),
     Param("resize", "str", "square", "square: stretch to size x size; pad: keep aspect ratio, pad", choices=RESIZE_POLICIES),
 )
 
 #: How much memory one chunk of images may take in a :class:`GridMasker`: add it to the spec's params.
 MEMORY_PARAM = Param(
-    "memory_gb", "float", None, "memory per chunk of images; null = 2 GiB on CPU, 1/4 of free GPU memory", nullable=True
+    "memory_gb", "float", None, "memory per chunk of images; null = 2 GiB on CPU, 1/4 of free GPU memory", nullable=True,
+    gt=0,
 )
 
 

@@ -131,7 +131,7 @@ PRECISIONS = ("float32", "float64")
 #: Fiedler ``solver`` and the torch solver's ``precision`` (float32 with a float64 redo where
 #: eigenvalues are too close for it). :func:`check_cut_params` checks their values.
 CUT_PARAMS = (
-    Param("eps", "float", 1e-5, "weight of non-edges in the binarised graph"),
+    Param("eps", "float", 1e-5, "weight of non-edges in the binarised graph", gt=0),
     Param("solver", "str", "torch", "eigen-solver: torch (batched, CPU/CUDA) or scipy (reference, CPU)", choices=SOLVERS),
     Param("precision", "str", "float32", "torch solver precision (float64 redo for near-degenerate cases)", choices=PRECISIONS),
 )
