@@ -122,7 +122,7 @@ bench:
 """
 
 
-def test_an_ensemble_masker_reads_its_members_masks_in_every_row(tmp_path, monkeypatch):
+def test_an_ensemble_masker_is_one_row_of_its_own(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = tmp_path / "r.yaml"
     path.write_text(REGISTRY)
@@ -130,30 +130,112 @@ def test_an_ensemble_masker_reads_its_members_masks_in_every_row(tmp_path, monke
     reg = uisbench.host.load_registry([path], host)
     results = run_bench(host, reg, BenchOptions(workdir=tmp_path / "w", report=False, device="cpu"))
     cells = {(c["backbone"], c["masker"]): c for c in results["cells"]}
+    # no student: every backbone has its km row, each ensemble exactly one row, with no backbone
+    assert sorted((str(b), m) for b, m in cells) == sorted(
+        [("oracle-instance", "km"), ("pixels", "km"), ("None", "vote-good"), ("None", "vote-mixed"), ("None", "vote-missing")])
+    assert len(results["cells"]) == len(cells)
 
     def ap(b, m):
         return cells[(b, m)]["pseudo_masks"]["metrics"]["coco"]["values"]["AP50mask"]
 
-    for m in ("vote-good", "vote-mixed"):
-        rows = [cells[(b, m)] for b in ("oracle-instance", "pixels")]
-        for cell in rows:
-            assert cell["status"] == "ok", cell["reason"]
-            assert cell["calibration"] is True  # members read the ground truth, whatever the row
-        # the same masks in every row: one result (one key), not one per row
-        assert rows[0]["pseudo_masks"]["key"] == rows[1]["pseudo_masks"]["key"]
-        assert ap("oracle-instance", m) == ap("pixels", m)
+    for m, members in (("vote-good", ["oracle-instance/km", "oracle-instance/ncut"]),
+                       ("vote-mixed", ["oracle-instance/km", "oracle-semantic/ncut", "pixels/km"])):
+        cell = cells[(None, m)]
+        assert cell["status"] == "ok", cell["reason"]
+        assert cell["masks_from"] == {"label": f"{m} = " + " + ".join(members), "ensemble": m, "members": members}
+        assert cell["calibration"] is True  # a member reads the ground truth
         # members outside the matrix (ncut, oracle-semantic) ran as stages of their own; votes of
         # instance-oracle masks are instance masks, far above what pixels give k-means
-        assert ap("pixels", m) > ap("pixels", "km") + 0.2
+        assert ap(None, m) > ap("pixels", "km") + 0.2
     assert cells[("pixels", "km")]["calibration"] is False
-    # a member without weights ends that ensemble's cells, not the rows
-    for b in ("oracle-instance", "pixels"):
-        missing = cells[(b, "vote-missing")]
-        assert missing["status"] == "unavailable" and "vote-missing" in missing["reason"] and "dino" in missing["reason"]
+    assert cells[("pixels", "km")]["masks_from"] == {"label": "pixels/km", "ensemble": None, "members": None}
+    # a member without weights ends that ensemble's row, not the backbones' rows
+    missing = cells[(None, "vote-missing")]
+    assert missing["status"] == "unavailable" and "vote-missing" in missing["reason"] and "dino" in missing["reason"]
     assert {r["status"] for r in results["backbones"].values()} == {"ok"}
     # the cost of a vote includes its members' seconds, over its own image count
-    cost = cells[("pixels", "vote-mixed")]["timings"]["pseudo-masks"]
+    cost = cells[(None, "vote-mixed")]["timings"]["pseudo-masks"]
     assert cost["images"] == 6 and cost["seconds"] > cells[("pixels", "km")]["timings"]["pseudo-masks"]["seconds"]
+    # the ranking lists the ensembles once, in the calibration table (a member reads ground truth)
+    ranking = results["ranking"]
+    assert sorted(r["id"] for r in ranking["rows"]) == ["*/vote-missing/-", "pixels/km/-"]  # no member reads ground truth
+    assert sorted(r["id"] for r in ranking["calibration"]) == sorted(["oracle-instance/km/-", "*/vote-good/-", "*/vote-mixed/-"])
     rerun = run_bench(host, reg, BenchOptions(workdir=tmp_path / "w", report=False, device="cpu"))
     assert rerun["run"]["computed"]["pseudo-masks"] == 0 and rerun["run"]["computed"]["features"] == 0
     assert [c["pseudo_masks"] for c in rerun["cells"]] == [c["pseudo_masks"] for c in results["cells"]]
+
+
+OWN_ROWS_REGISTRY = """\
+version: 1
+datasets:
+  tiny-synth: {plugin: synth-instances, train_images: 6, val_images: 4, size: 64}
+backbones:
+  px-a: {plugin: pixels, size: 64, patch_size: 8}
+  px-b: {plugin: pixels, size: 64, patch_size: 16}
+  px-c: {plugin: pixels, size: 64, patch_size: 4}
+maskers:
+  km: {plugin: kmeans, ks: [2, 3], n_init: 1, iters: 10}
+  vote-ab: {plugin: vote, members: [px-a/km, px-b/km]}
+students:
+  tiny-maskrcnn: {plugin: maskrcnn, iterations: 2, batch_size: 2, warmup_iters: 1, checkpoint_every: 2, fpn_channels: 16,
+                  representation_size: 32, mask_head_channels: 8, rpn_post_nms_top_n_train: 100, copy_paste: false,
+                  anchor_sizes: [8, 16, 32, 64, 128], box_batch_size_per_image: 32, predict_batch_size: 2}
+bench:
+  backbones: [px-a, px-b, px-c]
+  maskers: [km, vote-ab]
+  students: []
+  metrics: [coco]
+  dataset: tiny-synth
+  bootstrap: 20
+"""
+
+
+def test_three_backbones_and_a_vote_of_two_give_one_ensemble_row(tmp_path, monkeypatch):
+    """Issue 21.1: no backbone row carries an ensemble's pseudo-mask values, in results.json, the
+    ranking, the leaderboard table and the report's summary; with a student, each backbone's student
+    on the ensemble's masks is its own labelled row, ranked by its student values only."""
+    from uisbench.bench import render_leaderboard, validate_results
+    from uisbench.bench._report_findings import findings
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = tmp_path / "r.yaml"
+    path.write_text(OWN_ROWS_REGISTRY)
+    host = uisbench.host.load_plugins()
+    reg = uisbench.host.load_registry([path], host)
+    results = run_bench(host, reg, BenchOptions(workdir=tmp_path / "w", report=False, device="cpu"))
+    rows = [(c["backbone"], c["masker"], c["student"]) for c in results["cells"]]
+    assert sorted(rows, key=str) == sorted([("px-a", "km", None), ("px-b", "km", None), ("px-c", "km", None),
+                                            (None, "vote-ab", None)], key=str)
+    ensemble = next(c for c in results["cells"] if c["backbone"] is None)
+    assert ensemble["masks_from"]["label"] == "vote-ab = px-a/km + px-b/km" and ensemble["calibration"] is False
+    assert sorted(r["id"] for r in results["ranking"]["rows"]) == ["*/vote-ab/-", "px-a/km/-", "px-b/km/-", "px-c/km/-"]
+    assert validate_results(results) == []
+    table = render_leaderboard(results, "markdown")
+    assert table.count("vote-ab") == 1 and "vote-ab = px-a/km + px-b/km" in table
+    said = " ".join(text for _, text in findings(results))
+    assert "ensemble vote-ab = px-a/km + px-b/km" in said or "vote-ab" not in said
+    assert "with vote-ab" not in said  # no backbone is credited with the vote's masks
+
+    # with a student: the ensemble row, and one student row per backbone on the ensemble's masks
+    path.write_text(OWN_ROWS_REGISTRY.replace("students: []", "students: [tiny-maskrcnn]").replace("maskers: [km, vote-ab]", "maskers: [vote-ab]"))
+    reg = uisbench.host.load_registry([path], host)
+    results = run_bench(host, reg, BenchOptions(workdir=tmp_path / "w", report=False, device="cpu"))
+    rows = [(c["backbone"], c["masker"], c["student"]) for c in results["cells"]]
+    assert sorted(rows, key=str) == sorted([(b, "vote-ab", "tiny-maskrcnn") for b in ("px-a", "px-b", "px-c")]
+                                           + [(None, "vote-ab", None)], key=str)
+    for c in results["cells"]:
+        if c["masker"] == "vote-ab" and c["backbone"] is not None:
+            assert c["status"] == "ok", c["reason"]
+            # masks: the ensemble; features: the row's backbone; no pseudo-mask value of its own
+            assert c["masks_from"]["ensemble"] == "vote-ab"
+            assert c["pseudo_masks"]["metrics"] == {} and c["pseudo_masks"]["reported_in"] == "*/vote-ab/-"
+            assert c["student_stage"]["metrics"]["coco"]["status"] == "ok"
+    ranked = {r["id"]: r["value"] for r in results["ranking"]["rows"]}
+    assert ranked["*/vote-ab/-"] is None  # ranked by the student stage: the ensemble's own row has none
+    for b in ("px-a", "px-b", "px-c"):
+        cell = next(c for c in results["cells"] if (c["backbone"], c["masker"]) == (b, "vote-ab"))
+        assert ranked[f"{b}/vote-ab/tiny-maskrcnn"] == cell["student_stage"]["metrics"]["coco"]["values"]["AP50mask"]
+    assert validate_results(results) == []
+    table = render_leaderboard(results, "markdown")
+    for b in ("px-a", "px-b", "px-c"):
+        assert any(f"| {b} " in line and "vote-ab = px-a/km + px-b/km" in line for line in table.splitlines())

@@ -16,6 +16,7 @@ from ._evaluate import MetricEvaluator, Scoring
 from ._features import backbone_provenance
 from ._label_efficiency import finetune_part
 from ._pipeline import Pipeline
+from ._sources import ENSEMBLE_ROW, cell_label, masks_from
 from ._stage import StageError
 from ._uncertainty import combine_repeats
 
@@ -23,14 +24,15 @@ __all__ = ["CellWalker", "cell_id", "draws_key"]
 
 
 def cell_id(cell: dict[str, Any]) -> str:
-    """How results.json names a cell: ``backbone/masker/student`` (``-`` without a student)."""
-    return f"{cell['backbone']}/{cell['masker']}/{cell.get('student') or '-'}"
+    """How results.json names a cell: ``backbone/masker/student`` (``-`` without a student; ``*`` in
+    the backbone place for an ensemble's own row, which has no backbone)."""
+    return f"{cell['backbone'] or ENSEMBLE_ROW}/{cell['masker']}/{cell.get('student') or '-'}"
 
 
 def draws_key(cell: dict[str, Any], stage: str) -> str:
     """Whose draws a cell's stage has: the pseudo-masks belong to backbone x masker (every student of
     the row shares them), the student stage to the cell."""
-    return f"{cell['backbone']}/{cell['masker']}" if stage == "pseudo-masks" else cell_id(cell)
+    return f"{cell['backbone'] or ENSEMBLE_ROW}/{cell['masker']}" if stage == "pseudo-masks" else cell_id(cell)
 
 
 def _failed_metrics(metrics: dict[str, Any]) -> str | None:
@@ -58,7 +60,7 @@ def _shown_value(part: dict[str, Any] | None, stage: str, rank_by: tuple[str | N
 
 
 def _summary_line(cell: dict[str, Any], rank_by: tuple[str | None, ...] = (None, None, None)) -> str:
-    parts = [f"[{cell['status']}]", " / ".join(x for x in (cell["backbone"], cell["masker"], cell["student"]) if x)]
+    parts = [f"[{cell['status']}]", cell_label(cell)]
     for stage, key in (("pseudo-masks", "pseudo_masks"), ("student", "student_stage")):
         shown = _shown_value(cell.get(key), stage, rank_by)
         if shown:
@@ -149,21 +151,24 @@ class CellWalker:
 
     # -- parts of a cell ----------------------------------------------------------------------
 
-    def pseudo_mask_part(self, b: str, m: str) -> dict[str, Any]:
-        """Pseudo-masks and their metrics; per seed when the masker is stochastic (has a ``seed``)."""
+    def pseudo_mask_part(self, b: str | None, m: str) -> dict[str, Any]:
+        """Pseudo-masks and their metrics; per seed when the masker is stochastic (has a ``seed``).
+        ``b`` is ``None`` for an ensemble's masks: no backbone's features made them."""
         stochastic = self.plan.entry("maskers", m).spec.param("seed") is not None
         repeats = range(self.ctx.seeds) if stochastic else range(1)
         return _combine_parts([self._pseudo_mask_part(b, m, r) for r in repeats])
 
-    def _pseudo_mask_part(self, b: str, m: str, repeat: int) -> dict[str, Any]:
-        output = self.pipeline.run(self.pipeline.pseudo_masks(b, m, "val", repeat))
+    def _pseudo_mask_part(self, b: str | None, m: str, repeat: int) -> dict[str, Any]:
+        row = b or ENSEMBLE_ROW
+        output = self.pipeline.run(self.pipeline.pseudo_masks(row, m, "val", repeat))
         scoring = Scoring(
-            what=f"{b} / {m}",
+            what=f"{b} / {m}" if b else f"ensemble {m}",
             stage="pseudo-masks",
             upstream_key=output.key,
-            features=self.pipeline.features(b, "val"),
+            # an ensemble's masks are scored without features: no one backbone's features made them
+            features=self.pipeline.features(b, "val") if b else None,
             predictions=lambda: output.summary["predictions"],
-            costs=lambda: [c for c in (self.features_cost(b, ["val"]), self.masks_cost(b, m, ["val"])) if c],
+            costs=lambda: [c for c in (self.features_cost(b, ["val"]) if b else None, self.masks_cost(row, m, ["val"])) if c],
         )
         return {"status": "ok", "reason": None, "key": output.key, "metrics": self.evaluator.evaluate(scoring)}
 
@@ -219,12 +224,44 @@ class CellWalker:
     def walk(self) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         cells: list[dict[str, Any]] = []
         backbones: dict[str, dict[str, Any]] = {}
+        # an ensemble's masks first, once: every backbone row's student on them reads that one result
+        ensembles = {m: self.ensemble_row(m) for m in self.plan.maskers if self.plan.is_ensemble(m)}
         for b in self.plan.backbones:
-            backbones[b] = self.row(b, cells)
+            backbones[b] = self.row(b, cells, ensembles)
             self.pipeline.backbones[b].release()
+        cells.extend(ensembles.values())
         return cells, backbones
 
-    def row(self, b: str, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    def ensemble_row(self, m: str) -> dict[str, Any]:
+        """The one row of ensemble masker ``m``'s pseudo-masks: its members made them, no backbone did,
+        so no backbone row carries their values. A calibration row when a member reads ground truth."""
+        started = time.perf_counter()
+        members = self.plan.members[m]
+        calibration = any(self.pipeline.backbones[mb].calibration for mb, _ in members)
+        try:
+            part = self.pseudo_mask_part(None, m)
+        except StageError as err:
+            reason = f"a member of ensemble {m!r}: {err.reason}" if err.status == "unavailable" else err.reason
+            part = {"status": err.status, "reason": reason, "metrics": {}}
+        self.release_members(m, keep="")
+        cell = self.cell(None, m, None, calibration, part, None)
+        if part["status"] == "ok":
+            cost = self.masks_cost(ENSEMBLE_ROW, m, ["val"])
+            cell["timings"] = {"pseudo-masks": cost} if cost else {}
+        cell["seconds"] = round(time.perf_counter() - started, 3)
+        self._keep_draws(draws_key(cell, "pseudo-masks"), "pseudo-masks", cell.get("pseudo_masks"))
+        self.ctx.say(_summary_line(cell, self.rank_by))
+        return cell
+
+    @staticmethod
+    def _ensemble_masks(ensemble: dict[str, Any]) -> dict[str, Any]:
+        """A backbone row's pseudo-mask part for an ensemble's masks: their status, none of their
+        values (those are reported once, in the ensemble's own row, ``reported_in``)."""
+        part = ensemble["pseudo_masks"] or {}
+        return {"status": part.get("status", ensemble["status"]), "reason": part.get("reason", ensemble["reason"]),
+                **({"key": part["key"]} if "key" in part else {}), "metrics": {}, "reported_in": cell_id(ensemble)}
+
+    def row(self, b: str, cells: list[dict[str, Any]], ensembles: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         entry = self.plan.entry("backbones", b)
         started = time.perf_counter()
         calibration = bool(getattr(entry.spec, "calibration", False))
@@ -236,17 +273,21 @@ class CellWalker:
             pm_part: dict[str, Any] | None = None
             cell_started = time.perf_counter()
             ensemble = self.plan.is_ensemble(m)
+            if ensemble and students == [None]:
+                continue  # without a student, the ensemble's masks are its own row's alone
             if unavailable is None:
-                try:
-                    pm_part = self.pseudo_mask_part(b, m)
-                except StageError as err:
-                    if err.status == "unavailable" and not ensemble:
-                        unavailable = err.reason
-                    else:  # an ensemble member's backbone missing ends this cell, not the row
-                        reason = f"a member of ensemble {m!r}: {err.reason}" if ensemble and err.status == "unavailable" else err.reason
-                        pm_part = {"status": err.status, "reason": reason, "metrics": {}}
                 if ensemble:
-                    self.release_members(m, keep=b)
+                    if ensembles is None or m not in ensembles:  # a caller walking one row alone
+                        ensembles = {**(ensembles or {}), m: self.ensemble_row(m)}
+                    pm_part = self._ensemble_masks(ensembles[m])
+                else:
+                    try:
+                        pm_part = self.pseudo_mask_part(b, m)
+                    except StageError as err:
+                        if err.status != "unavailable":
+                            pm_part = {"status": err.status, "reason": err.reason, "metrics": {}}
+                        else:
+                            unavailable = err.reason
             pm_seconds = time.perf_counter() - cell_started
             # masks built from ground-truth-reading members are calibration results too
             cell_calibration = calibration or (ensemble and any(self.pipeline.backbones[mb].calibration for mb, _ in self.plan.members[m]))
@@ -260,6 +301,8 @@ class CellWalker:
                 self._keep_draws(draws_key(cell, "student"), "student", cell.get("student_stage"))
                 if unavailable is None:
                     self.ctx.say(_summary_line(cell, self.rank_by))
+            if ensemble and unavailable is None:  # its students loaded the members for the train split
+                self.release_members(m, keep=b)
         if unavailable is None and self.plan.metric_names_for("features"):
             # Metrics of the features alone (e.g. cost), per backbone, once its features exist.
             try:
@@ -294,11 +337,12 @@ class CellWalker:
         cells.extend(row_cells)
         return info
 
-    def cell(self, b: str, m: str, s: str | None, calibration: bool, pm_part: dict[str, Any] | None, unavailable: str | None) -> dict[str, Any]:
+    def cell(self, b: str | None, m: str, s: str | None, calibration: bool, pm_part: dict[str, Any] | None, unavailable: str | None) -> dict[str, Any]:
         cell: dict[str, Any] = {
             "backbone": b,
             "masker": m,
             "student": s,
+            "masks_from": masks_from(m, b, self.plan.members.get(m)),
             "calibration": calibration,
             "pretrained": None,
             "status": "ok",
@@ -315,7 +359,7 @@ class CellWalker:
             failed = _failed_metrics(pm_part["metrics"])  # type: ignore[index]
             if failed:
                 cell["status"], cell["reason"] = "failed", failed
-            if s is not None:
+            if s is not None and b is not None:
                 part = cell["student_stage"] = self.student_part(b, m, s)
                 if part["status"] != "ok" and cell["status"] == "ok":
                     cell["status"], cell["reason"] = part["status"], part["reason"]

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._evaluate import Scoring
 from ._finetune import INITS, FinetuneStage, labels_saved, resolve_budgets
+from ._sources import masks_label
 from ._stage import StageError
 from ._uncertainty import combine_repeats
 
@@ -95,7 +96,7 @@ def label_efficiency(cells: list[dict[str, Any]], ranking: dict[str, Any]) -> di
             saved, text = labels_saved([(p["k"], p["mean"]) for p in pseudo], base)
             for point in pseudo:  # what each point of the pseudo curve is worth in baseline labels
                 point["baseline_k"], point["baseline_k_text"] = labels_saved([(point["k"], point["mean"])], base)
-            rows.append({"backbone": cell["backbone"], "masker": cell["masker"], "student": cell["student"],
+            rows.append({"backbone": cell["backbone"], "masker": cell["masker"], "masks": masks_label(cell), "student": cell["student"],
                          "selection": selection, "budgets": part["budgets"], "pseudo": pseudo, "baseline": baseline,
                          "labels_saved": saved, "labels_saved_text": text})
     if not rows:

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from ._context import TERMINAL_WIDTH, fit_to_terminal, shorten
+from ._sources import ENSEMBLE_ROW, backbone_label, masks_label
 
 FORMATS = ("table", "markdown", "json", "csv")
 
@@ -47,7 +48,7 @@ def status_text(cell: dict[str, Any], width: int | None = None) -> str:
 
 
 def _cell_id(cell: dict[str, Any]) -> str:
-    return f"{cell['backbone']}/{cell['masker']}/{cell.get('student') or '-'}"
+    return f"{cell['backbone'] or ENSEMBLE_ROW}/{cell['masker']}/{cell.get('student') or '-'}"
 
 
 def headline_columns(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -90,8 +91,9 @@ def leaderboard(results: dict[str, Any]) -> dict[str, Any]:
         for position, entry in enumerate(ranked, start=1):
             cell = by_id[entry["id"]]
             rank = "-" if entry.get("value") is None else f"{position}{' ≈' if entry.get('within_noise_of_previous') else ''}"
-            row: dict[str, Any] = {"rank": rank,
-                                   "backbone": cell["backbone"], "masker": cell["masker"]}
+            # an ensemble's masks show as their source (``vote = a/kmeans + b/kmeans``): its own row
+            # has no backbone, a student row on them names the features' backbone and the masks
+            row: dict[str, Any] = {"rank": rank, "backbone": backbone_label(cell), "masker": masks_label(cell)}
             if any_student:
                 row["student"] = cell.get("student") or "-"
             for title, stage, metric, value in number_cols:
@@ -333,7 +335,7 @@ def _not_scored(rows: list[dict[str, Any]]) -> list[str]:
         if r["_status"] == "unavailable":
             # a whole row (its backbone), or one ensemble masker in every row (a member's backbone)
             ensemble = (r["_reason"] or "").startswith("a member of ensemble")
-            unavailable.setdefault(f"masker {r['masker']} (all rows)" if ensemble else r["backbone"], r["_reason"] or "")
+            unavailable.setdefault(f"masker {r['masker']}" if ensemble else r["backbone"], r["_reason"] or "")
         elif r["_status"] != "ok" and r["_reason"]:
             grouped.setdefault((r["_status"], r["_reason"]), []).append(r["_id"])
     lines += [line(status, _cells_named(ids), reason) for (status, reason), ids in grouped.items()]

@@ -59,10 +59,14 @@ def outlook(pipeline: Pipeline) -> list[str]:
     ctx, plan, data = pipeline.ctx, pipeline.plan, pipeline.data
     splits = ["train", "val"] if plan.students else ["val"]
     sizes = {split: len(data.ids(split)) for split in splits}
-    cells = len(plan.backbones) * len(plan.maskers) * max(1, len(plan.students))
+    ensembles = sum(1 for m in plan.maskers if plan.is_ensemble(m))
+    # an ensemble's masks are a row of their own; without a student no backbone row crosses them
+    crossed = len(plan.maskers) if plan.students else len(plan.maskers) - ensembles
+    cells = len(plan.backbones) * crossed * max(1, len(plan.students)) + ensembles
+    own_rows = f" + {ensembles} ensemble row(s)" if ensembles else ""
     lines = [
-        f"plan: {len(plan.backbones)} backbone(s) x {len(plan.maskers)} masker(s) x {max(1, len(plan.students))} "
-        f"student(s) = {cells} cell(s) on {plan.dataset} ({', '.join(f'{k} {v}' for k, v in sizes.items())} images); "
+        f"plan: {len(plan.backbones)} backbone(s) x {crossed} masker(s) x {max(1, len(plan.students))} "
+        f"student(s){own_rows} = {cells} cell(s) on {plan.dataset} ({', '.join(f'{k} {v}' for k, v in sizes.items())} images); "
         f"device {ctx.device}; {ctx.seeds} seed(s); workdir {ctx.workdir}"
     ]
     speeds = _measured_speeds(pipeline)

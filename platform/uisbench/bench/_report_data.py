@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ._sources import ENSEMBLE_ROW, cell_label
+
 #: results.json's part of a cell per stage name
 PARTS = {"pseudo-masks": "pseudo_masks", "student": "student_stage"}
 #: short stage names for column titles
@@ -19,13 +21,12 @@ SHORT = {"pseudo-masks": "pm", "student": "st"}
 
 
 def cell_id(cell: dict[str, Any]) -> str:
-    return f"{cell['backbone']}/{cell['masker']}/{cell.get('student') or '-'}"
+    return f"{cell['backbone'] or ENSEMBLE_ROW}/{cell['masker']}/{cell.get('student') or '-'}"
 
 
 def label(cell: dict[str, Any], *, student: bool = True) -> str:
-    """``backbone / masker`` (``/ student`` when it has one)."""
-    parts = [cell["backbone"], cell["masker"]] + ([cell["student"]] if student and cell.get("student") else [])
-    return " / ".join(parts)
+    """``backbone / masker`` (``/ student`` when it has one); an ensemble's masks by their source."""
+    return cell_label(cell, student=student)
 
 
 def result(cell: dict[str, Any], stage: str, metric: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import html
 from typing import Any
 
 from ._report_data import Ranked, View, fmt, fmt_ci, interval, label, number
+from ._sources import is_ensemble_row, masks_label, row_key
 
 Finding = tuple[str, str]
 
@@ -44,8 +45,17 @@ def _what(view: View) -> str:
 
 
 def _where(r: Ranked) -> str:
+    """`` with masker [+ student]`` (an ensemble's masks by their source); nothing for an ensemble's
+    own row, whose name already says where its masks came from."""
     c = r.cell
-    return html.escape(c["masker"] + (f" + {c['student']}" if c.get("student") else ""))
+    if is_ensemble_row(c):
+        return ""
+    return " with " + html.escape(masks_label(c) + (f" + {c['student']}" if c.get("student") else ""))
+
+
+def _who(r: Ranked) -> str:
+    """The backbone of a row, or for an ensemble's own row the ensemble and its members."""
+    return _b(("ensemble " if is_ensemble_row(r.cell) else "") + row_key(r.cell))
 
 
 def best_overall(view: View) -> list[Finding]:
@@ -53,10 +63,10 @@ def best_overall(view: View) -> list[Finding]:
     if not scored:
         return []
     top = scored[0]
-    text = f"Best contender: {_b(top.cell['backbone'])} with {_where(top)}, {_what(view)} {_val(top.value, top.ci)}"
+    text = f"Best contender: {_who(top)}{_where(top)}, {_what(view)} {_val(top.value, top.ci)}"
     if len(scored) > 1:
         nxt = scored[1]
-        text += (f"; its lead over {_b(nxt.cell['backbone'])} with {_where(nxt)} ({fmt(nxt.value)}) is "
+        text += (f"; its lead over {_who(nxt)}{_where(nxt)} ({fmt(nxt.value)}) is "
                  f"{_separation(view, top, nxt)[1]}.")
     else:
         text += " (the only scored contender)."
@@ -76,9 +86,9 @@ def best_overall(view: View) -> list[Finding]:
 def best_per_masker(view: View) -> list[Finding]:
     """The best backbone under each masker (and student), when the run has more than one masker."""
     groups: dict[tuple[str, str | None], list[Ranked]] = {}
-    for r in view.contenders:
-        if r.value is not None:
-            groups.setdefault((r.cell["masker"], r.cell.get("student")), []).append(r)
+    for r in view.contenders:  # an ensemble's own row has no backbone to compare under its masker
+        if r.value is not None and not is_ensemble_row(r.cell):
+            groups.setdefault((masks_label(r.cell), r.cell.get("student")), []).append(r)
     if len(groups) < 2 or len({r.cell["backbone"] for rows in groups.values() for r in rows}) < 2:
         return []
     parts = []
@@ -99,7 +109,7 @@ def masker_per_backbone(view: View) -> list[Finding]:
         return []
     by_backbone: dict[str, list[Ranked]] = {}
     for r in view.ranked:
-        if r.value is not None:
+        if r.value is not None and not is_ensemble_row(r.cell):
             by_backbone.setdefault(r.cell["backbone"], []).append(r)
     wins: dict[str, list[str]] = {}
     for backbone, rows in by_backbone.items():
@@ -197,7 +207,7 @@ def label_efficiency(results: dict[str, Any]) -> list[Finding]:
         if text == "-" or first is None:
             continue
         at = "with no labels" if first["k"] == 0 else f"with {first['k']} labels"
-        who = _b(" / ".join(str(row.get(k)) for k in ("backbone", "masker", "student") if row.get(k)))
+        who = _b(" / ".join(str(row.get(k)) for k in ("backbone", "masks", "student") if row.get(k)))
         reach = f"what pseudo-mask training reaches {at} ({value} {fmt(first['mean'])})"
         if text.startswith(">"):
             said = f"the baseline does not reach {reach} within {html.escape(text[1:])} labelled images"

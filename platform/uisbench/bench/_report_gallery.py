@@ -14,6 +14,8 @@ import base64
 import io
 from typing import Any
 
+from ._sources import row_key
+
 #: fill colours of the masks (tab10), drawn in order of decreasing area so small masks stay on top
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194),
            (188, 189, 34), (23, 190, 207), (127, 127, 127)]
@@ -109,8 +111,11 @@ def gallery(pipeline: Any, results: dict[str, Any], n_images: int) -> dict[str, 
     pairs: list[tuple[str, str, bool]] = []
     students: list[tuple[str, str, str]] = []
     for c in results.get("cells") or []:
-        if (c.get("pseudo_masks") or {}).get("status") == "ok" and (c["backbone"], c["masker"]) not in [p[:2] for p in pairs]:
-            pairs.append((c["backbone"], c["masker"], bool(c.get("calibration"))))
+        # an ensemble's masks once, under their source (the stage ignores the name in the backbone
+        # place); a student cell on them only points at that row (``reported_in``)
+        pm = c.get("pseudo_masks") or {}
+        if pm.get("status") == "ok" and not pm.get("reported_in") and (row_key(c), c["masker"]) not in [p[:2] for p in pairs]:
+            pairs.append((row_key(c), c["masker"], bool(c.get("calibration"))))
         if c.get("student") and (c.get("student_stage") or {}).get("status") == "ok":
             students.append((c["backbone"], c["masker"], c["student"]))
     if not ids or not pairs:

@@ -34,6 +34,7 @@ from ._report_data import (
     result,
     spread,
 )
+from ._sources import backbone_label, is_ensemble_row, masks_label, row_key
 
 ASSETS = Path(__file__).parent
 _e = html.escape
@@ -117,10 +118,13 @@ def table(results: dict[str, Any], view: View, scrub: Scrubber) -> str:
         c = r.cell
         tie = " ≈" if r.within_noise else ""
         tip = "within noise of the row above (paired bootstrap)" if r.within_noise else ""
-        text = " ".join([c["backbone"], c["masker"], c.get("student") or "", c["status"]]).lower()
+        backbone, masks = backbone_label(c), masks_label(c)
+        text = " ".join([backbone, masks, c.get("student") or "", c["status"]]).lower()
+        # an ensemble's own row has no backbone to link to; its masker cell names the members
+        who = _e(backbone) if is_ensemble_row(c) else f"<a href='#bb-{_e(backbone)}' class=bb>{_e(backbone)}</a>"
         cells = [f"<td class=num data-v='{r.position}' title='{tip}'>{r.position}{tie}</td>",
-                 f"<td data-v='{_e(c['backbone'])}'><a href='#bb-{_e(c['backbone'])}' class=bb>{_e(c['backbone'])}</a></td>",
-                 f"<td data-v='{_e(c['masker'])}'>{_e(c['masker'])}</td>"]
+                 f"<td data-v='{_e(backbone)}'>{who}</td>",
+                 f"<td data-v='{_e(masks)}'>{_e(masks)}</td>"]
         if any_student:
             cells.append(f"<td data-v='{_e(c.get('student') or '')}'>{_e(c.get('student') or '–')}</td>")
         for k, (_title, stage, metric, value) in enumerate(number_cols):
@@ -245,12 +249,12 @@ def gallery_html(gallery: dict[str, Any], view: View) -> str:
         return ""
     pairs = gallery["pairs"]
     backbones = list(dict.fromkeys(b for b, _, _ in pairs))
-    order = [r.cell["backbone"] for r in view.ranked if r.cell["backbone"] in backbones]
+    order = [row_key(r.cell) for r in view.ranked if row_key(r.cell) in backbones]
     backbones = list(dict.fromkeys(order + backbones))
     a = backbones[0]
     b = backbones[1] if len(backbones) > 1 else backbones[0]
     maskers = list(dict.fromkeys(m for _, m, _ in pairs))
-    top_masker = next((r.cell["masker"] for r in view.ranked if r.cell["backbone"] == a), maskers[0])
+    top_masker = next((r.cell["masker"] for r in view.ranked if row_key(r.cell) == a), maskers[0])
     calib = {bb for bb, _, c in pairs if c}
 
     def options(items: list[str], chosen: str, calibrated: set[str] = frozenset()) -> str:  # type: ignore[assignment]

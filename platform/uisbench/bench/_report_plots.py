@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._report_data import View, fmt, fmt_ci, fmt_rate, images_per_s, interval, label, number
+from ._sources import row_key
 from ._svg import PALETTE, SHAPES, Axes, empty, esc, nice_ticks, text_width
 
 #: cost axes of plot 2: (id, timings stages run one after the other, words)
@@ -31,10 +32,10 @@ class Styles:
     """Colour per backbone, shape per masker: the same in every plot."""
 
     def __init__(self, view: View) -> None:
-        backbones = list(dict.fromkeys(r.cell["backbone"] for r in view.contenders + view.calibration))
+        backbones = list(dict.fromkeys(row_key(r.cell) for r in view.contenders + view.calibration))
         self.colour = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(backbones)}
         self.shape = {m: SHAPES[i % len(SHAPES)] for i, m in enumerate(view.maskers)}
-        self.calibration = {r.cell["backbone"] for r in view.calibration}
+        self.calibration = {row_key(r.cell) for r in view.calibration}
 
     def legend(self, backbones: list[str], maskers: list[str]) -> list[tuple[str, str, str, bool]]:
         out = [(b + (" (calib.)" if b in self.calibration else ""), self.colour.get(b, "#444"), "circle", b in self.calibration)
@@ -65,9 +66,9 @@ def instance_plot(view: View, st: Styles) -> str:
         c = r.cell
         single = number(c, "pseudo-masks", "instance-awareness", "recall_single")
         multi = number(c, "pseudo-masks", "instance-awareness", "recall_multi")
-        if single is None or multi is None or (c["backbone"], c["masker"]) in seen:
+        if single is None or multi is None or (row_key(c), c["masker"]) in seen:
             continue
-        seen.add((c["backbone"], c["masker"]))
+        seen.add((row_key(c), c["masker"]))
         pts.append((c, single, multi, r.calibration))
     if not pts:
         return empty(600, 80, title, "No instance-awareness values in this run (metric entry instance-awareness).", "instance")
@@ -80,14 +81,14 @@ def instance_plot(view: View, st: Styles) -> str:
     ax.text(0.98, 0.04, "below the diagonal: same-class instances", anchor="end", cls="faint")
     ax.text(0.98, 0.04, "merged or missed", anchor="end", dy=-14, cls="faint")
     for c, single, multi, calib in pts:
-        colour = st.colour.get(c["backbone"], "#444")
+        colour = st.colour.get(row_key(c), "#444")
         ci_s = interval(c, "pseudo-masks", "instance-awareness", "recall_single")
         ci_m = interval(c, "pseudo-masks", "instance-awareness", "recall_multi")
         ax.errorbar(single, multi, xerr=ci_s, yerr=ci_m, colour=colour)
         tip = (f"{label(c, student=False)}: recall alone {fmt(single)} {fmt_ci(ci_s)}, with a sibling {fmt(multi)} {fmt_ci(ci_m)}"
                + (" (calibration)" if calib else ""))
         ax.point(single, multi, colour=colour, shape=st.shape.get(c["masker"], "circle"), hollow=calib, tip=tip)
-    backbones = list(dict.fromkeys(p[0]["backbone"] for p in pts))
+    backbones = list(dict.fromkeys(row_key(p[0]) for p in pts))
     maskers = list(dict.fromkeys(p[0]["masker"] for p in pts))
     return ax.render(st.legend(backbones, maskers), legend_title="backbone", plot_id="instance")
 
@@ -132,7 +133,7 @@ def cost_plot(view: View, st: Styles, cost: tuple[str, tuple[str, ...], str]) ->
     if len(front) > 1:
         ax.line([(pts[i][1], pts[i][2]) for i in front], "#111", dash="3 3", width=1.2, tip="Pareto front of the contenders")
     for i, (c, rate, q, ci, stage, calib) in enumerate(pts):
-        colour = st.colour.get(c["backbone"], "#444")
+        colour = st.colour.get(row_key(c), "#444")
         ax.errorbar(rate, q, yerr=ci, colour=colour)
         tip = (f"{label(c)}: {view.value} {fmt(q)} {fmt_ci(ci)} ({stage}); {fmt_rate(rate)} {unit}"
                + (" (calibration)" if calib else "") + (" - on the Pareto front" if i in front else ""))
@@ -141,7 +142,7 @@ def cost_plot(view: View, st: Styles, cost: tuple[str, tuple[str, ...], str]) ->
             k = front.index(i)
             low = ax.sy(q) > ax.top + 0.85 * ax.ph  # near the x axis: always above
             ax.text(rate, q, label(c, student=False), dx=9, dy=-9 - (12 if low and k % 2 else 0) if low or k % 2 == 0 else 17)
-    backbones = list(dict.fromkeys(p[0]["backbone"] for p in pts))
+    backbones = list(dict.fromkeys(row_key(p[0]) for p in pts))
     maskers = list(dict.fromkeys(p[0]["masker"] for p in pts))
     legend = st.legend(backbones, maskers) + [("Pareto front (ringed)", "#111", "line-dashed", False)]
     return ax.render(legend, legend_title="backbone", plot_id=f"cost-{key}")
@@ -261,7 +262,7 @@ def label_efficiency_plot(results: dict[str, Any], st: Styles) -> str | None:
             if baseline:
                 drawn_baselines.add(baseline_id)
             shape = "circle" if baseline else st.shape.get(r.get("masker"), "circle")
-            name = f"{who} · " + ("baseline" if baseline else str(r.get("masker")))
+            name = f"{who} · " + ("baseline" if baseline else str(r.get("masks") or r.get("masker")))
             ax.line([(x(p["k"]), float(p["mean"])) for p in pts], colour, dash="5 3" if baseline else None, width=1.8)
             for p in pts:
                 err = _series_err(p)

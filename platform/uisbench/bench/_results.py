@@ -21,7 +21,7 @@ from ..io import file_sha256
 
 SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _git(root: Path) -> dict[str, Any] | None:
