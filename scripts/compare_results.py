@@ -23,7 +23,7 @@ TIMING_METRICS = {"cost"}
 def _values(results: dict[str, Any]) -> dict[tuple[str, ...], Any]:
     out: dict[tuple[str, ...], Any] = {}
     for cell in results["cells"]:
-        where = (cell["backbone"], cell["masker"], str(cell.get("student")))
+        where = (cell["backbone"] or "*", cell["masker"], str(cell.get("student")))  # "*": an ensemble's own row
         out[(*where, "status")] = cell["status"]
         for stage in ("pseudo_masks", "student_stage"):
             for metric, result in ((cell.get(stage) or {}).get("metrics") or {}).items():
