@@ -333,7 +333,7 @@ def test_instance_awareness_recall_split():
     ]
     metric = feed(InstanceAwareness(), samples)
     values = metric.compute()
-    per_image = list(metric.images.values())  # [single total, single recalled, multi total, multi recalled, auroc]
+    per_image = list(metric.images.values())  # [single, recalled, multi, recalled, matched AUROC, unmatched AUROC]
     assert tuple(sum(row[k] for row in per_image) for k in range(4)) == (2, 1, 5, 1)
     assert values["recall_single"] == 0.5 and values["recall_multi"] == 0.2
     assert values["recall_ratio"] == pytest.approx(0.4)

@@ -16,12 +16,29 @@ Feature separability (needs ground truth and features)
     its share of the image, :meth:`uisbench.Preprocessing.coverage`): a patch belongs to an instance
     when most of its pixels do (patches claimed by two overlapping instances
     are dropped; instances smaller than half a patch have none). In each image, for the patches of
-    classes with two or more instances, every pair of patches is either "same instance" or "other
-    instance of the same class"; ``separability_auroc`` is the AUROC of the cosine similarity at
-    telling the two apart (0.5: cannot tell, 1: every same-instance pair is more similar than every
-    other-instance pair), computed per image and averaged over images. At most ``max_patches``
-    patches per image enter (a fixed random subset, seeded by the image id, so the value does not
-    depend on order or sharding).
+    classes with two or more instances, every pair of patches is either "same instance" (positive) or
+    "other instance of the same class" (negative), scored by the cosine similarity of their features.
+    At most ``max_patches`` patches per image enter (a fixed random subset, seeded by the image id, so
+    the value does not depend on order or sharding). Both AUROCs are computed per image and averaged
+    over images (0.5: cannot tell, 1: every same-instance pair is more similar than every
+    other-instance pair; ties count 1/2). Similarities are computed in float64 by a fixed loop (not
+    BLAS, whose sums may depend on the thread count) and rounded to ``SIMILARITY_DECIMALS`` (5)
+    decimals before ranking: float32 features give cosines to about 1e-7, and similarities equal in
+    exact arithmetic (a position code at equal offsets) must tie, not be ordered by rounding error
+    (which, unrounded, put ``position`` at 0.46):
+
+    ``separability_auroc`` (the headline): only a positive and a negative pair *at the same patch
+    offset distance* are compared, i.e. with equal squared Euclidean distance ``dy**2 + dx**2`` in
+    patches (integers: the strata are exact). The AUROC is the share of won comparisons within strata
+    over all within-stratum comparisons (``nan`` when no stratum holds both kinds). Why: the patches of
+    one instance lie closer together than those of two instances, so any feature that carries position
+    (a ViT's position embedding, the ``position`` and ``pixels`` backbones) tells near from far and
+    would score high without telling instances apart. On synth-instances the ``position`` backbone
+    (position only) scores 0.50 matched and 0.85-0.89 unmatched. Distances rounded to whole patches
+    are not enough: within such a bin same-instance pairs still lie closer (``position`` 0.54).
+
+    ``separability_auroc_unmatched``: every positive against every negative, whatever their distance
+    (the value before matching). Proximity-confounded: kept for comparison, not for ranking.
 
 Values are ``nan`` where undefined: no single- or multi-instance ground truth, or no features (the
 student stage has none: separability is then ``nan`` while the recall split is still computed).
@@ -39,7 +56,11 @@ HIGHER_IS_BETTER = {
     "recall_multi": True,
     "recall_ratio": True,
     "separability_auroc": True,
+    "separability_auroc_unmatched": True,
 }
+
+#: cosine similarities are rounded to this many decimals before they are ranked (see the module docstring)
+SIMILARITY_DECIMALS = 5
 
 
 def auroc(positive, negative) -> float:
@@ -58,6 +79,58 @@ def auroc(positive, negative) -> float:
         return math.nan
     ranks = rankdata(np.concatenate([pos, neg]))
     return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def stratified_auroc(positive, negative, positive_strata, negative_strata) -> float:
+    """AUROC counting only comparisons of a positive and a negative score in the same stratum.
+
+    ``sum_s U_s / sum_s n_pos,s n_neg,s``, with ``U_s`` the Mann-Whitney statistic of stratum ``s``
+    (average ranks for ties, so a tie counts 1/2, as in :func:`auroc`); strata are integer labels.
+    Twice the rank sums are integers (exact in float64 far beyond any image's pairs), so the value is
+    exact and does not depend on the order of the scores or the names of the strata. ``nan`` if no stratum holds both a positive and a negative score.
+    """
+    import numpy as np
+
+    pos = np.asarray(positive, dtype=np.float64).ravel()
+    neg = np.asarray(negative, dtype=np.float64).ravel()
+    strata = np.concatenate([np.asarray(positive_strata).ravel(), np.asarray(negative_strata).ravel()]).astype(np.int64)
+    scores = np.concatenate([pos, neg])
+    if strata.size != scores.size:
+        raise ValueError(f"stratified_auroc: {scores.size} scores but {strata.size} strata labels")
+    is_pos = np.r_[np.ones(pos.size, dtype=np.int64), np.zeros(neg.size, dtype=np.int64)]
+    n = scores.size
+    if n == 0:
+        return math.nan
+    order = np.lexsort((scores, strata))  # by stratum, then by score
+    strata, scores, is_pos = strata[order], scores[order], is_pos[order]
+    new_stratum = np.r_[True, strata[1:] != strata[:-1]]
+    new_group = new_stratum | np.r_[True, scores[1:] != scores[:-1]]  # a group: equal scores of one stratum
+    position = np.arange(n, dtype=np.int64)
+    stratum_start = np.maximum.accumulate(np.where(new_stratum, position, 0))
+    group_start = np.flatnonzero(new_group)
+    group_end = np.r_[group_start[1:], n]
+    group = np.cumsum(new_group) - 1
+    # twice the 1-based rank within the stratum, averaged over the tie group: an integer
+    twice_rank = (group_start + group_end + 1 - 2 * stratum_start[group_start])[group]
+    stratum = np.cumsum(new_stratum) - 1
+    n_pos = np.bincount(stratum, weights=is_pos).astype(np.int64)
+    n_all = np.bincount(stratum).astype(np.int64)
+    twice_rank_sum = np.bincount(stratum, weights=twice_rank * is_pos).astype(np.int64)
+    pairs = int((n_pos * (n_all - n_pos)).sum())
+    if pairs == 0:
+        return math.nan
+    twice_u = int((twice_rank_sum - n_pos * (n_pos + 1)).sum())
+    return twice_u / (2 * pairs)
+
+
+def squared_distances(rows, cols):
+    """``(n, n)`` int64 squared Euclidean distance, in patches, of every pair of grid positions
+    ``(rows[i], cols[i])``: integers, so pairs at equal distance are found exactly."""
+    import numpy as np
+
+    r = np.asarray(rows, dtype=np.int64)
+    c = np.asarray(cols, dtype=np.int64)
+    return (r[:, None] - r[None, :]) ** 2 + (c[:, None] - c[None, :]) ** 2
 
 
 def patch_labels(masks, height: int, width: int, grid: tuple[int, int], coverage: tuple[float, float] = (1.0, 1.0)):
@@ -95,9 +168,9 @@ def patch_labels(masks, height: int, width: int, grid: tuple[int, int], coverage
 
 
 PARAMS = (
-    uisbench.Param("iou", "float", 0.5, "IoU at which a candidate recalls a ground-truth instance"),
-    uisbench.Param("max_patches", "int", 256, "patches per image entering the separability AUROC (all pairs)"),
-    uisbench.Param("seed", "int", 0, "seed of the per-image patch subset"),
+    uisbench.Param("iou", "float", 0.5, "IoU at which a candidate recalls a ground-truth instance", gt=0, le=1),
+    uisbench.Param("max_patches", "int", 256, "patches per image entering the separability AUROCs (all pairs)", ge=2),
+    uisbench.Param("seed", "int", 0, "seed of the per-image patch subset", ge=0),
 )
 
 
@@ -109,14 +182,12 @@ class InstanceAwareness(uisbench.Metric):
 
     def __init__(self, iou: float = 0.5, max_patches: int = 256, seed: int = 0) -> None:
         super().__init__()
-        if not 0.0 < float(iou) <= 1.0:
-            raise uisbench.ConfigError(f"metric instance-awareness: iou must be in (0, 1], got {iou!r}.")
-        if int(max_patches) < 2:
-            raise uisbench.ConfigError(f"metric instance-awareness: max_patches must be >= 2, got {max_patches!r}.")
-        self.iou = float(iou)
-        self.max_patches = int(max_patches)
-        self.seed = int(seed)
-        #: image id -> [single total, single recalled, multi total, multi recalled, AUROC or None]
+        p = uisbench.complete_params("metric instance-awareness", PARAMS, {"iou": iou, "max_patches": max_patches, "seed": seed})
+        self.iou = float(p["iou"])
+        self.max_patches = int(p["max_patches"])
+        self.seed = int(p["seed"])
+        #: image id -> [single total, single recalled, multi total, multi recalled,
+        #:              distance-matched AUROC or None, unmatched AUROC or None]
         self.add_state("images", default={}, merge="union")
 
     # -- update ------------------------------------------------------------------------------
@@ -140,12 +211,13 @@ class InstanceAwareness(uisbench.Metric):
         counts = [int((~multi).sum()), int((hit & ~multi).sum()), int(multi.sum()), int((hit & multi).sum())]
 
         # Separability: only instances with a sibling of their class, only with features.
-        value = None
+        matched = unmatched = math.nan
         if sample.features is not None and multi.any():
-            value = self._separability(sample, [g for g, m in zip(gts, multi, strict=True) if m])
-        self.images[sample.record.id] = [*counts, None if value is None or math.isnan(value) else value]
+            matched, unmatched = self._separability(sample, [g for g, m in zip(gts, multi, strict=True) if m])
+        self.images[sample.record.id] = [*counts, *(None if math.isnan(v) else v for v in (matched, unmatched))]
 
-    def _separability(self, sample: uisbench.EvalSample, gts: list[uisbench.GroundTruth]) -> float:
+    def _separability(self, sample: uisbench.EvalSample, gts: list[uisbench.GroundTruth]) -> tuple[float, float]:
+        """(distance-matched AUROC, unmatched AUROC) of one image; ``nan`` where undefined."""
         import numpy as np
 
         feats = sample.features.detach().float().cpu().numpy()  # (C, h, w)
@@ -159,16 +231,21 @@ class InstanceAwareness(uisbench.Metric):
             rng = np.random.default_rng([self.seed, rec.id])
             idx = np.sort(rng.choice(idx, self.max_patches, replace=False))
         if idx.size < 2:
-            return math.nan
+            return math.nan, math.nan
         vectors = feats.reshape(c, h * w)[:, idx].T.astype(np.float64)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        sim = vectors @ vectors.T
+        # einsum without optimize runs numpy's own loop, not BLAS: the same sums in the same order on
+        # any thread count, so equal features give exactly equal similarities (ties count 1/2)
+        sim = np.round(np.einsum("ic,jc->ij", vectors, vectors), SIMILARITY_DECIMALS)
         inst = labels[idx]
         cls = np.array([gts[i].category for i in inst])
         upper = np.triu(np.ones_like(sim, dtype=bool), k=1)  # each unordered pair once
         same_class = cls[:, None] == cls[None, :]
         same_inst = inst[:, None] == inst[None, :]
-        return auroc(sim[upper & same_inst], sim[upper & same_class & ~same_inst])
+        positive, negative = upper & same_inst, upper & same_class & ~same_inst
+        d2 = squared_distances(idx // w, idx % w)
+        matched = stratified_auroc(sim[positive], sim[negative], d2[positive], d2[negative])
+        return matched, auroc(sim[positive], sim[negative])
 
     # -- result ------------------------------------------------------------------------------
 
@@ -193,9 +270,14 @@ class InstanceAwareness(uisbench.Metric):
         single = single_hit / single_total if single_total else math.nan
         multi = multi_hit / multi_total if multi_total else math.nan
         ratio = multi / single if single > 0 else math.nan  # nan stays nan
-        aurocs = [r[4] for r in rows if r[4] is not None]
-        sep = math.fsum(aurocs) / len(aurocs) if aurocs else math.nan
-        return {"recall_single": single, "recall_multi": multi, "recall_ratio": ratio, "separability_auroc": sep}
+        return {"recall_single": single, "recall_multi": multi, "recall_ratio": ratio,
+                "separability_auroc": _mean(r[4] for r in rows), "separability_auroc_unmatched": _mean(r[5] for r in rows)}
+
+
+def _mean(values) -> float:
+    """Mean of the defined values (``None`` left out), exactly rounded: independent of their order."""
+    defined = [v for v in values if v is not None]
+    return math.fsum(defined) / len(defined) if defined else math.nan
 
 
 @uisbench.hookimpl
