@@ -64,41 +64,41 @@ PARAMS: tuple[uisbench.Param, ...] = (
     P("batch_size", "int", 16, "images per iteration (the global batch: under torchrun the ranks share it)", ge=1),
     P("optimizer", "str", "sgd", "sgd (momentum 0.9) or adamw", choices=("sgd", "adamw")),
     P("lr", "float", 0.01, "base learning rate", gt=0),
-    P("weight_decay", "float", 5e-5, "weight decay"),
-    P("warmup_iters", "int", 1000, "linear warm-up iterations (from lr/1000)"),
-    P("lr_steps", "list[float]", [0.5], "fractions of the iterations where the lr is multiplied by lr_gamma"),
-    P("lr_gamma", "float", 0.02, "lr factor at each step"),
-    P("grad_clip", "float", 1.0, "clip the gradient norm of the whole model to this (0 = off)"),
+    P("weight_decay", "float", 5e-5, "weight decay", ge=0),
+    P("warmup_iters", "int", 1000, "linear warm-up iterations (from lr/1000)", ge=0),
+    P("lr_steps", "list[float]", [0.5], "fractions of the iterations where the lr is multiplied by lr_gamma", ge=0, le=1),
+    P("lr_gamma", "float", 0.02, "lr factor at each step", gt=0),
+    P("grad_clip", "float", 1.0, "clip the gradient norm of the whole model to this (0 = off)", ge=0),
     P("amp", "bool", True, "bf16 autocast on CUDA (ignored on CPU)"),
     P("min_size", "int", 800, "resnet*-fpn: shorter image side after resizing (frozen-ssl uses the backbone's size)", ge=1),
     P("max_size", "int", 1333, "resnet*-fpn: longest image side after resizing", ge=1),
     P("fpn_channels", "int", 256, "channels of the feature pyramid (frozen-ssl)", ge=1),
     P("representation_size", "int", 1024, "width of the box head's two MLP layers", ge=1),
     P("mask_head_channels", "int", 256, "channels of the four mask-head convolutions", ge=1),
-    P("anchor_sizes", "list[int]", [32, 64, 128, 256, 512], "RPN anchor size per pyramid level (5 levels), in detector-frame pixels"),
+    P("anchor_sizes", "list[int]", [32, 64, 128, 256, 512], "RPN anchor size per pyramid level (5 levels), in detector-frame pixels", ge=1),
     P("rpn_post_nms_top_n_train", "int", 4000, "proposals kept per image after RPN NMS in training (CutLER 4000)", ge=1),
-    P("rpn_nms_thresh", "float", 0.65, "RPN NMS IoU threshold (CutLER 0.65)"),
+    P("rpn_nms_thresh", "float", 0.65, "RPN NMS IoU threshold (CutLER 0.65)", ge=0, le=1),
     P("rpn_batch_size_per_image", "int", 256, "anchors sampled per image for the RPN loss", ge=1),
     P("box_batch_size_per_image", "int", 512, "proposals sampled per image for the RoI heads", ge=1),
-    P("box_positive_fraction", "float", 0.25, "positive fraction of the sampled proposals (CutLER 0.25)"),
+    P("box_positive_fraction", "float", 0.25, "positive fraction of the sampled proposals (CutLER 0.25)", gt=0, le=1),
     P("droploss", "bool", True, "DropLoss: no classification loss for proposals whose best IoU with any pseudo-mask box is <= droploss_iou"),
     P("droploss_iou", "float", 0.01, "DropLoss IoU threshold", gt=0),
     P("copy_paste", "bool", True, "copy-paste augmentation: paste instances of another training image"),
-    P("copy_paste_rate", "float", 1.0, "probability that an image gets pasted instances"),
-    P("copy_paste_scale", "list[float]", [0.3, 1.0], "range of the pasted instances' scale factor"),
+    P("copy_paste_rate", "float", 1.0, "probability that an image gets pasted instances", ge=0, le=1),
+    P("copy_paste_scale", "list[float]", [0.3, 1.0], "range of the pasted instances' scale factor", gt=0),
     P("hflip", "bool", True, "random horizontal flips"),
     P("self_training_rounds", "int", 0, "self-training rounds after the first training (CutLER: 1-2)", ge=0),
     P("self_training_thresholds", "list[float]", [0.7, 0.65], "score threshold of kept predictions, per round (the last repeats)", ge=0, le=1),
-    P("self_training_merge_iou", "float", 0.5, "earlier pseudo-masks are kept when their IoU with every kept prediction is below this"),
-    P("self_training_iterations", "int", None, "iterations of each self-training round (null = half of iterations)", nullable=True),
-    P("self_training_lr", "float", None, "lr of the self-training rounds (null = half of lr)", nullable=True),
+    P("self_training_merge_iou", "float", 0.5, "earlier pseudo-masks are kept when their IoU with every kept prediction is below this", ge=0, le=1),
+    P("self_training_iterations", "int", None, "iterations of each self-training round (null = half of iterations)", nullable=True, ge=1),
+    P("self_training_lr", "float", None, "lr of the self-training rounds (null = half of lr)", nullable=True, gt=0),
     P("self_training_droploss", "bool", False, "DropLoss during self-training rounds (CutLER: off)"),
     P("self_training_max_detections", "int", 30, "detections per image used to build self-training targets", ge=1),
     P("max_detections", "int", 100, "detections per evaluation image (300 for LVIS)", ge=1),
-    P("score_thresh", "float", 0.0, "minimum detection score at evaluation"),
+    P("score_thresh", "float", 0.0, "minimum detection score at evaluation", ge=0, le=1),
     P("checkpoint_every", "int", 1000, "write a checkpoint every this many iterations (and at the end of each round)", ge=1),
-    P("feature_cache_mb", "int", 0, "frozen-ssl: keep the frozen features of unaltered (not copy-pasted) training images, up to this many MB per rank (0 = off)"),
-    P("num_workers", "int", 0, "data-loader worker processes (0 = in the training process)"),
+    P("feature_cache_mb", "int", 0, "frozen-ssl: keep the frozen features of unaltered (not copy-pasted) training images, up to this many MB per rank (0 = off)", ge=0),
+    P("num_workers", "int", 0, "data-loader worker processes (0 = in the training process)", ge=0),
     P("predict_batch_size", "int", 8, "images per batch at prediction time", ge=1),
 )
 
@@ -109,11 +109,11 @@ _DEFAULTS: dict[str, Any] = {p.name: p.default for p in PARAMS}
 def check_params(params: Mapping[str, Any]) -> Any:
     """Problems the student would raise when built (``platform validate`` runs this too): the
     validation of :class:`MaskRCNNConfig`, on values that passed their own :class:`uisbench.Param` checks."""
-    if len(params["anchor_sizes"]) != 5 or min(params["anchor_sizes"], default=0) <= 0:
-        yield "anchor_sizes", "needs 5 positive sizes, one per pyramid level (strides 4..64)"
+    if len(params["anchor_sizes"]) != 5:  # each size's bound (>= 1) is declared in PARAMS
+        yield "anchor_sizes", "needs 5 sizes, one per pyramid level (strides 4..64)"
     scale = params["copy_paste_scale"]
-    if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
-        yield "copy_paste_scale", f"is [low, high] with 0 < low <= high, e.g. [0.3, 1.0]; got {list(scale)}"
+    if len(scale) != 2 or not scale[0] <= scale[1]:
+        yield "copy_paste_scale", f"is [low, high] with low <= high, e.g. [0.3, 1.0]; got {list(scale)}"
     if not params["self_training_thresholds"]:
         yield "self_training_thresholds", "needs at least one score threshold in [0, 1]"
     if params["detector_weights"] is not None and params["detector_backbone"] == "frozen-ssl":
