@@ -112,7 +112,7 @@ PARAMS = (
     uisbench.Param("train_annotations", "path", None, "annotations of the train split (default: annotations)",
                    nullable=True),
     uisbench.Param("train_max_images", "int", None, "train split: keep the first N images by id (null = all)",
-                   nullable=True),
+                   nullable=True, ge=1),
     uisbench.Param("train_unlabelled", "bool", False, "train split: also every image file of train_images that no "
                    "annotation file names, without ground truth (pseudo-labelled only; fine-tuning never draws it)"),
     uisbench.Param("transductive", "bool", False, "the train split is the evaluation split, on purpose (recorded "
@@ -122,7 +122,8 @@ PARAMS = (
                    nullable=True),
     uisbench.Param("file_list", "path", None, "text file of image file names to keep (one a line); "
                    "'coco20k' = the shipped COCO20K list", nullable=True),
-    uisbench.Param("max_dets", "int", 100, "detections per image the evaluation keeps (LVIS: 300)"),
+    uisbench.Param("max_dets", "int", 100, "detections per image the evaluation keeps (LVIS: 300); the coco metric entry must match",
+                   ge=10),
     uisbench.Param("skip_bad_images", "bool", False, "record bad images in dataset.skipped and go on instead of failing"),
     *SAFETY_PARAMS,
 )
@@ -500,10 +501,8 @@ def _resolve(base: Path, value: str | None) -> Path | None:
 def build(split: str = "val", **params: Any) -> CocoDataset:
     """Factory: resolve the preset and the paths, report every missing file at once, then load."""
     defaults = {p.name: p.default for p in PARAMS}
-    params = apply_preset("coco", PRESETS, defaults, {**defaults, **params})
-    unknown = set(params) - set(defaults)
-    if unknown:
-        raise uisbench.ConfigError(f"coco: unknown parameter(s) {sorted(unknown)}; known: {sorted(defaults)}.")
+    params = uisbench.complete_params("dataset coco", PARAMS, params)  # types and bounds, as `platform validate`
+    params = apply_preset("coco", PRESETS, defaults, params)
     if split not in ("train", "val"):
         raise uisbench.UnknownNameError("split", split, ("train", "val"))
     root_value = params["root"] or os.environ.get(ROOT_ENV) or DEFAULT_ROOT

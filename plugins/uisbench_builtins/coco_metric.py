@@ -58,6 +58,10 @@ def value_names(max_dets: int = 100) -> dict[str, bool]:
     return {**dict.fromkeys(_AP_KEYS, True), f"AR{max_dets}mask": True, f"AR{max_dets}box": True}
 
 
+#: maxDets is [1, 10, max_dets]: below 10 the largest would not be the last
+PARAMS = (uisbench.Param("max_dets", "int", 100, "detections kept per image (COCO 100, LVIS 300); names ARN", ge=10),)
+
+
 class CocoMetric(uisbench.Metric):
     """Class-agnostic COCO evaluation of masks (``segm``) and boxes (``bbox``).
 
@@ -66,8 +70,7 @@ class CocoMetric(uisbench.Metric):
 
     def __init__(self, max_dets: int = 100) -> None:
         super().__init__()
-        if not isinstance(max_dets, int) or isinstance(max_dets, bool) or max_dets < 10:
-            raise uisbench.ConfigError(f"metric coco: max_dets must be an integer >= 10, got {max_dets!r}.")
+        uisbench.complete_params("metric coco", PARAMS, {"max_dets": max_dets})
         self.max_dets = max_dets
         self.higher_is_better = value_names(max_dets)
         self.headline = ("AP50mask", "APmask", f"AR{max_dets}mask")
@@ -226,8 +229,7 @@ def _summary(evaluator: Any) -> list[float]:
 
 @uisbench.hookimpl
 def uisbench_metrics():
-    max_dets = uisbench.Param("max_dets", "int", 100, "detections kept per image (COCO 100, LVIS 300); names ARN")
     # needs ground truth and predictions, at both stages (the defaults); version 2: every value read at
     # max_dets (AP at 300 was nan), unchanged at 100
     description = "Class-agnostic COCO AP/AR of masks and boxes (pycocotools), small/medium/large."
-    yield uisbench.MetricSpec(name="coco", description=description, factory=CocoMetric, params=(max_dets,), version="2")
+    yield uisbench.MetricSpec(name="coco", description=description, factory=CocoMetric, params=PARAMS, version="2")

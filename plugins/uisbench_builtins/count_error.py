@@ -28,6 +28,12 @@ import math
 
 import uisbench
 
+#: The parameters, declared once with their bounds: the spec hands them to `platform validate`, the
+#: factory checks its arguments against them.
+PARAMS = (
+    uisbench.Param("score_threshold", "float", 0.5, "predictions with at least this score are counted (0: all)", ge=0, le=1),
+)
+
 
 class CountError(uisbench.Metric):
     """Mean absolute error of the instance count per image."""
@@ -39,11 +45,9 @@ class CountError(uisbench.Metric):
 
     def __init__(self, score_threshold: float = 0.5) -> None:
         super().__init__()
-        # Check arguments eagerly, with a message that says what to change.
-        if not 0.0 <= score_threshold <= 1.0:
-            raise uisbench.ConfigError(
-                f"metric count-error: score_threshold must be in [0, 1], got {score_threshold!r}."
-            )
+        # Check arguments eagerly against the declared PARAMS (type, bounds), as `platform validate` does:
+        # a uisbench.ConfigError that says what to change.
+        uisbench.complete_params("metric count-error", PARAMS, {"score_threshold": score_threshold})
         self.score_threshold = float(score_threshold)  # a parameter, not state: never merged
         # 2. State: the error of each image, keyed by its id; shards merge by union.
         self.add_state("errors", default={}, merge="union")
@@ -75,11 +79,7 @@ def uisbench_metrics():
         factory=CountError,
         name="count-error",
         description="Mean absolute difference between predicted and true instance counts per image.",
-        params=(
-            uisbench.Param(
-                "score_threshold", "float", 0.5, "predictions with at least this score are counted (0: all)"
-            ),
-        ),
+        params=PARAMS,
         needs=frozenset({"ground_truth", "predictions"}),  # the engine skips it on data without ground truth
         stages=frozenset({"pseudo-masks", "student"}),
         version="1",

@@ -32,7 +32,7 @@ PARAMS = (
     uisbench.Param("train_root", "path", None, "folder of the train split (default: root)", nullable=True),
     uisbench.Param("val_root", "path", None, "folder of the val split (default: root)", nullable=True),
     uisbench.Param("recursive", "bool", True, "also take images in sub-folders"),
-    uisbench.Param("max_images", "int", None, "keep only the first N images (sorted by path)", nullable=True),
+    uisbench.Param("max_images", "int", None, "keep only the first N images (sorted by path)", nullable=True, ge=1),
     uisbench.Param("skip_bad_images", "bool", False, "record bad images in dataset.skipped and go on instead of failing"),
     *SAFETY_PARAMS,
 )
@@ -101,11 +101,7 @@ class ImageFolder(SkipPolicy, uisbench.Dataset):
 
 
 def build(split: str = "val", **params: Any) -> ImageFolder:
-    defaults = {p.name: p.default for p in PARAMS}
-    params = {**defaults, **params}
-    unknown = set(params) - set(defaults)
-    if unknown:
-        raise uisbench.ConfigError(f"images: unknown parameter(s) {sorted(unknown)}; known: {sorted(defaults)}.")
+    params = uisbench.complete_params("dataset images", PARAMS, params)  # types and bounds, as `platform validate`
     if split not in ("train", "val"):
         raise uisbench.UnknownNameError("split", split, ("train", "val"))
     root = params[f"{split}_root"] or params["root"] or os.environ.get(ROOT_ENV)

@@ -233,15 +233,11 @@ class KMeansMasker(uisbench.GridMasker):
         eps: float = 1e-5,
         memory_gb: float | None = None,
     ) -> None:
-        where = "masker kmeans"
-        if not ks or any(int(k) < 1 for k in ks):
-            raise uisbench.ConfigError(f"{where}: ks must be a non-empty list of integers >= 1, got {ks!r}.")
-        if space not in ("features", "spectral"):
-            raise uisbench.ConfigError(f"{where}: space {space!r} is not features or spectral.")
-        if foreground not in ("none", "ncut", "border"):
-            raise uisbench.ConfigError(f"{where}: foreground {foreground!r} is not none, ncut or border.")
-        if iters < 1 or n_init < 1:
-            raise uisbench.ConfigError(f"{where}: iters and n_init must be >= 1.")
+        # every bound is declared once, in PARAMS: this refuses exactly what `platform validate` refuses
+        uisbench.complete_params("masker kmeans", PARAMS, dict(
+            ks=list(ks), space=space, n_eigs=n_eigs, iters=iters, n_init=n_init, seed=seed, min_area=min_area,
+            nms_iou=nms_iou, foreground=foreground, fg_overlap=fg_overlap, tau=tau, eps=eps, memory_gb=memory_gb,
+        ), check_params)
         super().__init__(memory_gb=memory_gb)
         self.ks = sorted({int(k) for k in ks})
         self.space = space
@@ -331,8 +327,14 @@ class KMeansMasker(uisbench.GridMasker):
         return [spectral.foreground_side(fied.vectors[b], dims) for b in range(B)]
 
 
+def check_params(params):
+    """What the bounds of :data:`PARAMS` cannot say (``platform validate`` runs this too)."""
+    if not params["ks"]:
+        yield "ks", "must name at least one number of clusters, e.g. [2, 3, 4]"
+
+
 PARAMS = (
-    uisbench.Param("ks", "list[int]", [2, 3, 4, 5, 6], "numbers of clusters; candidates of all are pooled"),
+    uisbench.Param("ks", "list[int]", [2, 3, 4, 5, 6], "numbers of clusters; candidates of all are pooled", ge=1),
     uisbench.Param(
         "space",
         "str",
@@ -340,12 +342,12 @@ PARAMS = (
         "cluster L2-normalised features or spectral embeddings",
         choices=("features", "spectral"),
     ),
-    uisbench.Param("n_eigs", "int", None, "spectral space: eigenvectors used (null = K for K clusters)", nullable=True),
-    uisbench.Param("iters", "int", 50, "maximum Lloyd iterations"),
-    uisbench.Param("n_init", "int", 3, "k-means++ restarts; the lowest inertia wins"),
-    uisbench.Param("seed", "int", 0, "seed of the k-means++ sampling"),
-    uisbench.Param("min_area", "float", 0.01, "drop candidates smaller than this fraction of the grid"),
-    uisbench.Param("nms_iou", "float", 0.5, "mask NMS threshold across K"),
+    uisbench.Param("n_eigs", "int", None, "spectral space: eigenvectors used (null = K for K clusters)", nullable=True, ge=1),
+    uisbench.Param("iters", "int", 50, "maximum Lloyd iterations", ge=1),
+    uisbench.Param("n_init", "int", 3, "k-means++ restarts; the lowest inertia wins", ge=1),
+    uisbench.Param("seed", "int", 0, "seed of the k-means++ sampling", ge=0),
+    uisbench.Param("min_area", "float", 0.01, "drop candidates smaller than this fraction of the grid", ge=0, le=1),
+    uisbench.Param("nms_iou", "float", 0.5, "mask NMS threshold across K", ge=0, le=1),
     uisbench.Param(
         "foreground",
         "str",
@@ -353,11 +355,12 @@ PARAMS = (
         "foreground filter: none, border (K=2 cluster touching the border least) or ncut",
         choices=("none", "ncut", "border"),
     ),
-    uisbench.Param("fg_overlap", "float", 0.5, "keep a candidate when this share of it lies in the foreground"),
+    uisbench.Param("fg_overlap", "float", 0.5, "keep a candidate when this share of it lies in the foreground", ge=0, le=1),
     uisbench.Param(
-        "tau", "float", None, "graph threshold for scores and the ncut filter; null = by patch size", nullable=True
+        "tau", "float", None, "graph threshold (a cosine) for scores and the ncut filter; null = by patch size",
+        nullable=True, ge=-1, le=1,
     ),
-    uisbench.Param("eps", "float", 1e-5, "weight of non-edges in the scoring graph"),
+    uisbench.Param("eps", "float", 1e-5, "weight of non-edges in the scoring graph", gt=0),
     uisbench.grid.MEMORY_PARAM,
 )
 
@@ -365,4 +368,5 @@ PARAMS = (
 @uisbench.hookimpl
 def uisbench_maskers():
     description = "Multi-K k-means (optionally spectral) clusters split into components, deduplicated by mask NMS."
-    yield uisbench.MaskerSpec(name="kmeans", description=description, factory=KMeansMasker, params=PARAMS, version="2")
+    yield uisbench.MaskerSpec(name="kmeans", description=description, factory=KMeansMasker, params=PARAMS, version="2",
+                              check=check_params)

@@ -63,8 +63,8 @@ class NCutMasker(uisbench.GridMasker):
 
     def __init__(self, *, tau: float | None = None, n_masks: int = 3, eps: float = 1e-5, solver: str = "torch",
                  precision: str = "float32", min_score: float | None = None, memory_gb: float | None = None) -> None:
-        uisbench.raise_problems("masker ncut", check_params(dict(n_masks=n_masks, eps=eps, solver=solver, precision=precision,
-                                                                 min_score=min_score)))
+        uisbench.complete_params("masker ncut", PARAMS, dict(tau=tau, n_masks=n_masks, eps=eps, solver=solver, precision=precision,
+                                                             min_score=min_score, memory_gb=memory_gb), check_params)
         super().__init__(memory_gb=memory_gb)
         self.tau, self.n_masks = tau, int(n_masks)
         self.eps, self.solver, self.precision = float(eps), solver, precision
@@ -229,17 +229,14 @@ def maskcut_patch_masks(
 def check_params(params):
     """Problems the factory would raise (``platform validate`` runs this too)."""
     yield from spectral.check_cut_params(params)
-    if params["n_masks"] < 1:
-        yield "n_masks", f"must be >= 1, got {params['n_masks']}"
-    if params.get("min_score") is not None and not 0.0 <= params["min_score"] <= 1.0:
-        yield "min_score", f"must be in [0, 1] or null, got {params['min_score']}"
 
 
 PARAMS = (
-    uisbench.Param("tau", "float", None, "affinity threshold; null = 0.15 for patch 8, 0.2 otherwise (MaskCut)", nullable=True),
-    uisbench.Param("n_masks", "int", 3, "number of cuts per image (MaskCut's N); the most per image with min_score"),
+    uisbench.Param("tau", "float", None, "affinity threshold (a cosine); null = 0.15 for patch 8, 0.2 otherwise (MaskCut)",
+                   nullable=True, ge=-1, le=1),
+    uisbench.Param("n_masks", "int", 3, "number of cuts per image (MaskCut's N); the most per image with min_score", ge=1),
     uisbench.Param("min_score", "float", None, "adaptive stop: an image stops at its first mask scoring below this, "
-                   "or when MaskCut runs dry; null = always n_masks cuts", nullable=True),
+                   "or when MaskCut runs dry; null = always n_masks cuts", nullable=True, ge=0, le=1),
     *spectral.CUT_PARAMS,
     uisbench.grid.MEMORY_PARAM,
 )

@@ -62,20 +62,16 @@ def _orthonormal_rows(vectors: np.ndarray) -> np.ndarray:
 
 def check_params(params):
     """Problems the factory would raise (``platform validate`` runs this too)."""
-    yield from uisbench.grid.check_grid_params(params)
-    if params["dim"] < 2:
-        yield "dim", f"must be at least 2, got {params['dim']}"
-    for name in ("instance_weight", "noise"):
-        if params[name] < 0:
-            yield name, f"must be >= 0, got {params[name]}"
+    yield from uisbench.grid.check_grid_params(params)  # size a multiple of patch_size: two parameters
 
 
 PARAMS = (
-    uisbench.Param("instance_weight", "float", 1.0, "weight b of the instance vector relative to the class vector (0 = semantic only)"),
-    uisbench.Param("noise", "float", 0.05, "standard deviation of the Gaussian noise added to each patch feature"),
-    uisbench.Param("dim", "int", 64, "feature channels"),
+    uisbench.Param("instance_weight", "float", 1.0, "weight b of the instance vector relative to the class vector (0 = semantic only)",
+                   ge=0),
+    uisbench.Param("noise", "float", 0.05, "standard deviation of the Gaussian noise added to each patch feature", ge=0),
+    uisbench.Param("dim", "int", 64, "feature channels", ge=2),
     *uisbench.grid.GRID_PARAMS,
-    uisbench.Param("seed", "int", 0, "seed of the class, instance and noise vectors"),
+    uisbench.Param("seed", "int", 0, "seed of the class, instance and noise vectors", ge=0),
 )
 
 
@@ -87,8 +83,8 @@ class OracleBackbone(uisbench.GridBackbone):
     def __init__(self, *, instance_weight: float = 1.0, noise: float = 0.05, dim: int = 64, size: int = 128,
                  patch_size: int = 8, resize: str = "square", seed: int = 0) -> None:
         where = "backbone oracle"
-        uisbench.raise_problems(where, check_params(dict(instance_weight=instance_weight, noise=noise, dim=dim, size=size,
-                                                         patch_size=patch_size, resize=resize)))
+        uisbench.complete_params(where, PARAMS, dict(instance_weight=instance_weight, noise=noise, dim=dim, size=size,
+                                                     patch_size=patch_size, resize=resize, seed=seed), check_params)
         super().__init__(size=size, patch_size=patch_size, resize=resize, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), where=where)
         self.instance_weight = float(instance_weight)
         self.noise = float(noise)

@@ -19,17 +19,14 @@ if TYPE_CHECKING:
 
 PARAMS = (
     *uisbench.grid.GRID_PARAMS,
-    uisbench.Param("position_weight", "float", 1.0, "scale of the x, y channels relative to colour"),
-    uisbench.Param("histogram_bins", "int", 0, "bins per channel of a colour histogram per patch (0 = none)"),
+    uisbench.Param("position_weight", "float", 1.0, "scale of the x, y channels relative to colour", ge=0),
+    uisbench.Param("histogram_bins", "int", 0, "bins per channel of a colour histogram per patch (0 = none)", ge=0),
 )
 
 
 def check_params(params):
     """Problems the factory would raise (``platform validate`` runs this too)."""
-    yield from uisbench.grid.check_grid_params(params)
-    for name in ("position_weight", "histogram_bins"):
-        if params[name] < 0:
-            yield name, f"must be >= 0, got {params[name]}"
+    yield from uisbench.grid.check_grid_params(params)  # size a multiple of patch_size: two parameters
 
 
 class PixelsBackbone(uisbench.GridBackbone):
@@ -38,8 +35,8 @@ class PixelsBackbone(uisbench.GridBackbone):
     def __init__(self, *, size: int = 128, patch_size: int = 8, resize: str = "square", position_weight: float = 1.0,
                  histogram_bins: int = 0) -> None:
         where = "backbone pixels"
-        uisbench.raise_problems(where, check_params(dict(size=size, patch_size=patch_size, resize=resize,
-                                                         position_weight=position_weight, histogram_bins=histogram_bins)))
+        uisbench.complete_params(where, PARAMS, dict(size=size, patch_size=patch_size, resize=resize,
+                                                     position_weight=position_weight, histogram_bins=histogram_bins), check_params)
         super().__init__(size=size, patch_size=patch_size, resize=resize, where=where)  # mean 0, std 1: pixels in [0, 1]
         self.position_weight = float(position_weight)
         self.histogram_bins = int(histogram_bins)

@@ -280,8 +280,8 @@ class ProMergeMasker(uisbench.GridMasker):
         unknown = sorted(set(thresholds) - set(known))
         if unknown:
             raise TypeError(f"ProMergeMasker got unknown parameter(s) {', '.join(unknown)}")
-        values = {**asdict(DEFAULTS), **thresholds}
-        uisbench.raise_problems(f"masker {self.name}", check_params(values))
+        values = uisbench.complete_params(f"masker {self.name}", PARAMS, {**asdict(DEFAULTS), **thresholds, "memory_gb": memory_gb})
+        del values["memory_gb"]
         self.params = ProMergeParams(**{k: (int if known[k] == "int" else float)(v) for k, v in values.items()})
 
     def grid_masks(
@@ -296,26 +296,25 @@ class ProMergeMasker(uisbench.GridMasker):
         return out
 
 
-def check_params(params):
-    """Problems the factory would raise (``platform validate`` runs this too)."""
-    if params["stride"] < 1:
-        yield "stride", f"must be >= 1, got {params['stride']}"
-    if not params["eps"] > 0:
-        yield "eps", f"must be > 0, got {params['eps']}"
-
-
 PARAMS = (
-    uisbench.Param("stride", "int", DEFAULTS.stride, "a prompt seed every stride patches along rows and columns"),
-    uisbench.Param("tau", "float", DEFAULTS.tau, "prompt threshold on the cosine similarity to the seed (bipartition_tau)"),
-    uisbench.Param("cc_area", "float", DEFAULTS.cc_area, "keep a prompt's components down to this share of the seed's own"),
-    uisbench.Param("iou_filter", "float", DEFAULTS.iou_filter, "drop a candidate lying this much in the background (iou_filter_tau)"),
+    uisbench.Param("stride", "int", DEFAULTS.stride, "a prompt seed every stride patches along rows and columns", ge=1),
+    uisbench.Param("tau", "float", DEFAULTS.tau, "prompt threshold on the cosine similarity to the seed (bipartition_tau)",
+                   ge=-1, le=1),
+    uisbench.Param("cc_area", "float", DEFAULTS.cc_area, "keep a prompt's components down to this share of the seed's own",
+                   ge=0),
+    uisbench.Param("iou_filter", "float", DEFAULTS.iou_filter, "drop a candidate lying this much in the background (iou_filter_tau)",
+                   ge=0, le=1),
     uisbench.Param(
-        "fg_include", "float", DEFAULTS.fg_include, "drop a candidate whose mean feature is this similar to the background's"
+        "fg_include", "float", DEFAULTS.fg_include, "drop a candidate whose mean feature is this similar to the background's",
+        ge=-1, le=1,
     ),
-    uisbench.Param("merge_intersection", "float", DEFAULTS.merge_intersection, "merge when the overlap exceeds this share of the candidate"),
-    uisbench.Param("merge_ioa", "float", DEFAULTS.merge_ioa, "merge from this overlap when the mean features are similar"),
-    uisbench.Param("merge_similarity", "float", DEFAULTS.merge_similarity, "mean-feature similarity that counts as similar (dino_merge_tau)"),
-    uisbench.Param("eps", "float", DEFAULTS.eps, "added to feature norms before normalising (ProMerge)"),
+    uisbench.Param("merge_intersection", "float", DEFAULTS.merge_intersection, "merge when the overlap exceeds this share of the candidate",
+                   ge=0, le=1),
+    uisbench.Param("merge_ioa", "float", DEFAULTS.merge_ioa, "merge from this overlap when the mean features are similar",
+                   ge=0, le=1),
+    uisbench.Param("merge_similarity", "float", DEFAULTS.merge_similarity, "mean-feature similarity that counts as similar (dino_merge_tau)",
+                   ge=-1, le=1),
+    uisbench.Param("eps", "float", DEFAULTS.eps, "added to feature norms before normalising (ProMerge)", gt=0),
     uisbench.grid.MEMORY_PARAM,
 )
 
@@ -323,4 +322,4 @@ PARAMS = (
 @uisbench.hookimpl
 def uisbench_maskers():
     description = "ProMerge: prompt masks from seed similarities, background cascade filter, merging (ECCV 2024)."
-    yield uisbench.MaskerSpec(name="promerge", description=description, factory=ProMergeMasker, params=PARAMS, check=check_params)
+    yield uisbench.MaskerSpec(name="promerge", description=description, factory=ProMergeMasker, params=PARAMS)

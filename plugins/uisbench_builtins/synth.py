@@ -86,25 +86,14 @@ class SynthConfig:
             raise uisbench.ConfigError("synth-instances: " + "; ".join(problems) + ".")
 
     def problems(self) -> list[str]:
+        """What the bounds of :data:`PARAMS` (checked by :func:`build`) cannot say."""
         problems = []
-        if self.size < 32:
-            problems.append(f"size must be >= 32 pixels (got {self.size})")
-        elif self.size * self.size > uisbench.data.DEFAULT_MAX_IMAGE_PIXELS:  # a registry typo must not eat the memory
+        if self.size * self.size > uisbench.data.DEFAULT_MAX_IMAGE_PIXELS:  # a registry typo must not eat the memory
             limit = uisbench.data.DEFAULT_MAX_IMAGE_PIXELS
             problems.append(f"size {self.size} makes {self.size**2:,} pixels per image, over the {limit:,} of "
                             f"uisbench.data.DEFAULT_MAX_IMAGE_PIXELS; use size <= {math.isqrt(limit)}")
-        if self.images < 1:
-            problems.append(f"images must be >= 1 (got {self.images})")
-        if not 1 <= self.min_instances <= self.max_instances:
-            problems.append(f"need 1 <= min_instances <= max_instances (got {self.min_instances}, {self.max_instances})")
-        if self.max_instances > 30:
-            problems.append(f"max_instances must be <= 30 (got {self.max_instances})")
-        if not 0.0 <= self.overlap <= 1.0:
-            problems.append(f"overlap must be in [0, 1] (got {self.overlap})")
-        if not 0.0 <= self.single_fraction <= 1.0:
-            problems.append(f"single_fraction must be in [0, 1] (got {self.single_fraction})")
-        if self.difficulty not in DIFFICULTY:
-            problems.append(f"difficulty must be one of {', '.join(DIFFICULTY)} (got {self.difficulty!r})")
+        if self.min_instances > self.max_instances:
+            problems.append(f"need min_instances <= max_instances (got {self.min_instances}, {self.max_instances})")
         unknown = [c for c in self.classes if c not in CLASSES]
         if unknown or not self.classes:
             problems.append(f"classes must be a non-empty subset of {', '.join(CLASSES)} (got {list(self.classes)})")
@@ -392,20 +381,22 @@ class SynthInstances(uisbench.Dataset):
 PARAMS = (
     uisbench.Param("preset", "str", None, "named knob set: small (CPU default) or large (GPU: 4000/1000 images at 480 px)",
                    choices=tuple(PRESETS), nullable=True),
-    uisbench.Param("size", "int", 128, "image side in pixels (square images)"),
+    uisbench.Param("size", "int", 128, "image side in pixels (square images)", ge=32),
     uisbench.Param("images", "int", None, "number of images of the split being built (overrides train_images/val_images)",
-                   nullable=True),
-    uisbench.Param("train_images", "int", 48, "number of train images"),
-    uisbench.Param("val_images", "int", 24, "number of val images"),
-    uisbench.Param("min_instances", "int", 1, "fewest instances per image"),
-    uisbench.Param("max_instances", "int", 4, "most instances per image"),
-    uisbench.Param("overlap", "float", 0.6, "probability that a same-class instance touches/overlaps another (0..1)"),
-    uisbench.Param("single_fraction", "float", 0.25, "share of single-instance images (when min_instances is 1)"),
+                   nullable=True, ge=1),
+    uisbench.Param("train_images", "int", 48, "number of train images", ge=1),
+    uisbench.Param("val_images", "int", 24, "number of val images", ge=1),
+    uisbench.Param("min_instances", "int", 1, "fewest instances per image", ge=1),
+    uisbench.Param("max_instances", "int", 4, "most instances per image", ge=1, le=30),
+    uisbench.Param("overlap", "float", 0.6, "probability that a same-class instance touches/overlaps another",
+                   ge=0, le=1),
+    uisbench.Param("single_fraction", "float", 0.25, "share of single-instance images (when min_instances is 1)",
+                   ge=0, le=1),
     uisbench.Param("difficulty", "str", "medium", "how similar instances and background look", choices=tuple(DIFFICULTY)),
     uisbench.Param("classes", "list[str]", None, f"subset of the classes ({', '.join(CLASSES)}); null = all",
                    nullable=True),
-    uisbench.Param("seed", "int", 0, "generator seed; train and val use different streams of it"),
-    uisbench.Param("cache_size", "int", 128, "generated images kept in memory (LRU)"),
+    uisbench.Param("seed", "int", 0, "generator seed; train and val use different streams of it", ge=0),
+    uisbench.Param("cache_size", "int", 128, "generated images kept in memory (LRU)", ge=0),
     uisbench.Param("skip_bad_images", "bool", False, "accepted like every built-in dataset's; generated images are never bad"),
 )
 
@@ -413,9 +404,7 @@ PARAMS = (
 def _config(split: str, params: dict[str, Any]) -> tuple[SynthConfig, dict[str, Any]]:
     defaults = {p.name: p.default for p in PARAMS}
     params = apply_preset("synth-instances", PRESETS, defaults, {**defaults, **params})
-    unknown = set(params) - set(defaults)
-    if unknown:
-        raise uisbench.ConfigError(f"synth-instances: unknown parameter(s) {sorted(unknown)}; known: {sorted(defaults)}.")
+    params = uisbench.complete_params("dataset synth-instances", PARAMS, params)  # types and bounds, as `platform validate`
     images = params["images"]
     if images is None:
         images = params["train_images"] if split == "train" else params["val_images"]

@@ -78,11 +78,12 @@ def vit_params(model_default: Any, model_help: str, model_choices: tuple[str, ..
         P("weights", "path", None, "local checkpoint (.pth/.bin/.safetensors); DINO/MAE published layouts are unwrapped"),
         P("pretrained", "bool", True, "false = random initialisation on purpose (recorded in every result)"),
         P("facet", "str", "key", "which features: attention key/query/value of the block, or its output token", choices=FACETS),
+        # layer: its range is the model's depth, known once timm has built it (the factory checks it)
         P("layer", "int", -1, "block whose features are taken; negative counts from the end (-1 = last)"),
-        P("size", "int", 480, "square input side in pixels (a multiple of the patch size)"),
+        P("size", "int", 480, "square input side in pixels (a multiple of the patch size)", ge=1),
         P("resize", "str", "square", "square: stretch to size x size (MaskCut); pad: keep aspect ratio, pad", choices=uisbench.grid.RESIZE_POLICIES),
         P("mean", "list[float]", None, "RGB normalisation mean; null = the weights' timm pretrained_cfg"),
-        P("std", "list[float]", None, "RGB normalisation std; null = the weights' timm pretrained_cfg"),
+        P("std", "list[float]", None, "RGB normalisation std; null = the weights' timm pretrained_cfg", gt=0),
         P("precision", "str", "auto", "auto: bf16 autocast on CUDA, fp32 on CPU; fp32 or bf16 to force", choices=PRECISIONS),
         P("model_kwargs", "dict", None, "extra timm.create_model arguments (architecture overrides such as depth)"),
     )
@@ -103,8 +104,8 @@ def check_vit_params(params: Mapping[str, Any]) -> Iterator[tuple[str | None, st
         yield "pretrained", f"`pretrained: false` contradicts `weights: {params['weights']}`; drop one"
     for name in ("mean", "std"):
         value = params.get(name)
-        if value is not None and (len(value) != 3 or (name == "std" and min(value) <= 0)):
-            yield name, f"must be three numbers{' > 0' if name == 'std' else ''}, got {list(value)}"
+        if value is not None and len(value) != 3:
+            yield name, f"must be three numbers (R, G, B), got {list(value)}"
     found = _PATCH_IN_NAME.search(str(params.get("model") or ""))
     patch = kwargs.get("patch_size", int(found.group(1)) if found else None)
     size = params.get("size")
@@ -348,14 +349,13 @@ class TimmViT(uisbench.GridBackbone):
             raise uisbench.PluginError("the ViT backbones need timm: pip install 'timm>=1.0.9'") from err
 
         where = f"backbone {plugin} ({model})"
-        if facet not in FACETS:
-            raise uisbench.ConfigError(f"{where}: facet {facet!r} is not one of {', '.join(FACETS)}.")
-        if resize not in uisbench.grid.RESIZE_POLICIES:
-            raise uisbench.ConfigError(f"{where}: resize {resize!r} is not one of {', '.join(uisbench.grid.RESIZE_POLICIES)}.")
-        if precision not in PRECISIONS:
-            raise uisbench.ConfigError(f"{where}: precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
-        uisbench.raise_problems(where, check_vit_params(dict(model=model, weights=weights, pretrained=pretrained, size=size,
-                                                              mean=mean, std=std, model_kwargs=model_kwargs)))
+        # types, choices and bounds as declared (vit_params), then the combinations: what `platform validate` checks
+        uisbench.complete_params(where, vit_params(uisbench.REQUIRED, "timm model name"), dict(
+            model=model, weights=None if weights is None else os.fspath(weights), pretrained=pretrained, facet=facet,
+            layer=layer, size=size, resize=resize, precision=precision,
+            model_kwargs=None if model_kwargs is None else dict(model_kwargs),
+            mean=None if mean is None else list(mean), std=None if std is None else list(std),
+        ), check_vit_params)
         kwargs = dict(model_kwargs or {})
 
         self.model_name = model

@@ -112,8 +112,9 @@ class TokenCutMasker(uisbench.GridMasker):
         precision: str = "float32",
         memory_gb: float | None = None,
     ) -> None:
+        uisbench.complete_params(f"masker {self.name}", PARAMS, dict(tau=tau, eps=eps, solver=solver, precision=precision,
+                                                                     memory_gb=memory_gb), check_params)
         super().__init__(memory_gb=memory_gb)
-        uisbench.raise_problems(f"masker {self.name}", check_params(dict(eps=eps, solver=solver, precision=precision)))
         self.tau = float(tau)
         self.eps = float(eps)
         self.solver = solver
@@ -135,7 +136,8 @@ def check_params(params):
 
 PARAMS = (
     uisbench.Param(
-        "tau", "float", 0.2, "affinity threshold of the binarised graph (TokenCut: 0.2 for every patch size)"
+        "tau", "float", 0.2, "affinity threshold (a cosine) of the binarised graph (TokenCut: 0.2 for every patch size)",
+        ge=-1, le=1,
     ),
     *uisbench.spectral.CUT_PARAMS,
     uisbench.grid.MEMORY_PARAM,
