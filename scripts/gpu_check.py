@@ -56,11 +56,11 @@ class Step:
 
 
 STEPS: tuple[Step, ...] = (
-    Step("install", "-", {"cuda": 15, "cpu": 5}),
+    Step("install", "-", {"cuda": 30, "cpu": 15}),
     Step("import-check", "-", {"cuda": 15, "cpu": 15}),
     Step("e2e", "end to end: ViT-B/8 480 px x ncut, COCO val2017 projection", {"cuda": 140, "cpu": 40}),
     Step("bench_backbone", "`benchmarks/bench_backbone.py`", {"cuda": 35, "cpu": 20}),
-    Step("bench_ncut", "`benchmarks/bench_ncut.py`", {"cuda": 40, "cpu": 20}),
+    Step("bench_ncut", "`benchmarks/bench_ncut.py`", {"cuda": 80, "cpu": 20}),
     Step("bench_student", "`benchmarks/bench_student.py`", {"cuda": 50, "cpu": 25}),
     Step("pytest-gpu", "`pytest -m gpu`", {"cuda": 70}),
     Step("bench-cuda-cold", "`make bench` (`platform bench --all`, small, CUDA)", {"cuda": 60}),

@@ -116,9 +116,9 @@ def test_run_stops_an_overrunning_step_and_goes_on(gc, monkeypatch, tmp_path):
     monkeypatch.setattr(gc, "RESERVE", 1)
     rows = gc.TABLE_ROWS
     steps = (
-        gc.Step("quick", rows[0], {"cpu": 1}),
-        gc.Step("hangs", rows[1], {"cpu": 2}),
-        gc.Step("after", rows[2], {"cpu": 1}),
+        gc.Step("quick", rows[0], {"cpu": 3}),
+        gc.Step("hangs", rows[1], {"cpu": 4}),  # stopped after 4 s: time to start its child on a loaded machine
+        gc.Step("after", rows[2], {"cpu": 3}),
         gc.Step("huge", rows[3], {"cpu": 100}),
         gc.Step("gpu-only", rows[4], {"cuda": 1}),
     )
@@ -138,7 +138,7 @@ def test_run_stops_an_overrunning_step_and_goes_on(gc, monkeypatch, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     ctx = gc.Context(
-        budget=9, device="cpu", python=sys.executable, out=out, work=tmp_path / "work", env=dict(os.environ)
+        budget=16, device="cpu", python=sys.executable, out=out, work=tmp_path / "work", env=dict(os.environ)
     )
     t0 = time.monotonic()
     rc = gc.run(ctx)
@@ -146,7 +146,7 @@ def test_run_stops_an_overrunning_step_and_goes_on(gc, monkeypatch, tmp_path):
     status = {name: r["status"] for name, r in ctx.results.items()}
     assert status == {"quick": "ok", "hangs": "timeout", "after": "ok", "huge": "not run", "gpu-only": "skipped"}
     assert rc == 1  # a step timed out
-    assert took < 9 + 3  # the budget, with slack for a loaded machine; the hang alone would take 60 s
+    assert took < 16 + 3  # the budget, with slack for a loaded machine; the hang alone would take 60 s
     child = int(pid_file.read_text())
     stat = Path(f"/proc/{child}/stat")
     state = stat.read_text().split()[2] if stat.exists() else "gone"
