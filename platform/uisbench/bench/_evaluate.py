@@ -250,6 +250,8 @@ class MetricEvaluator:
         }
         if info:
             result["info"] = {str(k): str(v) for k, v in info.items()}
+        if getattr(metric, "descriptive", False) is True:  # e.g. label-free: shown, never the default ranking
+            result["descriptive"] = True
         try:
             return with_intervals(result, metric, self.draws())
         except Exception as err:  # an interval is extra: its failure is logged, the values stand

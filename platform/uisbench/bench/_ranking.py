@@ -5,7 +5,7 @@ The ranking value is the registry's ``bench: rank_by:`` (``--rank-by``): ``METRI
 ``STAGE.METRIC.VALUE``, e.g. ``coco.AP50mask`` or ``pseudo-masks.count-error.count_mae``; any metric
 entry of the run, a team's own included. Without a stage it is the student stage when some student
 was scored, else the pseudo-masks. Without ``rank_by``: the first headline value of the first metric
-entry of the run that reports one at that stage.
+entry of the run that reports one at that stage, passing over descriptive metrics (``label-free``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def resolve_rank_by(text: str | None, metrics: list[str], cells: list[dict[str, 
         stage = "student" if student_ran else "pseudo-masks"
     if metric is None:
         for name in metrics:
-            headline = next((_result(c, stage, name).get("headline") for c in cells if _result(c, stage, name).get("headline")), None)
+            # a descriptive metric (label-free) is ranked by only when --rank-by names it
+            headline = next((_result(c, stage, name).get("headline") for c in cells
+                             if _result(c, stage, name).get("headline") and not _result(c, stage, name).get("descriptive")), None)
             if headline:
                 metric, value = name, headline[0]
                 break

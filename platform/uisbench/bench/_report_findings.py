@@ -220,6 +220,77 @@ def label_efficiency(results: dict[str, Any]) -> list[Finding]:
     return out
 
 
+#: the values of a label-free metric entry, in the order the summary names them
+_LABEL_FREE = (("masks_per_image", "masks per image"), ("coverage", "image coverage"), ("mask_score", "mask score"))
+
+#: the registry lines of the labelling route (README "Datasets": your own images, a few of them labelled)
+_ROUTE = """datasets:
+  {name}-labelled:
+    plugin: coco
+    root: {root}
+    images: .                             # val: the labelled images held out ...
+    annotations: val-labels.json          # ... that this COCO file names
+    train_images: .
+    train_annotations: train-labels.json  # labelled images the few-label stage may draw from
+    train_unlabelled: true                # + every other photo, pseudo-labelled only"""
+
+
+def label_free_entries(results: dict[str, Any]) -> list[str]:
+    """The run's metric entries of the ``label-free`` plugin."""
+    return [n for n, e in (results.get("metrics") or {}).items() if (e or {}).get("plugin") == "label-free"]
+
+
+def label_free(view: View) -> list[Finding]:
+    """What was measured without labels (per row: masks, coverage, scores; agreement between rows)
+    and, on a dataset without ground truth, the route to a real answer: the lines to write."""
+    results = view.results
+    out: list[Finding] = []
+    entries = label_free_entries(results)
+    rows = [c for c in view.cells if any(number(c, "pseudo-masks", e, "masks_per_image") is not None for e in entries)]
+    seen: set[tuple[Any, str]] = set()
+    rows = [c for c in rows if not ((c["backbone"], c["masker"]) in seen or seen.add((c["backbone"], c["masker"])))]
+    if rows:
+        entry = entries[0]
+        parts = []
+        for value, words in _LABEL_FREE:
+            scored = [(v, c) for c in rows if (v := number(c, "pseudo-masks", entry, value)) is not None]
+            if not scored:
+                continue
+            lo, hi = min(scored, key=lambda x: x[0]), max(scored, key=lambda x: x[0])
+            if len(scored) == 1 or lo[0] == hi[0]:
+                parts.append(f"{words} {fmt(lo[0])}")
+            else:
+                parts.append(f"{words} from {fmt(lo[0])} ({html.escape(label(lo[1], student=False))}) to "
+                             f"{fmt(hi[0])} ({html.escape(label(hi[1], student=False))})")
+        text = (f"Without labels ({html.escape(entry)}, {len(rows)} backbone × masker row{'s' if len(rows) > 1 else ''}): "
+                + "; ".join(parts) + ".")
+        pairs = [p for p in (results.get("label_free") or {}).get("agreement") or [] if p.get("value") is not None]
+        for between in ("backbones", "maskers"):
+            group = sorted((p for p in pairs if p["between"] == between), key=lambda p: -p["value"])
+            if group:
+                top = group[0]
+                text += (f" Agreement between {between} (matched mask IoU): highest {html.escape(top['a'])} vs "
+                         f"{html.escape(top['b'])} {_val(top['value'], top.get('ci'))}")
+                text += f", lowest {html.escape(group[-1]['a'])} vs {html.escape(group[-1]['b'])} {fmt(group[-1]['value'])}." \
+                    if len(group) > 1 else "."
+        text += (" These describe the masks (how many, how much of the image, how sure the masker is, whether two "
+                 "rows find the same objects); they do not say which masks are right.")
+        out.append(("result", text))
+    dataset = results.get("dataset") or {}
+    if dataset.get("has_ground_truth") is False:
+        root = (dataset.get("params") or {}).get("root")
+        root = root if isinstance(root, str) and root and root != "<private>" else "/path/to/your/photos"
+        name = str(dataset.get("name") or "photos")
+        route = html.escape(_ROUTE.format(name=name, root=root))
+        out.append(("note", "<b>No ground truth, so no ranking.</b> For a real answer, label a handful of these images "
+                            "(10-20 are enough to start) in any tool that exports COCO json (CVAT, Label Studio, ...), "
+                            "split them into <code>val-labels.json</code> and <code>train-labels.json</code>, put these "
+                            f"lines in a registry file (e.g. <code>mine.yaml</code>):<pre>{route}</pre>and rerun with "
+                            f"<code>platform bench --registry mine.yaml --dataset {html.escape(name)}-labelled</code> "
+                            "(README: “How many labels do I need?”)."))
+    return out
+
+
 def cautions(view: View) -> list[Finding]:
     results = view.results
     out: list[Finding] = []
@@ -255,6 +326,10 @@ def findings(results: dict[str, Any]) -> list[Finding]:
     rest = [f for f in out if f[0] != "caution"]
     found = best_overall(view) + best_per_masker(view) + masker_per_backbone(view)
     found += student_vs_pseudo(view) + instance_awareness(view) + label_efficiency(results)
-    if not found:
+    if not found and any(c["status"] == "ok" for c in view.cells):
+        found = [("note", "No ranking value in this run: no metric that ranks reported a number"
+                          + (" (the dataset has no ground truth)." if (results.get("dataset") or {}).get("has_ground_truth") is False
+                             else ".") + " The table shows what was measured.")]
+    elif not found:
         found = [("note", "No backbone produced a number in this run: see the statuses below.")]
-    return cautions_first + found + rest
+    return cautions_first + found + label_free(view) + rest

@@ -119,6 +119,10 @@ def run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
         efficiency = label_efficiency(cells, ranking)
         if efficiency is not None:
             results["label_efficiency"] = efficiency
+        if ctx.shard.main and any(plan.entry("metrics", n).spec.name == "label-free" for n in plan.metrics):
+            from ._agreement import agreement  # a post-pass over the cached masks of every row: a metric sees one cell
+
+            results["label_free"] = agreement(pipeline, cells, walker.evaluator.draws())
         outcome = BenchOutcome(results)
         if ctx.shard.main:
             outcome.report_path = write_outputs(pipeline, outcome, report=options.report)

@@ -1,0 +1,184 @@
+"""A team's own unlabelled photos: the label-free measures (per row and agreement between rows), the
+labelling route in the summary, ``--private`` keeping the site's names home, and the first hour's
+papercuts. One real tiny bench on 3 generated photos in a folder named like a ward (the sentinel)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import uisbench
+from uisbench.bench import BenchOptions, run_bench
+
+SENTINEL = "ward-7-sentinel"
+
+
+def _rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+
+
+def _decode(segmentation: dict) -> np.ndarray:
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.decode({"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}).astype(bool)
+
+
+def _sample(image_id: int, masks: list[np.ndarray], scores: list[float], shape=(20, 30)) -> uisbench.EvalSample:
+    record = uisbench.ImageRecord(id=image_id, file=None, width=shape[1], height=shape[0])
+    preds = [uisbench.Prediction(image_id, _rle(m), (0.0, 0.0, 1.0, 1.0), s) for m, s in zip(masks, scores, strict=True)]
+    return uisbench.EvalSample(record=record, ground_truth=None, predictions=preds)
+
+
+def _rect(y0, y1, x0, x1, shape=(20, 30)) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def _brute_agreement(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """The best one-to-one matching by trying every assignment (the reference for the Hungarian one)."""
+    if not a or not b:
+        return 0.0
+    iou = [[(x & y).sum() / (x | y).sum() for y in b] for x in a]
+    small, large = (a, b) if len(a) <= len(b) else (b, a)
+    best = 0.0
+    for perm in itertools.permutations(range(len(large)), len(small)):
+        total = sum(iou[i][j] if small is a else iou[j][i] for i, j in enumerate(perm))
+        best = max(best, total)
+    return best / max(len(a), len(b))
+
+
+# -- the metric and the matching, against numpy --------------------------------------------------
+
+
+def test_label_free_values_and_resamples_match_numpy():
+    from uisbench_builtins.label_free import LabelFree
+
+    a, b = _rect(0, 10, 0, 10), _rect(5, 15, 5, 20)
+    metric = LabelFree()
+    metric.update(_sample(1, [a, b], [0.9, 0.4]))
+    metric.update(_sample(2, [], []))
+    covered = (a | b).sum() / a.size
+    got = metric.compute()
+    assert got["masks_per_image"] == 1.0
+    assert got["coverage"] == pytest.approx(covered / 2, abs=1e-12)
+    assert got["mask_score"] == pytest.approx(0.65, abs=1e-12)  # image 2 has no mask, so no score
+    # a draw with repeats weighs image 1 twice; a draw of image 2 alone has no score (nan, not 0)
+    twice, alone = metric.resample([[1, 1, 2], [2]])
+    assert twice["masks_per_image"] == pytest.approx(4 / 3) and twice["coverage"] == pytest.approx(2 * covered / 3)
+    assert twice["mask_score"] == pytest.approx(0.65) and math.isnan(alone["mask_score"]) and alone["coverage"] == 0.0
+    # the threshold counts only the masks scored at least that much
+    strict = LabelFree(score_threshold=0.5)
+    strict.update(_sample(1, [a, b], [0.9, 0.4]))
+    assert strict.compute() == {"masks_per_image": 1.0, "coverage": pytest.approx(a.sum() / a.size), "mask_score": 0.9}
+    assert LabelFree.descriptive is True and set(LabelFree.headline) == set(LabelFree.higher_is_better)
+    with pytest.raises(uisbench.ConfigError, match="score_threshold"):
+        LabelFree(score_threshold=2)
+
+
+def test_matched_iou_is_the_best_one_to_one_matching():
+    from uisbench.bench._agreement import matched_iou
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        a = [rng.random((12, 16)) < 0.4 for _ in range(rng.integers(0, 4))]
+        b = [rng.random((12, 16)) < 0.4 for _ in range(rng.integers(0, 5))]
+        a = [m for m in a if m.any()]
+        b = [m for m in b if m.any()]
+        got = matched_iou([{"segmentation": _rle(m)} for m in a], [{"segmentation": _rle(m)} for m in b])
+        if not a and not b:
+            assert got is None
+        else:
+            assert got == pytest.approx(_brute_agreement(a, b), abs=1e-9)
+    same = [{"segmentation": _rle(_rect(0, 5, 0, 5))}, {"segmentation": _rle(_rect(10, 20, 10, 30))}]
+    assert matched_iou(same, same[::-1]) == pytest.approx(1.0)
+
+
+# -- one bench on a folder of unlabelled photos ----------------------------------------------------
+
+
+def _photos(root: Path, n: int = 3) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    yy, xx = np.ogrid[:72, :96]
+    for i in range(n):
+        pixels = np.full((72, 96, 3), (60, 120, 60), np.uint8) + rng.integers(0, 20, (72, 96, 3), dtype=np.uint8)
+        for _ in range(2 + i % 2):
+            cy, cx, r = rng.integers(12, 60), rng.integers(12, 84), rng.integers(7, 14)
+            pixels[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(0, 255, 3)
+        Image.fromarray(pixels).save(root / f"patient-{i}.png")
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory):
+    """``--private`` bench of pixels and position x kmeans and ncut on 3 unlabelled photos, plus the
+    oracle (a calibration backbone that cannot run without ground truth)."""
+    base = tmp_path_factory.mktemp("own") / SENTINEL
+    photos, workdir = base / "photos", base / "work"
+    _photos(photos)
+    (base / "mine.yaml").write_text(f"version: 1\ndatasets:\n  site: {{plugin: images, root: {photos}}}\n")
+    host = uisbench.host.load_plugins()
+    registry = uisbench.host.load_registry([str(base / "mine.yaml")], host)
+    argv = ["bench", "--registry", str(base / "mine.yaml"), "--dataset", "site", "--workdir", str(workdir), "--private"]
+    options = BenchOptions(backbones=["pixels", "position", "oracle-instance"], maskers=["kmeans", "ncut"], students=[],
+                           metrics=["coco", "cost", "label-free"], dataset="site", device="cpu", workdir=workdir,
+                           private=True, argv=argv, bootstrap=50)
+    outcome = run_bench(host, registry, options)
+    return base, workdir, outcome, json.loads((workdir / "results.json").read_text())
+
+
+def test_unlabelled_photos_get_label_free_measures_and_agreement(own):
+    _, workdir, outcome, results = own
+    rows = {(c["backbone"], c["masker"]): c for c in results["cells"] if c["status"] == "ok"}
+    assert set(rows) == {("pixels", "kmeans"), ("pixels", "ncut"), ("position", "kmeans"), ("position", "ncut")}
+    masks = {}
+    for (b, m), cell in rows.items():
+        metrics = cell["pseudo_masks"]["metrics"]
+        assert metrics["coco"]["status"] == "skipped" and "no ground truth" in metrics["coco"]["reason"]
+        free = metrics["label-free"]
+        assert free["status"] == "ok" and free["descriptive"] is True
+        # the reference: the cached pseudo-mask files, decoded by numpy
+        folder = workdir / "cache" / "pseudo-masks" / cell["pseudo_masks"]["key"]
+        per_image = {int(p.stem): json.loads(p.read_text())["predictions"] for p in folder.glob("[0-9]*.json")}
+        assert len(per_image) == 3
+        masks[(b, m)] = per_image
+        decoded = [[_decode(p["segmentation"]) for p in preds] for preds in per_image.values()]
+        assert free["values"]["masks_per_image"] == pytest.approx(np.mean([len(d) for d in decoded]))
+        coverage = [np.logical_or.reduce(d).mean() if d else 0.0 for d in decoded]
+        assert free["values"]["coverage"] == pytest.approx(np.mean(coverage), abs=1e-12)
+        lo, hi = free["ci"]["coverage"]
+        assert lo <= free["values"]["coverage"] <= hi
+    # nothing ranks without labels: the label-free values describe, they do not rank
+    assert results["primary_metric"]["metric"] is None
+    pairs = {(p["a"], p["b"]): p for p in results["label_free"]["agreement"]}
+    assert set(pairs) == {("pixels/kmeans", "pixels/ncut"), ("pixels/kmeans", "position/kmeans"),
+                          ("pixels/ncut", "position/ncut"), ("position/kmeans", "position/ncut")}
+    pair = pairs[("pixels/kmeans", "position/kmeans")]
+    assert pair["between"] == "backbones" and pair["images"] == 3
+    expected = np.mean([_brute_agreement([_decode(p["segmentation"]) for p in masks[("pixels", "kmeans")][i]],
+                                         [_decode(p["segmentation"]) for p in masks[("position", "kmeans")][i]]) for i in (1, 2, 3)])
+    assert pair["value"] == pytest.approx(expected, abs=1e-9)
+    assert pairs[("pixels/kmeans", "pixels/ncut")]["between"] == "maskers"
+
+
+def test_summary_says_what_was_measured_and_gives_the_labelling_route(own):
+    from uisbench.bench._report_findings import findings
+
+    _, workdir, _, results = own
+    text = " ".join(t for _, t in findings(results))
+    assert "Without labels (label-free" in text and "masks per image" in text and "Agreement between backbones" in text
+    assert "No ground truth, so no ranking" in text and "train_unlabelled: true" in text
+    assert "platform bench --registry mine.yaml --dataset site-labelled" in text
+    assert "No backbone produced a number" not in text
+    html_text = (workdir / "report.html").read_text()
+    assert "site-labelled" in html_text and "train_unlabelled: true" in html_text
