@@ -39,6 +39,8 @@ RESERVE = 8
 GRACE = 5
 #: a step gets no turn with fewer seconds than this left (a start of Python and torch alone takes ~5 s)
 MIN_STEP = 10
+#: exit status of a step that stopped itself at the end of its share (as GNU timeout's)
+TIMED_OUT = 124
 #: COCO val2017's images, the end-to-end projection's target; CutLER's scipy MaskCut takes about 19 h there
 COCO_VAL_IMAGES = 5000
 
@@ -533,7 +535,7 @@ def table(ctx: Context) -> list[str]:
         res = ctx.results.get(step.name) or {
             "name": step.name,
             "status": "not run",
-            "note": "the budget ran out before it",
+            "note": "the call ended before its turn",
         }
         by_row.setdefault(step.row, []).append(res)
     lines = [f"| row | {ctx.dev.upper() if ctx.dev == 'cpu' else 'GPU'}: {ctx.device_name or ctx.dev} |", "|---|---|"]
@@ -616,7 +618,7 @@ def run(ctx: Context) -> int:
                         rc, timed_out = install(ctx, limit, log), False
                     else:
                         rc, timed_out = run_process(argv, log, limit - GRACE, ctx.env)
-                    status = "timeout" if timed_out else ("ok" if rc == 0 else "failed")
+                    status = "timeout" if timed_out or rc == TIMED_OUT else ("ok" if rc == 0 else "failed")
                     result.update(status=status, rc=rc, seconds=round(time.monotonic() - t0))
         ctx.results[step.name] = result
         if step.name == "import-check" and "rc" in result:
@@ -638,18 +640,17 @@ def run(ctx: Context) -> int:
 
 def write_env(ctx: Context, import_log: Path) -> None:
     """env.txt: the commit, the versions the import check printed, and nvidia-smi on CUDA."""
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    lines = [
-        f"date: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-        f"git: {git.stdout.strip() if git.returncode == 0 else 'n/a'}",
-        _read(import_log),
-    ]
-    if ctx.dev == "cuda":
+    lines = [f"date: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"]
+    # the device machine gets a copy of the working tree, maybe without git or .git
+    for label, argv in [("git", ["git", "rev-parse", "HEAD"])] + (
+        [("nvidia-smi", ["nvidia-smi"])] if ctx.dev == "cuda" else []
+    ):
         try:
-            smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=15)
-            lines.append(smi.stdout + smi.stderr)
+            done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=10)
+            lines.append(f"{label}: {(done.stdout + done.stderr).strip() or 'n/a'}")
         except (OSError, subprocess.TimeoutExpired) as err:
-            lines.append(f"nvidia-smi: {err}")
+            lines.append(f"{label}: n/a ({err})")
+    lines.append(_read(import_log))
     (ctx.out / "env.txt").write_text("\n".join(lines) + "\n")
 
 
@@ -731,7 +732,7 @@ def e2e(argv: list[str]) -> int:
             break
         n = n_next
     if best is None:
-        return 1
+        return TIMED_OUT if time.monotonic() >= deadline else 1
     (args.out / "e2e.json").write_text(json.dumps(best, indent=1) + "\n")
     return 0
 

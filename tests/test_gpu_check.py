@@ -225,3 +225,42 @@ def test_entry_points_registered_from_source_match_pyproject(gc, tmp_path):
         for k, v in (line.split("=", 1) for line in section.splitlines() if "=" in line and not line.startswith("#"))
     }
     assert found == expected and "ncut" in found
+
+
+FAKE_BENCH = """
+import json, sys, time
+from pathlib import Path
+n, workdir, per_image = int(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+if per_image < 0:
+    time.sleep(60)  # a bench that does not finish in its share
+workdir.mkdir(parents=True)
+stage = lambda name: {"stage": name, "images": n, "seconds": per_image * n, "images_per_s": 1 / per_image,
+                      "peak_gpu_mb": None}
+cells = [{"timings": {"features": stage("features"), "pseudo-masks": stage("pseudo-masks")}}]
+(workdir / "results.json").write_text(json.dumps({"cells": cells}))
+"""
+
+
+def test_end_to_end_sizes_its_second_pass_to_its_share(gc, monkeypatch, tmp_path):
+    """A first pass of a few images; its time per image sizes the second (here: so fast that all of
+    synth-instances-large's 1000 val images fit); e2e.json holds the larger pass's figures."""
+    fake = tmp_path / "fake_bench.py"
+    fake.write_text(FAKE_BENCH)
+    calls = []
+
+    def argv(python, device, n, workdir, per_image="0.0001"):
+        calls.append(n)
+        return [sys.executable, str(fake), str(n), str(workdir), per_image]
+
+    monkeypatch.setattr(gc, "e2e_bench_argv", argv)
+    out = tmp_path / "out"
+    common = ["--device", "cpu", "--python", sys.executable, "--out", str(out)]
+    assert gc.e2e([*common, "--seconds", "30", "--workdir", str(tmp_path / "w1")]) == 0
+    assert calls == [gc.E2E_FIRST["cpu"], gc.E2E_MAX]
+    figs = json.loads((out / "e2e.json").read_text())
+    assert figs["images"] == gc.E2E_MAX and (out / "bench-large" / "results.json").is_file()
+    # a first pass that does not end inside the share: stopped, reported as a timeout, no figure
+    monkeypatch.setattr(gc, "e2e_bench_argv", lambda *a: argv(*a, per_image="-1"))
+    (out / "e2e.json").unlink()
+    assert gc.e2e([*common, "--seconds", "1", "--workdir", str(tmp_path / "w2")]) == gc.TIMED_OUT
+    assert not (out / "e2e.json").exists()
