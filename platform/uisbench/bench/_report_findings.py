@@ -207,7 +207,8 @@ def label_efficiency(results: dict[str, Any]) -> list[Finding]:
         if text == "-" or first is None:
             continue
         at = "with no labels" if first["k"] == 0 else f"with {first['k']} labels"
-        who = _b(" / ".join(str(row.get(k)) for k in ("backbone", "masks", "student") if row.get(k)))
+        # ``masks``: the masker, or an ensemble's source (results.json before schema 3: the masker)
+        who = _b(" / ".join(str(row.get(k)) for k in ("backbone", "masks" if row.get("masks") else "masker", "student") if row.get(k)))
         reach = f"what pseudo-mask training reaches {at} ({value} {fmt(first['mean'])})"
         if text.startswith(">"):
             said = f"the baseline does not reach {reach} within {html.escape(text[1:])} labelled images"
