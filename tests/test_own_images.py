@@ -182,3 +182,36 @@ def test_summary_says_what_was_measured_and_gives_the_labelling_route(own):
     assert "No backbone produced a number" not in text
     html_text = (workdir / "report.html").read_text()
     assert "site-labelled" in html_text and "train_unlabelled: true" in html_text
+
+
+def test_private_keeps_the_sites_names_home_and_the_gallery_local(own):
+    """The sentinel (the folder above the photos, the registry file and the work directory) is in no
+    output meant to be shared; only logs/, cache/ and private/ stay on site by design."""
+    _, workdir, _, results = own
+    kept_home = {"logs", "cache", "private"}
+    shared = [p for p in workdir.rglob("*") if p.is_file() and p.relative_to(workdir).parts[0] not in kept_home]
+    names = {p.relative_to(workdir).as_posix() for p in shared}
+    assert {"results.json", "report.html", "leaderboard.md", "leaderboard.csv", ".lock", "report/leaderboard.png"} <= names
+    leaks = [n for p, n in zip(shared, names, strict=True) if SENTINEL.encode() in p.read_bytes()]
+    assert leaks == []
+    assert "<private>" in results["run"]["argv"] and results["run"]["workdir"] == "<private>"
+    assert all(f["path"] == "<private>" for f in results["provenance"]["registry"]["files"])
+    assert json.loads((workdir / ".lock").read_text())["host"] == "<private>"
+    # the local gallery: the site's images with their masks, said so at the top, never linked
+    page = (workdir / "private" / "gallery.html").read_text()
+    assert "this page holds the site's images" in page and page.count("background-image:url(data:image/") == 3
+    assert "gallery.html" not in (workdir / "report.html").read_text()
+    assert "background-image:url(data:image/" not in (workdir / "report.html").read_text()
+
+
+def test_private_argv_and_redactor():
+    from uisbench.bench._private import Redactor, private_argv
+
+    argv = ["/home/ward7/.venv/bin/platform", "bench", "--registry", "mine.yaml", "--workdir=/srv/ward7/run",
+            "--set", "root=/srv/ward7/photos", "--set", "n_masks=3", "--backbones", "pixels"]
+    assert private_argv(argv) == ["platform", "bench", "--registry", "<private>", "--workdir=<private>", "--set",
+                                  "root=<private>", "--set", "n_masks=3", "--backbones", "pixels"]
+    redact = Redactor(["ward7/photos"])
+    text = "ImageFolder('/srv/ward7/photos') at 3.1 images/s; pixels/kmeans and */vote/- ok; see ward7/photos"
+    assert redact.text(text) == "ImageFolder('<private>') at 3.1 images/s; pixels/kmeans and */vote/- ok; see <private>"
+    assert redact({"a": [text], "n": 1}) == {"a": [redact.text(text)], "n": 1}

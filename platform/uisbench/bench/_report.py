@@ -100,13 +100,19 @@ def write_report(pipeline: Any, results: dict[str, Any], n_images: int = 4, *, p
     image_ids = [] if private else pipeline.data.usable("val")[:n_images]  # never an image skipped as unreadable
     key = _report_key(results, image_ids, private)
     stamp = out_dir / ".key"
-    if html_path.exists() and stamp.exists() and stamp.read_text().strip() == key:
+    private_page = workdir / "private" / "gallery.html"  # the site's images: on site, never linked
+    if html_path.exists() and stamp.exists() and stamp.read_text().strip() == key and (not private or private_page.exists()):
         return html_path
     plots = all_plots(results)
     shown = None if private else gallery(pipeline, results, n_images)
+    if private:
+        from ._report_html import private_gallery_page
+
+        atomic_write_text(private_page, private_gallery_page(results, gallery(pipeline, results, n_images)))
     atomic_write_text(html_path, page(results, findings(results), plots, shown, private=private))
     files: dict[str, bytes] = {"leaderboard.png": bar_chart(results)}
-    svgs = [("instance-awareness", plots["instance"]), ("stages", plots["stages"]), ("label-efficiency", plots["label_efficiency"])]
+    svgs = [("instance-awareness", plots["instance"]), ("instance-separability", plots.get("separability")), ("stages", plots["stages"]),
+            ("label-efficiency", plots["label_efficiency"])]
     svgs += [(f"cost-{k}", svg) for k, _, svg in plots["costs"]]
     files.update({f"{name}.svg": svg.encode() for name, svg in svgs if svg})
     for entry in (shown or {}).get("images", []):

@@ -309,9 +309,13 @@ def page(results: dict[str, Any], findings: list[tuple[str, str]], plots: dict[s
     expected = ["instance", "stages"] + (["cost"] if plots["costs"] else []) + (["label-efficiency"] if plots["label_efficiency"] else [])
     cost_select = ("<label class=costsel>cost: <select id=costsel>" + "".join(
         f"<option value='{_e(k)}'>{_e(w)}</option>" for k, w, _ in plots["costs"]) + "</select></label>") if len(plots["costs"]) > 1 else ""
-    figs = [("instance", plots["instance"], "Each point is a backbone × masker (pseudo-masks). Below the diagonal, instances that share "
+    figs = [("instance", plots["instance"] + (plots.get("separability") or ""),
+             "Each point is a backbone × masker (pseudo-masks). Below the diagonal, instances that share "
              "their class with another instance in the image are found less often than instances alone of their class: the "
-             "features merge same-class neighbours. Whiskers: 95% intervals.")]
+             "features merge same-class neighbours. Whiskers: 95% intervals."
+             + (" Second panel: how well patch features tell a same-instance pair from a pair of two instances of one class, "
+                "comparing only pairs at equal patch distance (0.5: cannot tell); the faint diamond is the value over all pairs, "
+                "which rewards features that merely encode position." if plots.get("separability") else ""))]
     if plots["costs"]:
         costs = "".join(f"<div class=costvar data-cost='{_e(k)}'{'' if j == 0 else ' hidden'}>{svg}</div>" for j, (k, _, svg) in enumerate(plots["costs"]))
         figs.append(("cost", costs, cost_select + " Ranking value against throughput on the run's hardware; ringed points, joined by "
@@ -345,3 +349,20 @@ def page(results: dict[str, Any], findings: list[tuple[str, str]], plots: dict[s
     return ("<!doctype html><html lang=en><head><meta charset='utf-8'><meta name=viewport content='width=device-width,initial-scale=1'>"
             f"<title>uisbench report: {_e(str(ds.get('name', '')))}</title><style>{_asset('report.css')}</style></head>"
             f"<body data-private='{int(private)}'><main>{''.join(body)}</main><script>{_asset('report.js')}</script></body></html>")
+
+
+def private_gallery_page(results: dict[str, Any], gallery: dict[str, Any] | None) -> str:
+    """``<workdir>/private/gallery.html`` of a private run: the site's images with every row's masks,
+    for the team on site. report.html never links it; its header says what it holds."""
+    view = View(results)
+    name = _e(str((results.get("dataset") or {}).get("name", "")))
+    shown = gallery_html(gallery, view) if gallery else ""
+    header = (f"<header><h1>Private gallery: this page holds the site's images</h1><p class=meta>dataset <b>{name}</b>: "
+              "the val images with the pseudo-masks of each backbone × masker. Keep it on site: it is written only by "
+              "private runs (<code>--private</code>, or <code>report: {images: false}</code>), report.html does not "
+              "link it, and it is not one of the outputs to share.</p></header>")
+    return ("<!doctype html><html lang=en><head><meta charset='utf-8'><meta name=viewport content='width=device-width,initial-scale=1'>"
+            f"<title>uisbench private gallery: {name}</title><style>{_asset('report.css')}</style></head>"
+            f"<body data-private='1'><main>{header}<section id=gallery><h2>Images</h2>"
+            f"{shown or '<p class=muted>No images to show (no pseudo-masks were computed).</p>'}</section></main>"
+            f"<script>{_asset('report.js')}</script></body></html>")

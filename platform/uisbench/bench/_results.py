@@ -163,7 +163,13 @@ def build_results(
         "cells": cells,
     }
     # JSON round trip: plain types only (tuples -> lists, paths -> str), what a reader will see.
-    return json.loads(json.dumps(results, default=_plain))
+    results = json.loads(json.dumps(results, default=_plain))
+    if ctx.private:  # the site's names stay home too: argv, work directory, registry and weights paths
+        from ._private import private_argv, redactor_for
+
+        results["run"]["argv"] = private_argv(results["run"]["argv"])
+        results = redactor_for(pipeline, registry)(results)
+    return results
 
 
 def _redacted(skipped: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from ._label_efficiency import label_efficiency
 from ._outlook import outlook
 from ._pipeline import Pipeline
 from ._plan import make_plan
+from ._private import private_argv
 from ._ranking import build_ranking, parse_rank_by, resolve_rank_by
 from ._shard import check_shared_workdir
 from ._workdir import WorkdirLock, check_workdir, remove_stale_temporaries
@@ -72,7 +73,8 @@ def open_pipeline(host: Any, registry: Any, options: BenchOptions) -> Pipeline:
         if ctx.shard.main:
             try:
                 check_workdir(ctx.workdir)
-                lock.acquire(list(options.argv))
+                private = bool(options.private or not registry.report_images)
+                lock.acquire(private_argv(options.argv) if private else list(options.argv), private=private)
                 removed = remove_stale_temporaries(ctx.workdir)
                 if removed:
                     ctx.say(f"removed {removed} temporary file(s) an interrupted run left in {ctx.workdir}")

@@ -46,7 +46,9 @@ class WorkdirLock:
         self.path = workdir / ".lock"
         self._handle: IO[str] | None = None
 
-    def acquire(self, argv: list[str]) -> None:
+    def acquire(self, argv: list[str], *, private: bool = False) -> None:
+        """Hold the lock; ``argv`` (already redacted under ``--private``) and, unless ``private``, the
+        host name go into ``.lock`` for the message a second bench gets."""
         import fcntl
 
         handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
@@ -63,7 +65,8 @@ class WorkdirLock:
         handle.seek(0)
         handle.truncate()
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": stamp, "argv": argv}) + "\n")
+        handle.write(json.dumps({"pid": os.getpid(), "host": "<private>" if private else socket.gethostname(),
+                                "started": stamp, "argv": argv}) + "\n")
         handle.flush()
         self._handle = handle
 
