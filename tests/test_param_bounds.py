@@ -258,3 +258,23 @@ def test_kmeans_of_the_issue_is_refused_by_validate_with_each_line(tmp_path, cap
 
     with pytest.raises(uisbench.ConfigError, match=r"ks: items must be >= 1, got \[0\]; iters: must be >= 1, got 0; n_init: must be >= 1, got 0"):
         KMeansMasker(iters=0, n_init=0, ks=[0, 1])
+
+
+def test_finetune_student_overrides_are_checked_like_the_student_entry(tmp_path, capsys, bare_registry):
+    """The few-label stage builds each student with the finetune entry's overrides on top: validate
+    checks that combination with the student's own check, at the line of the override."""
+    from uisbench.cli import main
+
+    path = tmp_path / "r.yaml"
+    path.write_text("version: 1\nstudents:\n  s: {plugin: maskrcnn, detector_backbone: resnet18-fpn}\nfinetune:\n"
+                    "  few:\n    budgets: [0, 8]\n    student:\n      iterations: 0\n      copy_paste_scale: [1.0, 0.5]\n"
+                    "  fine:\n    budgets: [0, 8]\n    student: {iterations: 5, lr: 0.0005}\n")
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count(f"{path}:") == 1 + 1, err  # the header line and one problem: 'fine' passes
+    assert (f"{path}:8: finetune entry 'few': student parameter 'iterations' must be >= 1, got 0 "
+            "(over student entry 's').") in err, err
+    path.write_text(path.read_text().replace("iterations: 0", "iterations: 3"))
+    assert main(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:9: finetune entry 'few': student parameter 'copy_paste_scale' is [low, high] with low <= high" in err, err

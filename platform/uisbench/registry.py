@@ -211,6 +211,8 @@ class FinetuneSettings:
     description: str = ""
     source: str = ""
     line: int = 0
+    #: the line of each ``student`` override, for error messages
+    student_lines: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -436,6 +438,7 @@ def _parse_finetune(section: Any, line: int, where: str, registry: Registry, pro
             registry.finetune[str(name)] = FinetuneSettings(
                 name=str(name), budgets=tuple(budgets), selection=tuple(selection), seeds=seeds,
                 student=dict(body.get("student", {})), description=str(body.get("description", "")), source=where, line=at,
+                student_lines=getattr(body.get("student"), "key_lines", {}),
             )
 
 
@@ -564,6 +567,27 @@ def _check_ensembles(registry: Registry, host: PluginHost, problems: list[str]) 
                 problems.append(f"{at}: {text!r}: {masker!r} is itself an ensemble; members must be maskers of features.")
 
 
+def _check_finetune_students(registry: Registry, host: PluginHost, problems: list[str]) -> None:
+    """A ``finetune:`` entry's ``student`` overrides, over each student entry they may be applied to,
+    pass the check the student's factory runs (:func:`~uisbench.types.review_params`)."""
+    for settings in registry.finetune.values():
+        found: dict[tuple[str | None, str], list[str]] = {}  # (parameter, message) -> student entries
+        for entry in registry.entries["students"].values() if settings.student else ():
+            spec = host.spec("students", entry.plugin)
+            try:
+                findings = review_params(spec.params, {**entry.params, **settings.student}, spec.check).findings
+            except Exception as err:  # a broken check must not hide the entry's line
+                findings = [("check", None, f"the plugin's parameter check failed ({type(err).__name__}: {err})")]
+            for _, key, message in findings:
+                found.setdefault((key, message), []).append(entry.name)
+        for (key, message), names in found.items():
+            line = settings.student_lines.get(key, settings.line) if key else settings.line
+            what = f"student parameter {key!r} " if key else ""
+            over = ", ".join(map(repr, names))
+            problems.append(f"{settings.source}:{line}: finetune entry {settings.name!r}: {what}{message} "
+                            f"(over student entr{'ies' if len(names) > 1 else 'y'} {over}).")
+
+
 def load_registry(
     paths: Sequence[str | os.PathLike[str]] | None = None,
     host: PluginHost | None = None,
@@ -593,6 +617,7 @@ def load_registry(
     if host is not None and not problems:
         registry.add_implicit_entries(host)
         _check_ensembles(registry, host, problems)
+        _check_finetune_students(registry, host, problems)
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) in the registry:\n" + "\n".join(problems), problems)
     return registry
