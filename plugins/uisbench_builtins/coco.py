@@ -501,7 +501,8 @@ def _resolve(base: Path, value: str | None) -> Path | None:
 def build(split: str = "val", **params: Any) -> CocoDataset:
     """Factory: resolve the preset and the paths, report every missing file at once, then load."""
     defaults = {p.name: p.default for p in PARAMS}
-    params = uisbench.complete_params("dataset coco", PARAMS, params)  # types and bounds, as `platform validate`
+    paths = {k: os.fspath(v) for k, v in params.items() if isinstance(v, os.PathLike)}  # Path objects from Python
+    params = uisbench.complete_params("dataset coco", PARAMS, {**params, **paths})  # types and bounds, as `platform validate`
     params = apply_preset("coco", PRESETS, defaults, params)
     if split not in ("train", "val"):
         raise uisbench.UnknownNameError("split", split, ("train", "val"))

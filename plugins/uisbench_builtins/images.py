@@ -101,7 +101,8 @@ class ImageFolder(SkipPolicy, uisbench.Dataset):
 
 
 def build(split: str = "val", **params: Any) -> ImageFolder:
-    params = uisbench.complete_params("dataset images", PARAMS, params)  # types and bounds, as `platform validate`
+    paths = {k: os.fspath(v) for k, v in params.items() if isinstance(v, os.PathLike)}  # Path objects from Python
+    params = uisbench.complete_params("dataset images", PARAMS, {**params, **paths})  # types and bounds, as `platform validate`
     if split not in ("train", "val"):
         raise uisbench.UnknownNameError("split", split, ("train", "val"))
     root = params[f"{split}_root"] or params["root"] or os.environ.get(ROOT_ENV)
