@@ -13,6 +13,7 @@ builds a hostile input on the fly (under ``tmp_path``) and checks that
 from __future__ import annotations
 
 import builtins
+import contextlib
 import io
 import json
 import math
@@ -128,8 +129,8 @@ def _zip_checkpoint_bytes() -> bytes:
 @pytest.mark.parametrize(
     ("name", "content", "needle"),
     [
-        ("random-bytes", bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), "not a torch checkpoint (it starts with bytes"),
-        ("html-error-page", b"<html><body>404 Not Found</body></html>", "not a torch checkpoint (it starts with bytes 3c 68"),
+        ("random-bytes", bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), "not a torch checkpoint (it does not start"),
+        ("html-error-page", b"<html><body>404 Not Found</body></html>", "it begins like a text file, e.g. an HTML error page"),
         ("empty", b"", "the file is empty; re-download it"),
         ("truncated-zip", _zip_checkpoint_bytes()[:600], "damaged torch checkpoint"),
     ],
@@ -744,3 +745,77 @@ def test_exit_codes_are_documented_in_help(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "exit codes:" in out and "3    data error" in out and "2    usage or configuration error" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Second round (issue 25): secrets and devices behind paths, what validate and the CLI let through
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int):
+    """Fail instead of hanging for ever (a FIFO opened for reading blocks until a writer comes)."""
+    import signal
+
+    def expired(signum, frame):
+        raise AssertionError(f"still blocked after {seconds} s: a FIFO or device was opened")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_case4_no_byte_of_a_file_that_is_not_a_checkpoint_is_echoed(host, tmp_path):
+    """A `weights:` symlink to a secret (a copy of /etc/shadow): the message says what the file is not,
+    and none of its bytes, in hex or as text, reaches the message (it is written to results.json and bench.log)."""
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:*:20000:0:99999:7:::\ndaemon:*:20000:0:99999:7:::\n")
+    link = tmp_path / "weights.pth"
+    link.symlink_to(secret)
+    with pytest.raises(uisbench.DataError) as info:
+        host.spec("backbones", "timm").build(**TINY_VIT, weights=str(link))
+    message = str(info.value)
+    assert "not a torch checkpoint" in message and str(link) in message
+    head = secret.read_bytes()[:16]
+    for width in range(2, 17):
+        shown = head[:width]
+        assert shown.hex(" ") not in message and shown.hex() not in message
+        assert width < 5 or shown.decode() not in message  # shorter text ("ro") occurs in any sentence
+
+
+@pytest.mark.parametrize("what", ["dev-zero", "dev-urandom", "fifo", "folder"])
+def test_case5_weights_that_are_not_regular_files_are_named_so(host, tmp_path, what):
+    path = {"dev-zero": Path("/dev/zero"), "dev-urandom": Path("/dev/urandom"), "fifo": tmp_path / "w.pth",
+            "folder": tmp_path / "w.pth"}[what]
+    if what == "fifo":
+        os.mkfifo(path)
+    elif what == "folder":
+        path.mkdir()
+    with _deadline(20), pytest.raises(uisbench.UisbenchError) as info:
+        host.spec("backbones", "timm").build(**TINY_VIT, weights=str(path))
+    assert f"weights file {path} is not a regular file" in str(info.value) and "not found" not in str(info.value)
+    with _deadline(20), pytest.raises(uisbench.DataError, match="is not a regular file"):  # the loader itself, too
+        uisbench.weights.read_checkpoint(path)
+
+
+@pytest.mark.parametrize("what", ["dev-zero", "fifo", "folder"])
+def test_case5_annotations_that_are_not_regular_files_are_named_so(tmp_path, what):
+    from uisbench_builtins import coco
+
+    root = _coco_folder(tmp_path)
+    annotations = root / "annotations.json"
+    annotations.unlink()
+    if what == "dev-zero":
+        annotations.symlink_to("/dev/zero")
+    elif what == "fifo":
+        os.mkfifo(annotations)
+    else:
+        annotations.mkdir()
+    with _deadline(20), pytest.raises(uisbench.DataError) as info:
+        coco.build("val", root=str(root))
+    message = str(info.value)
+    assert f"annotations: {annotations} is not a regular file" in message and "missing files" not in message

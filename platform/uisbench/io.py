@@ -16,7 +16,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "read_json", "file_sha256"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "read_json",
+    "file_sha256",
+    "regular_file_problem",
+]
 
 
 @contextlib.contextmanager
@@ -93,6 +101,32 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def regular_file_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be read as a file, as the end of a sentence naming it, or ``None`` if it can.
+
+    Only ``stat`` is called (through symbolic links): a FIFO, a device or a folder is refused before
+    anything opens it (opening a FIFO blocks until a writer comes, ``/dev/zero`` never ends)::
+
+        problem = uisbench.io.regular_file_problem(path)
+        if problem:
+            raise uisbench.ConfigError(f"weights file {path} {problem}; fix `weights:` in your registry file.")
+    """
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "not found"
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    kind = next((name for test, name in kinds if test(mode)), "not a file")
+    return f"is not a regular file ({kind})"
 
 
 def _json_default(obj: Any) -> Any:

@@ -51,7 +51,12 @@ def read_checkpoint(path: str | Path, param: str = "weights") -> Any:
 
     import torch
 
+    from .io import regular_file_problem
+
     path = Path(path)
+    problem = regular_file_problem(path)  # before any open: a FIFO would block, /dev/zero never end
+    if problem:
+        raise DataError(f"{param} file {path} {problem}; set `{param}:` to a checkpoint file.")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -72,9 +77,13 @@ def read_checkpoint(path: str | Path, param: str = "weights") -> Any:
             "(unpickling can run code). Save the weights with torch.save(state_dict, ...) or as '.safetensors'."
         )
     if not head.startswith((_ZIP_MAGIC, _LEGACY_MAGIC)):
+        # No byte of the file is shown: a wrong path may point at a secret (a symbolic link to a password
+        # file), and this message goes to results.json and bench.log, which get shared.
+        text = all(32 <= b < 127 or b in b"\t\r\n" for b in head)
         raise DataError(
-            f"{param} file {path}: not a torch checkpoint (it starts with bytes {head[:8].hex(' ')}); expected a file "
-            "written by torch.save or a '.safetensors' file. Check the path, and re-download the file if it is a damaged copy."
+            f"{param} file {path}: not a torch checkpoint (it does not start as torch.save's zip or legacy files "
+            f"do{'; it begins like a text file, e.g. an HTML error page' if text else ''}); expected a file written "
+            "by torch.save or a '.safetensors' file. Check the path, and re-download the file if it is a damaged copy."
         )
     safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     if safe_globals is not None:

@@ -525,12 +525,19 @@ def build(split: str = "val", **params: Any) -> CocoDataset:
     )
     label = f"coco preset {preset!r}" if preset else "coco dataset"
     missing = []
-    if not annotations.is_file():
+    problem = uisbench.io.regular_file_problem(annotations)  # stat only: a FIFO or a device is never opened
+    if problem == "not found":
         missing.append(f"annotations: {annotations}")
+    elif problem:
+        raise uisbench.DataError(f"{label} (split {split}): annotations: {annotations} {problem}; "
+                                 "`annotations:` must name a COCO json file.")
     if not images.is_dir():
         missing.append(f"image folder: {images}{os.sep}")
-    if file_list is not None and not file_list.is_file():
+    problem = None if file_list is None else uisbench.io.regular_file_problem(file_list)
+    if problem == "not found":
         missing.append(f"file list: {file_list}")
+    elif problem:
+        raise uisbench.DataError(f"{label} (split {split}): file list: {file_list} {problem}; `file_list:` must name a text file.")
     if missing:
         source = f"root {root} (from {'the root parameter' if params['root'] else ROOT_ENV if os.environ.get(ROOT_ENV) else 'the default'})"
         hint = f" Download: {_DOWNLOADS[preset]}." if preset in _DOWNLOADS else ""
