@@ -384,6 +384,9 @@ class TimmViT(uisbench.GridBackbone):
         self.weights_source = "random-init"
         if weights is not None:
             weights_path = Path(os.path.expandvars(str(weights))).expanduser()
+            problem = uisbench.io.regular_file_problem(weights_path)  # a FIFO or /dev/zero is refused unopened
+            if problem and problem != "not found":
+                raise uisbench.ConfigError(f"{where}: weights file {weights_path} {problem}; fix `weights:` in your registry file.")
             if not weights_path.is_file():
                 raise uisbench.ConfigError(f"{where}: weights file {weights_path} not found; fix `weights:` in your registry file.")
             self.weights_source = "file"
