@@ -58,6 +58,8 @@ STUDENT = dict(
     self_training_max_detections=3,
 )
 SEED = 5
+#: iterations of the bench's default student, and of its fine-tuning, in the test that runs them
+DEFAULT_ITERATIONS = 4
 KILL_AT = 2  # round 0 iteration at whose checkpoint a run is killed
 
 
@@ -104,11 +106,11 @@ def _setup():
     return student, train, val, masks
 
 
-def _train(student, train, val, masks, workdir: Path) -> dict:
+def _train(student, train, val, masks, workdir: Path, init_from: Path | None = None) -> dict:
     """Fit (recording the loss of every step) and predict; what a run is compared on."""
     losses = []
     student.on_iteration = lambda r, it, loss: losses.append([r, it, loss])
-    samples = student.fit(train, masks, workdir=workdir, seed=SEED)
+    samples = student.fit(train, masks, workdir=workdir, seed=SEED, init_from=init_from)
     preds = student.predict(val, val.image_ids())
     prov = student.provenance()
     return {
@@ -119,6 +121,37 @@ def _train(student, train, val, masks, workdir: Path) -> dict:
         "resumed_from": prov["history"]["resumed_from"],
         "distributed": prov["distributed"],
     }
+
+
+def _bench_default(folder: Path) -> dict:
+    """The bench's default student (``bench: students``) trained on 8 synth images, then fine-tuned
+    from it on 4 labelled images with the default few-label entry's settings (``bench: finetune``),
+    both as the registry declares them but for fewer iterations: the batch, augmentations (flips),
+    samplers, DropLoss, feature cache and optimiser (AdamW) of the default bench. The registry's
+    ``pixels`` backbone, at 64 px."""
+    import warnings
+
+    import uisbench
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        host = uisbench.host.load_plugins(strict=False)
+    registry = uisbench.host.load_registry()
+    entry = registry.entry("students", registry.bench.students[0])
+    params = {**entry.params, "iterations": DEFAULT_ITERATIONS}
+    tuning = {**params, **registry.finetune[registry.bench.finetune].student, "iterations": DEFAULT_ITERATIONS}
+    pixels = registry.entry("backbones", "pixels")
+
+    def student(settings):
+        backbone = host.spec("backbones", pixels.plugin).build(**{**pixels.params, "size": 64})
+        return host.spec("students", entry.plugin).build(backbone=backbone, **settings)
+
+    spec = host.spec("datasets", "synth-instances")
+    train, val = spec.build(split="train", images=8, size=64), spec.build(split="val", images=4, size=64)
+    truth = {i: [uisbench.Prediction(i, g.segmentation, g.bbox, 1.0) for g in train.ground_truth(i)] for i in train.image_ids()}
+    labels = {i: truth[i] for i in train.image_ids()[:4]}
+    first = _train(student(params), train, val, truth, folder / "student")
+    return {"student": first, "finetune": _train(student(tuning), train, val, labels, folder / "finetune", folder / "student")}
 
 
 class _Failing:
@@ -138,8 +171,9 @@ class _Failing:
 
 def _worker(argv: list[str]) -> None:
     """``torchrun ... test_distributed.py OUT JOB...``; each JOB is ``check:DIR``, ``train:DIR``,
-    ``fail:DIR`` (rank 1's images become unreadable after the first step) or ``kill:DIR`` (train,
-    and at the checkpoint of iteration KILL_AT rank 0 SIGKILLs rank 1, which ends the job). Job
+    ``default:DIR`` (:func:`_bench_default`), ``fail:DIR`` (rank 1's images become unreadable after
+    the first step) or ``kill:DIR`` (train, and at the checkpoint of iteration KILL_AT rank 0
+    SIGKILLs rank 1, which ends the job). Job
     ``n``'s result goes to ``OUT.<n>.rank<r>`` as soon as it is done."""
     import torch
 
@@ -159,6 +193,8 @@ def _worker(argv: list[str]) -> None:
             except Exception as err:  # the ConfigError under test
                 result = f"{type(err).__name__}: {err}"
             check_shared_workdir(shard, Path(folder))  # one folder for all: passes
+        elif kind == "default":
+            result = _bench_default(Path(folder))
         elif kind == "fail":  # rank 1 cannot read an image at iteration 1: every rank must stop, none hang
             student = student_factory()
             broken = _Failing(train, shard.rank == 1)
@@ -186,14 +222,15 @@ def _worker(argv: list[str]) -> None:
 # ---- the tests ----------------------------------------------------------------------------------
 
 
-def _torchrun(tmp_path: Path, name: str, *jobs: str) -> tuple[subprocess.CompletedProcess, list[list]]:
-    """Run the jobs on 2 ranks; ``(process, results[job][rank])`` (``None`` where a job did not finish)."""
+def _torchrun(tmp_path: Path, name: str, *jobs: str, ranks: int = 2) -> tuple[subprocess.CompletedProcess, list[list]]:
+    """Run the jobs on ``ranks`` ranks, one thread each; ``(process, results[job][rank])`` (``None``
+    where a job did not finish)."""
     import torch
 
     torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / name
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "--monitor-interval", "0.2", str(HERE), str(out), *jobs]
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", str(ranks), "--monitor-interval", "0.2", str(HERE), str(out), *jobs]
     # its own session, so that a hang is ended with every rank (torchrun does not outlive its workers)
     popen = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -204,7 +241,7 @@ def _torchrun(tmp_path: Path, name: str, *jobs: str) -> tuple[subprocess.Complet
         pytest.fail(f"torchrun {' '.join(jobs)} hung (killed after 180 s):\n{stderr[-4000:]}")
     proc = subprocess.CompletedProcess(cmd, popen.returncode, stdout, stderr)
     results = [
-        [torch.load(f, weights_only=False) if (f := out.with_name(f"{out.name}.{n}.rank{r}")).exists() else None for r in range(2)]
+        [torch.load(f, weights_only=False) if (f := out.with_name(f"{out.name}.{n}.rank{r}")).exists() else None for r in range(ranks)]
         for n in range(len(jobs))
     ]
     return proc, results
@@ -314,6 +351,61 @@ def test_ranks_without_a_shared_work_directory_all_fail_saying_so(runs):
         assert "file system that every node mounts" in message
     # the check leaves no file behind
     assert not [p for p in (runs["tmp"] / "check").rglob("*") if p.is_file()]
+
+
+def test_a_step_backpropagates_each_image_to_the_gradient_of_the_whole_batch():
+    """On CPU a step forwards and backpropagates each image alone, weighted by its share of what the
+    batch's samplers drew; the reference is torchvision's losses over the whole batch at once (means
+    over the batch), backpropagated once: the same loss and gradient, to float rounding."""
+    import torch
+
+    from uisbench_builtins._student_data import IterationBatches, Ranks
+
+    factory, train, _, masks = _setup()
+    student = factory()
+    student._build(train, train.image_ids()[0])
+    student._distribute(Ranks())
+    assert student._per_image
+    data = IterationBatches(train, masks, sorted(masks), backbone=student.backbone, batch_size=3, seed=SEED, round_index=0,
+                            iterations=1, hflip=True, copy_paste_rate=1.0, copy_paste_scale=(0.3, 1.0))
+    detector = student._detector(training=True)
+    student.model.train()
+    params = [q for q in student.model.parameters() if q.requires_grad]
+    flat = torch.zeros(1 + sum(q.numel() for q in params), dtype=torch.float64)
+    value = student._step(detector, iter([data[0]]), params, flat, Ranks(), 0, 0)
+    per_image = [q.grad.clone() for q in params]
+    for q in params:
+        q.grad = None
+    batch = data[0]
+    losses = detector.losses(batch, batch["targets"])
+    total = sum(losses.values())
+    total.backward()
+    whole = [torch.zeros_like(q) if q.grad is None else q.grad for q in params]
+    assert value == pytest.approx(float(total.detach()), rel=1e-6)
+    scale = max(float(g.abs().max()) for g in whole)
+    worst = max(float((a - b).abs().max()) for a, b in zip(per_image, whole, strict=True))
+    assert scale > 0 and worst <= 1e-5 * scale, (worst, scale)
+
+
+def test_the_default_student_and_its_fine_tuning_train_alike_on_one_and_two_ranks(tmp_path):
+    """The bench's default student and few-label settings (AdamW, which turns float noise in a
+    near-zero gradient into an lr-sized step, flips, DropLoss, a batch of 4 split 2 + 2): 2 ranks
+    train the weights that 1 process trains, so they predict the same."""
+    single, ((one,),) = _torchrun(tmp_path, "one", f"default:{tmp_path / 'one'}", ranks=1)
+    assert one is not None, single.stderr[-4000:]
+    double, ((two, other),) = _torchrun(tmp_path, "two", f"default:{tmp_path / 'two'}")
+    assert two is not None and other is not None, double.stderr[-4000:]
+    for stage in ("student", "finetune"):
+        a, b = one[stage], two[stage]
+        assert a["distributed"]["ranks"] == 1 and b["distributed"]["per_rank_batch"] == [2, 2]
+        assert a["distributed"]["micro_batch"] == b["distributed"]["micro_batch"] == "image"
+        assert [x[:2] for x in a["losses"]] == [x[:2] for x in b["losses"]] == [[0, i] for i in range(DEFAULT_ITERATIONS)]
+        loss_diff = max(abs(x[2] - y[2]) for x, y in zip(a["losses"], b["losses"], strict=True))
+        weight_diff = _max_diff(a["weights"], b["weights"])
+        print(f"{stage}: 1 vs 2 ranks: loss max |diff| {loss_diff:.3g}, weights max |diff| {weight_diff:.3g}")
+        assert loss_diff <= 1e-12 and weight_diff <= 1e-9, (stage, loss_diff, weight_diff)
+        assert any(a["predictions"].values()) and a["predictions"] == b["predictions"], stage
+        assert _max_diff(b["weights"], other[stage]["weights"]) == 0.0
 
 
 BENCH_REGISTRY = """\

@@ -15,8 +15,8 @@ With ``resnet*-fpn`` torchvision's transform does the usual resizing (``min_size
 Randomness: the anchors and proposals sampled for the RPN and RoI losses are drawn per image, from a
 generator seeded by the sample's own seed (:class:`SeededSampler`), so they do not depend on which
 other images share the batch or the process: a torchrun rank draws for its share what one process
-draws for the same images. :class:`TrainStep` is the training forward as one module call (what
-``DistributedDataParallel`` wraps); :data:`LOSS_NORMALISERS` says over what each loss is a mean.
+draws for the same images. :data:`LOSS_NORMALISERS` says over what each loss is a mean (the student
+backpropagates each image's share of the global batch's losses: ``maskrcnn.MaskRCNNStudent._step``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ __all__ = [
     "SimpleFeaturePyramid",
     "SeededSampler",
     "DropLossRoIHeads",
-    "TrainStep",
     "LOSS_NORMALISERS",
     "classification_loss",
     "build_maskrcnn",
@@ -441,16 +440,3 @@ class Detector:
         detections = [{k: v.float() if v.is_floating_point() else v for k, v in d.items()} for d in detections]
         return self.model.transform.postprocess(detections, images.image_sizes, original)
 
-
-class TrainStep(nn.Module):
-    """The training forward as one module call, ``step(batch, targets) -> losses``: what
-    ``DistributedDataParallel`` wraps (its gradient hooks need the forward to pass through it). The
-    frozen SSL backbone stays outside the module: only the detector's parameters are synchronised."""
-
-    def __init__(self, detector: Detector) -> None:
-        super().__init__()
-        self.model = detector.model
-        self.detector = detector  # not a module: no parameters of its own
-
-    def forward(self, batch: dict[str, Any], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        return self.detector.losses(batch, targets)

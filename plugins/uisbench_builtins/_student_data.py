@@ -5,9 +5,10 @@ backbone frame, deterministic per-iteration batches, the self-training merge, an
 Private helper of :mod:`uisbench_builtins.maskrcnn`; numpy, torch and PIL are imported inside functions.
 Every random choice for sample ``k`` of iteration ``it`` of round ``r`` comes from
 ``numpy.random.default_rng((seed, r, it, k))``, and the sample carries :func:`sample_seed` for the
-detector's proposal samplers, so a sample depends only on those numbers: a resumed run sees the
-same batches as an uninterrupted one, whatever the number of loader workers, and under torchrun
-each rank builds its share of the global batch (:meth:`Ranks.share`) exactly as one process would.
+detector's proposal samplers (and torch's global generator), so a sample depends only on those
+numbers: a resumed run sees the same batches as an uninterrupted one, whatever the number of loader
+workers, and under torchrun each rank builds its share of the global batch (:meth:`Ranks.share`)
+exactly as one process would; :func:`split` cuts a batch into one-image batches.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Ranks",
     "sample_seed",
+    "split",
     "instance_masks",
     "copy_paste",
     "merge_self_training",
@@ -160,6 +162,13 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
             for s in samples
         ]
     return batch
+
+
+def split(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """A collated batch (:func:`collate`) as one batch per image, in order: each holds exactly what
+    :func:`collate` makes of that image's sample alone (the same tensors, sliced, not copied)."""
+    keys = [k for k in ("ids", "sizes", "original_sizes", "cache_keys", "seeds", "pixels", "images", "targets") if k in batch]
+    return [{k: batch[k][i : i + 1] for k in keys} for i in range(len(batch["ids"]))]
 
 
 def _identity(x):

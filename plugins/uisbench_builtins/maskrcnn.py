@@ -21,16 +21,20 @@ warning naming the file.
 Settings: :class:`MaskRCNNConfig`, one typed, validated field per entry of :data:`PARAMS`.
 
 Under ``torchrun`` the student is :attr:`~uisbench.Student.distributed`: every rank trains its share
-of each global batch (``batch_size`` images, split as evenly as possible) under
-``DistributedDataParallel``, each loss weighted by the rank's share of what it averages over, so the
-gradient is the one-process gradient of the same images; every random draw is seeded per sample, so
-the run does not depend on the number of ranks (nor does its checkpoint: any number of ranks
-resumes it). Rank 0 writes the checkpoints; every rank reads them (a shared work directory).
+of each global batch (``batch_size`` images, split as evenly as possible), each loss weighted by
+its share of what it averages over, and the ranks sum the gradients (in float64) before every
+optimiser step, so the gradient is the one-process gradient of the same images; every random draw
+(image order, flips, copy-paste, the sampled anchors and proposals, torch's global generator) is
+seeded per sample. On CPU each image is forwarded and backpropagated alone, so the ``frozen-ssl``
+detectors train the same weights on any number of ranks, up to a rare last-bit rounding of the
+gradient sum (:meth:`MaskRCNNStudent._step`); so does a checkpoint, which any number of ranks
+resumes. Rank 0 writes the checkpoints; every rank reads them (a shared work directory).
 Prediction (and self-training targets) is sharded by chunks of ``predict_batch_size`` images and
-gathered. Differences from one process: floating-point summation order; on CPU, the ResNet
-detectors' BatchNorm normalises over each rank's share (SyncBatchNorm needs CUDA; on CUDA it is
-used), and with images of different sizes torchvision pads each rank's share to its own largest
-image; ``feature_cache_mb`` is a budget per rank.
+gathered. Differences from one process: with the ResNet detectors (BatchNorm) and on CUDA a rank's
+share is one batch, so floating-point summation order; on CPU the ResNet detectors' BatchNorm
+normalises over each rank's share (SyncBatchNorm needs CUDA; on CUDA it is used), and with images
+of different sizes torchvision pads each rank's share to its own largest image;
+``feature_cache_mb`` is a budget per rank.
 """
 
 from __future__ import annotations
@@ -333,15 +337,18 @@ def _read_checkpoint(path: Path, key: str, *, warn: bool = True) -> dict[str, An
     return state
 
 
-def _iteration_seed(seed: int, round_index: int, it: int) -> int:
-    digest = hashlib.sha256(f"{seed}/{round_index}/{it}".encode()).digest()
+def _forward_seed(sample_seeds: Sequence[int]) -> int:
+    """Seed of torch's global generator during a micro-batch's forward (a draw a module makes there,
+    such as dropout): a function of its samples' own seeds alone, so an image draws the same on any rank."""
+    digest = hashlib.sha256(("/".join(map(str, sample_seeds)) + "/global").encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 _NOT_IN_RUN_KEY = frozenset({"num_workers", "checkpoint_every", "predict_batch_size", "feature_cache_mb"})
-#: Enters the run key: 2 = anchors and proposals sampled per image from the sample's seed (a checkpoint
-#: of the earlier global-generator draws is not continued with the new ones).
-_RECIPE = 2
+#: Enters the run key: 2 = anchors and proposals sampled per image from the sample's seed; 3 = on CPU
+#: one forward and backward per image, gradients summed in float64 (a checkpoint of an earlier
+#: recipe is not continued with the new one).
+_RECIPE = 3
 
 
 class MaskRCNNStudent(uisbench.Student):
@@ -360,8 +367,9 @@ class MaskRCNNStudent(uisbench.Student):
             if getattr(backbone, "calibration", False):
                 raise uisbench.IncompatibleError(
                     f"maskrcnn with detector_backbone 'frozen-ssl' cannot use calibration backbone "
-                    f"{type(backbone).__name__}: it reads the evaluation ground truth, so a student built on it "
-                    "would see the answers at prediction time. Score calibration backbones at the pseudo-mask "
+                    f"{type(backbone).__name__}: calibration rows are references, not contenders (an oracle reads the "
+                    "evaluation ground truth, so a student built on it would see the answers at prediction time; a "
+                    "control such as position has no content to learn from). Score calibration backbones at the pseudo-mask "
                     "stage, or use a student entry with detector_backbone: resnet50-fpn."
                 )
         self.backbone = backbone if config.detector_backbone == "frozen-ssl" else None
@@ -370,6 +378,8 @@ class MaskRCNNStudent(uisbench.Student):
         self._init_info: dict[str, Any] = {}
         self._history: dict[str, Any] = {}
         self._distributed_info: dict[str, Any] = {"ranks": 1}
+        #: one forward and backward per image (set by :meth:`_distribute`)
+        self._per_image = False
         self._key = ""
         #: Called as ``on_checkpoint(round, iteration)`` after each checkpoint is written, on the rank
         #: that writes it (rank 0) (tests, monitoring).
@@ -423,7 +433,14 @@ class MaskRCNNStudent(uisbench.Student):
     def _distribute(self, ranks) -> None:
         """Under torchrun: BatchNorm (the ResNet detectors) becomes SyncBatchNorm on CUDA, so its
         statistics are those of the global batch as in one process; torch has no CPU SyncBatchNorm,
-        so on CPU (gloo) each rank normalises over its own share (recorded in provenance)."""
+        so on CPU (gloo) each rank normalises over its own share (recorded in provenance).
+
+        On CPU without BatchNorm (the ``frozen-ssl`` detectors) every image is its own micro-batch
+        (:attr:`_per_image`): CPU kernels give the same bits for the same shapes and thread count, so
+        an image's gradient is the same on any rank, and the trained weights do not depend on the
+        number of ranks (see :meth:`_step`). A rank's share is one batch where that buys nothing:
+        BatchNorm normalises over the batch (an image alone would be another model), and CUDA's
+        kernels are not deterministic anyway (atomic adds in RoIAlign's backward)."""
         import torch
 
         norm = None
@@ -435,8 +452,9 @@ class MaskRCNNStudent(uisbench.Student):
             elif ranks.distributed:
                 norm = "per rank: statistics over each rank's share of the batch (SyncBatchNorm needs CUDA)"
         share = [len(type(ranks)(r, ranks.world).share(self.config.batch_size)) for r in range(ranks.world)]
+        self._per_image = not self._cuda and norm is None
         self._distributed_info = {"ranks": ranks.world, "backend": ranks.backend, "per_rank_batch": share,
-                                  "batch_norm": norm}
+                                  "batch_norm": norm, "micro_batch": "image" if self._per_image else "rank share"}
 
     def _detector(self, training: bool = False):
         from ._detector import Detector
@@ -493,9 +511,9 @@ class MaskRCNNStudent(uisbench.Student):
         and schedule start afresh with this entry's settings. Its run key enters this run's key.
 
         Under ``torch.distributed`` every rank calls it: each trains on its share of every global
-        batch under ``DistributedDataParallel``, rank 0 writes the checkpoints (``workdir`` must be
-        one folder that every rank reads), and the result is the one-process result whatever the
-        number of ranks (up to floating-point summation order, and BatchNorm on CPU)."""
+        batch, the ranks sum the gradients, rank 0 writes the checkpoints (``workdir`` must be one
+        folder that every rank reads), and the result is the one-process result whatever the number
+        of ranks (see the module docstring for where it is so only up to float summation order)."""
         import torch
 
         c = self.config
@@ -714,7 +732,6 @@ class MaskRCNNStudent(uisbench.Student):
         import torch
         from tqdm import tqdm
 
-        from ._detector import TrainStep
         from ._student_data import IterationBatches
 
         c = self.config
@@ -743,18 +760,6 @@ class MaskRCNNStudent(uisbench.Student):
             positions=ranks.share(c.batch_size),
         )
         detector = self._detector(training=True)
-        ddp = None
-        if ranks.distributed:
-            import inspect
-
-            from torch.nn.parallel import DistributedDataParallel
-
-            index = torch.device(self.device).index if self._cuda else None
-            # No buffer sync in the forward, so no collective there (BatchNorm running statistics do not
-            # enter training; rank 0's are broadcast at the end of the round). torch >= 2.14 renamed it.
-            sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                    else "broadcast_buffers")
-            ddp = DistributedDataParallel(TrainStep(detector), device_ids=None if index is None else [index], **{sync: False})
         model.train()
         if self.backbone is not None and hasattr(self.backbone, "eval"):
             self.backbone.eval()
@@ -766,6 +771,8 @@ class MaskRCNNStudent(uisbench.Student):
             "batch_size": c.batch_size,
         }
         params = [q for q in model.parameters() if q.requires_grad]
+        # a failure flag, then every parameter's gradient: summed over the images in float64 (see _step)
+        flat = torch.zeros(1 + sum(q.numel() for q in params), dtype=torch.float64, device=self.device)
         bar = tqdm(total=iters, initial=start, desc=f"maskrcnn round {r}", unit="it", disable=None if ranks.main else True,
                    file=sys.stderr)
         t0, seen, last_loss, ckpt_s = time.perf_counter(), 0, float("nan"), 0.0
@@ -773,23 +780,7 @@ class MaskRCNNStudent(uisbench.Student):
         batches = iter(data.loader(start, c.num_workers, self._cuda))
         try:
             for it in range(start, iters):
-                if ddp is None:
-                    batch = next(batches)
-                    torch.manual_seed(_iteration_seed(seed, r, it))
-                    batch = self._to_device(batch)
-                    with self._autocast():
-                        losses = detector.losses(batch, batch["targets"])
-                    loss = sum(losses.values())
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"maskrcnn: loss is {loss.item()} at round {r} iteration {it} ({ {k: float(v) for k, v in losses.items()} }); "
-                            "lower lr or raise warmup_iters."
-                        )
-                    value = float(loss.detach())
-                else:
-                    loss, value = self._distributed_losses(ddp, detector, batches, ranks, seed, r, it)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                value = self._step(detector, batches, params, flat, ranks, r, it)
                 if c.grad_clip and c.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
                 opt.step()
@@ -808,7 +799,6 @@ class MaskRCNNStudent(uisbench.Student):
                     ckpt_s += time.perf_counter() - t_ckpt
         finally:
             bar.close()
-        del ddp
         ranks.broadcast_buffers(model)
         elapsed = time.perf_counter() - t0
         record.update(
@@ -821,62 +811,84 @@ class MaskRCNNStudent(uisbench.Student):
         history["rounds"][r].update({"training": record})
         return seen
 
-    def _distributed_losses(self, ddp, detector, batches, ranks, seed: int, r: int, it: int):
-        """One rank's forward of its share of the global batch: ``(loss to backpropagate, loss of the
-        global batch)``.
+    def _step(self, detector, batches, params, flat, ranks, r: int, it: int) -> float:
+        """The gradient of iteration ``it``'s global batch, set as ``params``' ``.grad`` on every rank;
+        returns the batch's loss.
 
-        Each loss is a mean over what the samplers drew (:data:`_detector.LOSS_NORMALISERS`); a rank's
-        share is weighted by ``world x its count / the global count``, so that the gradient DDP
-        averages is the gradient of the global batch's loss in one process. Failures are shared
-        before each collective that a failed rank would miss: the batch before the forward (whose
-        first call after a backward makes DDP rebuild its buckets, a collective), the forward before
-        the backward (whose gradient all-reduce a failed rank would never join); then every rank stops.
+        Each loss is a mean over what the samplers drew in the whole global batch
+        (:data:`_detector.LOSS_NORMALISERS`). So every micro-batch of this rank's share (one per image,
+        or the whole share: :attr:`_per_image`) is forwarded first, the ranks sum what each drew,
+        then each micro-batch's loss, weighted by its share of those counts, is backpropagated alone
+        and its float32 gradient added into ``flat`` in float64, which the ranks sum. An image's
+        forward and backward are then the same computation on any rank, and a float64 sum of a few
+        float32 numbers is exact unless their magnitudes span more than 2**29, so the float32 gradient
+        does not depend on how the images are grouped into ranks (but for a last-bit rounding where a
+        sum is not exact and lies that close to a float32 rounding boundary).
+
+        Failures are shared before each collective that a failed rank would miss: loading, before
+        the forward (with SyncBatchNorm, on CUDA, a collective); the forward, in the counts' sum;
+        the backward, in the gradients' sum; then every rank stops.
         """
         import math
 
         import torch
 
         from ._detector import LOSS_NORMALISERS
+        from ._student_data import split
 
+        where = f"at round {r} iteration {it}"
         failure: BaseException | None = None
         try:
             batch = self._to_device(next(batches))
         except Exception as err:  # an unreadable image: raised below, after every rank knows
             failure = err
-        self._stop_if_failed(failure, ranks.count(failure is not None), f"at round {r} iteration {it}")
+        self._stop_if_failed(failure, ranks.count(failure is not None), where)
         names = list(LOSS_NORMALISERS)
-        counts = [0.0] * len(names)
-        sums = torch.zeros(len(names), dtype=torch.float64, device=self.device)
-        losses: dict[str, Any] = {}
+        counts, sums = [0] * len(names), [0.0] * len(names)
+        forwards: list[tuple[dict[str, Any], list[int]]] = []
         try:
-            torch.manual_seed(_iteration_seed(seed, r, it))
-            with self._autocast():
-                losses = ddp(batch, batch["targets"])
-            found = detector.loss_counts(len(batch["ids"]))
-            if found is None or set(losses) != set(names):
-                raise RuntimeError(f"maskrcnn: cannot weight the losses {sorted(losses)} across ranks (no sampler counts)")
-            counts = [float(found[LOSS_NORMALISERS[n]]) for n in names]
-            sums = torch.stack([losses[n].detach().double() for n in names]) * torch.tensor(
-                counts, dtype=torch.float64, device=self.device
-            )
+            for part in split(batch) if self._per_image else [batch]:
+                torch.manual_seed(_forward_seed(part["seeds"]))  # any draw from the global generator: per image
+                with self._autocast():
+                    losses = detector.losses(part, part["targets"])
+                found = detector.loss_counts(len(part["ids"]))
+                if found is None or set(losses) != set(names):
+                    raise RuntimeError(f"maskrcnn: cannot weight the losses {sorted(losses)} across images (no sampler counts)")
+                drawn = [int(found[LOSS_NORMALISERS[n]]) for n in names]
+                forwards.append((losses, drawn))
+                for j, (n, k) in enumerate(zip(names, drawn, strict=True)):
+                    counts[j] += k
+                    sums[j] += float(losses[n].detach()) * k if k else 0.0  # a mean over nothing is no loss
         except Exception as err:
             failure = err
-        flag = torch.tensor([1.0 if failure is not None else 0.0], dtype=torch.float64, device=self.device)
-        mine = torch.tensor(counts, dtype=torch.float64, device=self.device)
-        total = ranks.sum(torch.cat([flag, mine, sums])).tolist()
-        self._stop_if_failed(failure, int(total[0]), f"at round {r} iteration {it}")
+        total = ranks.sum(torch.tensor([float(failure is not None), *counts, *sums], dtype=torch.float64, device=self.device))
+        total = total.tolist()
+        self._stop_if_failed(failure, int(total[0]), where)
         global_counts, global_sums = total[1 : 1 + len(names)], total[1 + len(names) :]
         means = {n: (s / n_g if n_g > 0 else 0.0) for n, s, n_g in zip(names, global_sums, global_counts, strict=True)}
         value = sum(means.values())
         if not math.isfinite(value):
-            raise FloatingPointError(
-                f"maskrcnn: loss is {value} at round {r} iteration {it} ({means}); lower lr or raise warmup_iters."
-            )
-        loss = sum(
-            losses[n] * (ranks.world * k / n_g if n_g > 0 else 0.0)
-            for n, k, n_g in zip(names, counts, global_counts, strict=True)
-        )
-        return loss, value
+            raise FloatingPointError(f"maskrcnn: loss is {value} {where} ({means}); lower lr or raise warmup_iters.")
+        sizes = [q.numel() for q in params]
+        flat.zero_()
+        try:
+            for losses, drawn in forwards:
+                loss = sum(losses[n] * (k / n_g) for n, k, n_g in zip(names, drawn, global_counts, strict=True) if k)
+                for q in params:
+                    q.grad = None
+                if isinstance(loss, torch.Tensor):
+                    loss.backward()
+                for q, g in zip(params, flat[1:].split(sizes), strict=True):
+                    if q.grad is not None:  # a parameter that no loss of this micro-batch reached: zero
+                        g.add_(q.grad.flatten())
+        except Exception as err:
+            failure = err
+        flat[0] = float(failure is not None)
+        reduced = ranks.sum(flat)
+        self._stop_if_failed(failure, int(reduced[0].item()), where)
+        for q, g in zip(params, reduced[1:].split(sizes), strict=True):
+            q.grad = g.view_as(q).to(q.dtype)
+        return value
 
     @staticmethod
     def _stop_if_failed(failure: BaseException | None, failed: int, where: str) -> None:
