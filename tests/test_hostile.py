@@ -819,3 +819,57 @@ def test_case5_annotations_that_are_not_regular_files_are_named_so(tmp_path, wha
         coco.build("val", root=str(root))
     message = str(info.value)
     assert f"annotations: {annotations} is not a regular file" in message and "missing files" not in message
+
+
+def _validate(tmp_path, capsys, text: str) -> tuple[int, str]:
+    path = tmp_path / "mine.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    code = main(["validate", str(path)])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.err
+
+
+def test_case9_validate_checks_path_parameters_without_reading_them(tmp_path, capsys, opened):
+    fifo = tmp_path / "fifo.pth"
+    os.mkfifo(fifo)
+    (tmp_path / "folder.pth").mkdir()
+    good = tmp_path / "good.pth"
+    good.write_bytes(b"never read by validate")
+    opened.clear()
+    with _deadline(20):
+        code, err = _validate(tmp_path, capsys, f"""\
+            version: 1
+            backbones:
+              gone: {{plugin: timm, model: vit_tiny_patch16_224, weights: {tmp_path}/gone.pth}}
+              fifo: {{plugin: timm, model: vit_tiny_patch16_224, weights: {fifo}}}
+              dev: {{plugin: timm, model: vit_tiny_patch16_224, weights: /dev/zero}}
+              folder: {{plugin: timm, model: vit_tiny_patch16_224, weights: {tmp_path}/folder.pth}}
+              good: {{plugin: timm, model: vit_tiny_patch16_224, weights: {good}}}
+            datasets:
+              nowhere: {{plugin: coco, root: {tmp_path}/no-such-folder}}
+            """)
+    assert code == 1
+    assert f"mine.yaml:3: backbone entry 'gone': parameter 'weights': {tmp_path}/gone.pth not found" in err
+    assert f"mine.yaml:4: backbone entry 'fifo': parameter 'weights': {fifo} is not a regular file (a FIFO)" in err
+    assert "mine.yaml:5: backbone entry 'dev': parameter 'weights': /dev/zero is not a regular file (a character device)" in err
+    assert "mine.yaml:6: backbone entry 'folder': parameter 'weights':" in err and "(a folder)" in err
+    assert f"mine.yaml:9: dataset entry 'nowhere': parameter 'root': {tmp_path}/no-such-folder not found" in err
+    assert "'good'" not in err and "5 problem(s)" in err
+    assert str(good) not in opened and str(fifo) not in opened  # checked with stat, never opened
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("", "'version: 1' is required"),
+        ("# only a comment\n", "'version: 1' is required"),
+        ('version: 1\nbackbones:\n  "": {plugin: pixels}\n', ":3: backbone entry '': the name is empty"),
+        ("version: 1\nbackbones:\n  pix,comma: {plugin: pixels}\n", ":3: backbone entry 'pix,comma': a name with a comma"),
+        ('version: 1\nmaskers:\n  " km": {plugin: kmeans}\n', ":3: masker entry ' km': a name that starts or ends with a space"),
+    ],
+    ids=["empty", "comment-only", "empty-name", "comma", "space"],
+)
+def test_case9_validate_refuses_what_the_cli_cannot_select(tmp_path, capsys, text, needle):
+    code, err = _validate(tmp_path, capsys, text)
+    assert code == 1 and needle in err

@@ -328,12 +328,51 @@ def _check_params(spec: PluginSpec, entry: Entry, lines: Mapping[str, int], path
         problems.append(f"{path}:{line}: {at}: {text}")
 
 
-def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problems: list[str]) -> bytes:
-    """Add the file's entries to ``registry`` and its problems to ``problems``; return its bytes."""
+def _name_problem(name: str) -> str | None:
+    """Why ``--backbones`` and the like could never select an entry of this name (they split on
+    commas and strip spaces), or None."""
+    if not name.strip():
+        return "the name is empty (or only spaces); `--backbones` and the like could never select it"
+    if "," in name:
+        return "a name with a comma can never be selected (`--backbones a,b` splits on commas); rename it"
+    if name != name.strip():
+        return "a name that starts or ends with a space can never be selected (the command line strips it); rename it"
+    return None
+
+
+def _check_paths(spec: PluginSpec, entry: Entry, lines: Mapping[str, int], problems: list[str]) -> None:
+    """``platform validate``: the entry's path parameters name what exists, seen with ``stat`` only
+    (nothing is opened or loaded: a FIFO would block, a checkpoint takes long to load).
+
+    A backbone's, masker's or student's path names a file (``weights:``), read from the working
+    directory as the factories do. A dataset's may name a folder; a relative one is relative to the
+    dataset's root and the root may come from the environment, so only absolute ones are checked.
+    """
+    from .io import regular_file_problem
+
+    for param in spec.params:
+        value = entry.params.get(param.name)
+        if param.type != "path" or not isinstance(value, str) or not value:
+            continue
+        path = Path(os.path.expandvars(value)).expanduser()
+        if entry.kind == "datasets" and not path.is_absolute():
+            continue
+        problem = regular_file_problem(path)
+        if entry.kind == "datasets" and problem and path.is_dir():
+            problem = None
+        if problem:
+            line = lines.get(param.name, entry.line)
+            problems.append(f"{entry.source}:{line}: {entry.kind[:-1]} entry {entry.name!r}: parameter {param.name!r}: {path} {problem}.")
+
+
+def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problems: list[str], check_files: bool = False) -> bytes:
+    """Add the file's entries to ``registry`` and its problems to ``problems``; return its bytes.
+    ``check_files``: also check that path parameters name existing files (``platform validate``)."""
     raw, data, read_problems = _read(path)
     problems.extend(read_problems)
     where = str(path)
-    if data is None:
+    if data is None:  # empty, or only comments: a file saved by mistake, or the wrong file
+        problems.append(f"{where}:1: the file holds no registry; 'version: {SCHEMA_VERSION}' is required.")
         return raw
     if not isinstance(data, dict):
         problems.append(f"{where}:1: the registry must be a mapping with keys {', '.join(_TOP_KEYS)}.")
@@ -358,6 +397,10 @@ def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problem
             if not isinstance(body, dict) or "plugin" not in body:
                 problems.append(f"{where}:{line}: {kind[:-1]} entry {name!r} needs a 'plugin: NAME' key.")
                 continue
+            named = _name_problem(str(name))
+            if named:
+                problems.append(f"{where}:{line}: {kind[:-1]} entry {str(name)!r}: {named}.")
+                continue
             params = {k: v for k, v in body.items() if k not in _ENTRY_META}
             entry = Entry(kind, str(name), str(body["plugin"]), params, where, line, str(body.get("description", "")))
             if specs is not None:
@@ -370,6 +413,8 @@ def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problem
                     )
                     continue
                 _check_params(spec, entry, body.key_lines, where, problems)
+                if check_files:
+                    _check_paths(spec, entry, body.key_lines, problems)
             registry.entries[kind][entry.name] = entry
     section = data.get("finetune")
     if section is not None:
@@ -593,10 +638,13 @@ def load_registry(
     host: PluginHost | None = None,
     *,
     include_default: bool = True,
+    check_files: bool = False,
 ) -> Registry:
     """Load and validate registry files (the shipped one first unless ``include_default=False``).
 
-    With ``host`` given, entries are validated against the installed plugins' schemas.
+    With ``host`` given, entries are validated against the installed plugins' schemas; with
+    ``check_files`` (``platform validate``) their path parameters must name existing files, seen
+    with ``stat`` only (a run leaves that to the factories, where a missing release is "unavailable").
     Raises :class:`ConfigError` listing every problem.
     """
     files: list[Path] = []
@@ -609,7 +657,7 @@ def load_registry(
     for path in files:
         if not path.exists():
             raise ConfigError(f"{path}: registry file not found; check --registry or UISBENCH_REGISTRY.")
-        digest.update(_parse_file(path, registry, host, problems))
+        digest.update(_parse_file(path, registry, host, problems, check_files))
         registry.files.append(str(path))
     if host is not None:
         _check_bench(registry, problems)

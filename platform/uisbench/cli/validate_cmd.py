@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
         # A user file extends the shipped one, so its bench section may name shipped entries.
         is_default = Path(path).resolve() == default
         try:
-            load_registry([*args.registry, path] if not is_default else args.registry, host, include_default=True)
+            load_registry([*args.registry, path] if not is_default else args.registry, host, include_default=True,
+                          check_files=True)
         except ConfigError as err:
             status = 1
             print(f"{path}: {len(err.problems)} problem(s)", file=sys.stderr)
