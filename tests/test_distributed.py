@@ -391,6 +391,7 @@ def test_a_step_backpropagates_each_image_to_the_gradient_of_the_whole_batch():
     assert scale > 0 and worst <= 1e-5 * scale, (worst, scale)
 
 
+@pytest.mark.slow
 def test_the_default_student_and_its_fine_tuning_train_alike_on_one_and_two_ranks(tmp_path):
     """The bench's default student and few-label settings (AdamW, which turns float noise in a
     near-zero gradient into an lr-sized step, flips, DropLoss, a batch of 4 split 2 + 2): 2 ranks
@@ -407,6 +408,7 @@ def test_the_default_student_and_its_fine_tuning_train_alike_on_one_and_two_rank
         loss_diff = max(abs(x[2] - y[2]) for x, y in zip(a["losses"], b["losses"], strict=True))
         weight_diff = _max_diff(a["weights"], b["weights"])
         print(f"{stage}: 1 vs 2 ranks: loss max |diff| {loss_diff:.3g}, weights max |diff| {weight_diff:.3g}")
+        # measured 0 and 0 (before each image was backpropagated alone: 2.5e-3 and 2.2e-4 after 4 steps)
         assert loss_diff <= 1e-12 and weight_diff <= 1e-9, (stage, loss_diff, weight_diff)
         assert any(a["predictions"].values()) and a["predictions"] == b["predictions"], stage
         assert _max_diff(b["weights"], other[stage]["weights"]) == 0.0
