@@ -1,5 +1,5 @@
-"""``timm``: any timm Vision Transformer by name, with its weights: a vendor with a timm-compatible
-model needs only a registry entry, no code::
+"""``timm``: any timm Vision Transformer (or CNN) by name, with its weights: a vendor with a
+timm-compatible model needs only a registry entry, no code::
 
     backbones:
       acme-vitb16:
@@ -14,13 +14,23 @@ A ViT backbone is a timm model built at the chosen square input side (position e
 resampled once, when the weights are loaded, by timm's own checkpoint filter). Its features are one
 *facet* of one block:
 
-- ``key`` / ``query`` / ``value``: the output of ``blocks[layer].attn.qkv`` (a forward hook, removed
-  after every batch), split in three, heads concatenated (what MaskCut and deep spectral methods use);
-- ``token``: the output tokens of ``blocks[layer]`` after the final norm (``forward_features`` for the
-  last block).
+- ``key`` / ``query`` / ``value``: the attention's projection of the block's normed input, heads
+  concatenated (what MaskCut and deep spectral methods use). It is computed here from the block's own
+  weights on the input ``blocks[layer].attn`` receives (a forward pre-hook, removed after every
+  batch), so it is the same quantity for every attention layout timm has: a fused ``qkv`` Linear
+  (ViT, DINOv2, CLIP, SigLIP, SAM), a fused weight with separate q/k/v biases applied through
+  ``F.linear`` (EVA-02, DINOv3 ``_qkvb``: a hook on ``attn.qkv`` never fires there), or separate
+  ``q_proj``/``k_proj``/``v_proj``. It is the projection itself: before any q/k norm and before the
+  rotary position embedding (RoPE) of EVA-02 and DINOv3;
+- ``token``: the output tokens of ``blocks[layer]`` after the final norm (SAM: after its neck);
+- ``stage`` (CNNs such as ResNet-50 and ConvNeXt): the output of stage ``layer`` of timm's
+  ``feature_info`` (ResNet: 0 = stem at stride 2, ..., 3 = C4 at stride 16, 4 = C5 at stride 32);
+  the stage's stride plays the patch size.
 
-Prefix tokens (CLS, registers: timm's ``num_prefix_tokens``) are dropped and the tokens are laid out
-as a ``(B, C, h, w)`` grid. Weights come from a local file (``weights: PATH``, read with
+Prefix tokens (CLS, registers, DINOv3's storage tokens) are counted by the model itself (timm's
+``num_prefix_tokens``; none for SigLIP, I-JEPA and SAM, whose blocks work on a ``(B, H, W, C)``
+grid) and dropped; the tokens are laid out as a ``(B, C, h, w)`` grid. SAM's windowed blocks see
+padded windows: they are put back on the grid and the padding cropped away. Weights come from a local file (``weights: PATH``, read with
 :func:`uisbench.weights.read_checkpoint`) or timm's Hugging Face hub download when online; offline
 without them the factory raises :class:`uisbench.BackboneUnavailable` saying which file to get.
 Random initialisation only happens with an explicit ``pretrained: false``.
@@ -42,6 +52,8 @@ from typing import TYPE_CHECKING, Any
 
 import uisbench
 
+from . import _families
+
 if TYPE_CHECKING:
     import torch
 
@@ -59,7 +71,9 @@ __all__ = [
     "autocast_context",
 ]
 
-FACETS = ("key", "query", "value", "token")
+FACETS = ("key", "query", "value", "token", "stage")
+#: the facets of a transformer's blocks; a CNN has only ``stage``
+BLOCK_FACETS = ("key", "query", "value", "token")
 _QKV_INDEX = {"query": 0, "key": 1, "value": 2}
 PRECISIONS = ("auto", "fp32", "bf16")
 _INIT_SEED = 0
@@ -75,11 +89,13 @@ def vit_params(model_default: Any, model_help: str, model_choices: tuple[str, ..
     P = uisbench.Param
     return (
         P("model", "str", model_default, model_help, choices=model_choices),
-        P("weights", "path", None, "local checkpoint (.pth/.bin/.safetensors); DINO/MAE published layouts are unwrapped"),
+        P("weights", "path", None, "local checkpoint (.pth/.bin/.safetensors); official SSL layouts are recognised and unwrapped"),
+        P("family", "str", None, "the SSL family whose official file layout `weights` has (null: recognised from the file); "
+          "sets the normalisation and checks the head count", choices=tuple(_families.FAMILIES), nullable=True),
         P("pretrained", "bool", True, "false = random initialisation on purpose (recorded in every result)"),
-        P("facet", "str", "key", "which features: attention key/query/value of the block, or its output token", choices=FACETS),
+        P("facet", "str", "key", "which features: attention key/query/value of the block, its output token, or a CNN's stage", choices=FACETS),
         # layer: its range is the model's depth, known once timm has built it (the factory checks it)
-        P("layer", "int", -1, "block whose features are taken; negative counts from the end (-1 = last)"),
+        P("layer", "int", -1, "block (CNN: stage) whose features are taken; negative counts from the end (-1 = last)"),
         P("size", "int", 480, "square input side in pixels (a multiple of the patch size)", ge=1),
         P("resize", "str", "square", "square: stretch to size x size (MaskCut); pad: keep aspect ratio, pad", choices=uisbench.grid.RESIZE_POLICIES),
         P("mean", "list[float]", None, "RGB normalisation mean; null = the weights' timm pretrained_cfg"),
@@ -106,11 +122,51 @@ def check_vit_params(params: Mapping[str, Any]) -> Iterator[tuple[str | None, st
         value = params.get(name)
         if value is not None and len(value) != 3:
             yield name, f"must be three numbers (R, G, B), got {list(value)}"
+    yield from _check_facet(str(params.get("model") or ""), params.get("facet"))
+    fam = _families.FAMILIES.get(params.get("family") or "")
+    kind = architecture_kind(str(params.get("model") or "")) if fam is not None else None
+    if fam is not None and kind is not None and kind != fam.kind:
+        yield "family", f"{fam.title} files hold a {fam.kind}, {params.get('model')} is a {kind}; use e.g. model: {fam.model}"
     found = _PATCH_IN_NAME.search(str(params.get("model") or ""))
     patch = kwargs.get("patch_size", int(found.group(1)) if found else None)
     size = params.get("size")
     if isinstance(patch, int) and patch > 0 and isinstance(size, int):
         yield from uisbench.grid.check_grid_params({"size": size, "patch_size": patch})
+
+
+#: timm modules whose models are transformers with ``blocks[i].attn`` / CNNs with stages: what
+#: `platform validate` knows without building the model (others are found out when it is built)
+_TRANSFORMER_MODULES = frozenset({"vision_transformer", "eva", "vision_transformer_sam", "deit", "beit"})
+_CNN_MODULES = frozenset({"resnet", "convnext", "resnetv2", "regnet", "efficientnet", "mobilenetv3", "densenet", "vgg"})
+
+
+def architecture_kind(model: str) -> str | None:
+    """``"transformer"``, ``"cnn"`` or ``None`` (unknown name or module) for a timm model name,
+    from the module that registers it: no model is built."""
+    try:
+        import timm
+
+        module = timm.models.model_entrypoint(model.split(".")[0]).__module__.rsplit(".", 1)[-1]
+    except Exception:  # unknown name: the factory says so with suggestions
+        return None
+    return "transformer" if module in _TRANSFORMER_MODULES else "cnn" if module in _CNN_MODULES else None
+
+
+def _facet_problem(model: str, kind: str, facet: str | None) -> str | None:
+    if kind == "cnn" and facet in BLOCK_FACETS:
+        return (f"{model} is a CNN: it has no attention {facet}s or tokens; use facet: stage "
+                "(layer: -1 = the last stage at stride 32, -2 = the one before at stride 16)")
+    if kind == "transformer" and facet == "stage":
+        return f"{model} is a transformer: it has no CNN stages; use facet: key (attention keys) or token"
+    return None
+
+
+def _check_facet(model: str, facet: str | None) -> Iterator[tuple[str | None, str]]:
+    if not model or facet is None:
+        return
+    problem = _facet_problem(model, architecture_kind(model) or "", facet)
+    if problem:
+        yield "facet", problem
 
 
 def autocast_context(device_type: str, precision: str):
@@ -140,11 +196,12 @@ def load_weights(model: Any, state_dict: dict[str, Any], source: str, model_name
             ) from err
         notes.append(f"converted by {family.__name__}.checkpoint_filter_fn")
     expected = model.state_dict()
-    if not any(k.startswith("head.") for k in expected):
-        heads = [k for k in state_dict if k.startswith("head.")]
-        if heads:
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
-            notes.append("dropped the classification/projection head (features only)")
+    # the classifier timm names in the model's cfg (ViT: head, ResNet: fc, ConvNeXt: head.fc), built without one
+    classifier = str((getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head")
+    for name in dict.fromkeys((classifier.split(".")[0], "head")):
+        if not any(k.startswith(name + ".") for k in expected) and any(k.startswith(name + ".") for k in state_dict):
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(name + ".")}
+            notes.append(f"dropped the classification/projection head '{name}' (features only)")
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     shapes = [
@@ -315,7 +372,7 @@ def hub_weights(model_name: str, plugin: str, cfg: Mapping[str, Any]) -> tuple[s
 
 
 class _StopForward(Exception):
-    """Raised by the qkv hook once it has what it needs: the rest of the network is not run."""
+    """Raised by the attention pre-hook once it has what it needs: the rest of the network is not run."""
 
 
 class TimmViT(uisbench.GridBackbone):
@@ -339,10 +396,9 @@ class TimmViT(uisbench.GridBackbone):
         model_kwargs: Mapping[str, Any] | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        family: str | None = None,
         plugin: str = "timm",
     ) -> None:
-        import torch
-
         try:
             import timm
         except ImportError as err:  # pragma: no cover - timm is a dependency
@@ -354,7 +410,7 @@ class TimmViT(uisbench.GridBackbone):
             model=model, weights=None if weights is None else os.fspath(weights), pretrained=pretrained, facet=facet,
             layer=layer, size=size, resize=resize, precision=precision,
             model_kwargs=None if model_kwargs is None else dict(model_kwargs),
-            mean=None if mean is None else list(mean), std=None if std is None else list(std),
+            mean=None if mean is None else list(mean), std=None if std is None else list(std), family=family,
         ), check_vit_params)
         kwargs = dict(model_kwargs or {})
 
@@ -382,65 +438,114 @@ class TimmViT(uisbench.GridBackbone):
         # for. Resolved before the model is built, so a missing file costs nothing.
         weights_path: Path | None = None
         self.weights_source = "random-init"
+        fam = _families.family(family) if family else None
         if weights is not None:
             weights_path = Path(os.path.expandvars(str(weights))).expanduser()
             problem = uisbench.io.regular_file_problem(weights_path)  # a FIFO or /dev/zero is refused unopened
             if problem and problem != "not found":
                 raise uisbench.ConfigError(f"{where}: weights file {weights_path} {problem}; fix `weights:` in your registry file.")
             if not weights_path.is_file():
+                if fam is not None:  # an official release named by the registry: not on this machine yet
+                    raise uisbench.BackboneUnavailable(
+                        f"Backbone {model!r} ({fam.title}): weights file {weights_path} is not on this machine. Get "
+                        f"{fam.official} from {fam.url} and put it there (or point `weights:` at your copy)."
+                    )
                 raise uisbench.ConfigError(f"{where}: weights file {weights_path} not found; fix `weights:` in your registry file.")
             self.weights_source = "file"
         elif pretrained:
             path_str, self.weights_source = hub_weights(model, plugin, cfg)
             weights_path = Path(path_str)
 
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_INIT_SEED)
-                net = timm.create_model(model, pretrained=False, num_classes=0, img_size=size, **kwargs)
-        except TypeError as err:
-            raise uisbench.ConfigError(f"{where}: timm.create_model rejected the arguments ({err}); check model_kwargs.") from err
+        checkpoint = None
+        if weights_path is not None:
+            # read first (no code runs: uisbench.weights.read_checkpoint): its family decides the normalisation
+            checkpoint = uisbench.weights.read_checkpoint(weights_path)
+            fam = fam or _families.recognise(checkpoint)
+        self.family = fam
 
-        blocks = getattr(net, "blocks", None)
-        patch_embed = getattr(net, "patch_embed", None)
-        if blocks is None or patch_embed is None or not hasattr(patch_embed, "patch_size"):
-            raise uisbench.ConfigError(f"{where}: not a plain ViT (no blocks/patch_embed); the ViT plugins take timm ViTs.")
-        ps = patch_embed.patch_size
-        ps = tuple(ps) if isinstance(ps, (tuple, list)) else (ps, ps)
-        if ps[0] != ps[1]:
-            raise uisbench.ConfigError(f"{where}: non-square patches {ps} are not supported.")
-        patch = int(ps[0])
+        net = self._create(timm, model, size, kwargs, where)
+        kind = "transformer" if hasattr(net, "blocks") and hasattr(getattr(net, "patch_embed", None), "patch_size") else (
+            "cnn" if getattr(net, "feature_info", None) and hasattr(net, "forward_intermediates") else None
+        )
+        if kind is None:
+            raise uisbench.ConfigError(
+                f"{where}: neither a ViT (blocks, patch_embed) nor a CNN with feature_info stages; the timm plugin takes those."
+            )
+        problem = _facet_problem(model, kind, facet)
+        if problem:
+            raise uisbench.ConfigError(f"{where}: {problem}.")
+        self.kind = kind
+        if kind == "cnn":
+            stages = list(net.feature_info)
+            depth = len(stages)
+            if not -depth <= layer < depth:
+                raise uisbench.ConfigError(f"{where}: stage {layer} is out of range for {depth} stages (use -{depth}..{depth - 1}).")
+            patch = int(stages[layer % depth]["reduction"])  # the stage's stride
+        else:
+            ps = net.patch_embed.patch_size
+            ps = tuple(ps) if isinstance(ps, (tuple, list)) else (ps, ps)
+            if ps[0] != ps[1]:
+                raise uisbench.ConfigError(f"{where}: non-square patches {ps} are not supported.")
+            patch = int(ps[0])
+            depth = len(net.blocks)
         net_cfg = dict(getattr(net, "pretrained_cfg", None) or cfg)
-        mean = tuple(float(v) for v in (mean if mean is not None else net_cfg.get("mean", (0.485, 0.456, 0.406))))
-        std = tuple(float(v) for v in (std if std is not None else net_cfg.get("std", (0.229, 0.224, 0.225))))
+        # explicit > the family's (an untagged timm name's cfg says 0.5 for weights trained with ImageNet's) > timm's cfg
+        mean = tuple(float(v) for v in (mean if mean is not None else fam.mean if fam else net_cfg.get("mean", (0.485, 0.456, 0.406))))
+        std = tuple(float(v) for v in (std if std is not None else fam.std if fam else net_cfg.get("std", (0.229, 0.224, 0.225))))
         super().__init__(size=size, patch_size=patch, resize=resize, mean=mean, std=std, where=where)
-        depth = len(blocks)
         if not -depth <= layer < depth:
             raise uisbench.ConfigError(f"{where}: layer {layer} is out of range for {depth} blocks (use -{depth}..{depth - 1}).")
         self.layer = layer % depth
         self._last = self.layer == depth - 1
-        if facet != "token":
-            qkv = getattr(getattr(blocks[self.layer], "attn", None), "qkv", None)
-            if not isinstance(qkv, torch.nn.Linear):
-                raise uisbench.ConfigError(f"{where}: blocks[{self.layer}].attn has no fused qkv Linear; use facet: token.")
-        elif not self._last and not hasattr(net, "forward_intermediates"):
+        if facet in _QKV_INDEX:
+            _projection(net.blocks[self.layer].attn, facet, where, self.layer)  # a ConfigError now, not at the first batch
+        elif facet == "token" and not self._last and not hasattr(net, "forward_intermediates"):
             raise uisbench.ConfigError(f"{where}: this timm model has no forward_intermediates; use the last layer.")
-        self.num_prefix_tokens = int(getattr(net, "num_prefix_tokens", 1))
+        # From the model, never guessed: CLS + registers (+ DINOv3's storage tokens) for timm's ViTs and
+        # EVAs, 0 for SigLIP and I-JEPA (no CLS token). SAM's blocks keep a (B, H, W, C) grid: no
+        # attribute, no prefix tokens. A token sequence of a model without the attribute is refused in extract.
+        prefix = getattr(net, "num_prefix_tokens", None)
+        grid_tokens = kind == "cnn" or getattr(getattr(net, "patch_embed", None), "flatten", True) is False  # SAM: NHWC
+        self.num_prefix_tokens: int | None = int(prefix) if prefix is not None else (0 if grid_tokens else None)
 
         self.pretrained = weights_path is not None
         self.weights: str | None = None
         self.weights_sha256: str | None = None
         self.load_notes: list[str] = []
         if weights_path is not None:
-            self._load_file(net, weights_path)
+            self._load_file(net, weights_path, checkpoint)
 
         net.eval()
         net.requires_grad_(False)
         self.model = net
 
-    def _load_file(self, net: Any, path: Path) -> None:
-        checkpoint = uisbench.weights.read_checkpoint(path)
-        state_dict, notes = uisbench.weights.unwrap_state_dict(checkpoint, str(path))
+    @staticmethod
+    def _create(timm: Any, model: str, size: int, kwargs: dict[str, Any], where: str) -> Any:
+        """``timm.create_model`` at ``size`` px for models that take ``img_size`` (ViTs: position
+        embeddings, SAM's relative positions); CNNs take any input size and refuse the argument."""
+        import torch
+
+        def create(**extra: Any) -> Any:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_INIT_SEED)
+                return timm.create_model(model, pretrained=False, num_classes=0, **extra, **kwargs)
+
+        try:
+            try:
+                return create(img_size=size)
+            except TypeError as err:
+                if "img_size" not in str(err):
+                    raise
+                return create()  # e.g. resnet50, convnext_tiny: "unexpected keyword argument 'img_size'"
+        except TypeError as err:
+            raise uisbench.ConfigError(f"{where}: timm.create_model rejected the arguments ({err}); check model_kwargs.") from err
+
+    def _load_file(self, net: Any, path: Path, checkpoint: Any) -> None:
+        if self.family is not None:
+            state_dict, notes = _families.backbone_state_dict(checkpoint, self.family, str(path))
+        else:
+            state_dict, notes = uisbench.weights.unwrap_state_dict(checkpoint, str(path))
+        _families.check_model(net, self.family, state_dict, str(path), self.model_name)
         notes += load_weights(net, state_dict, str(path), self.model_name)
         self.weights = str(path)
         self.weights_sha256 = uisbench.io.file_sha256(path)
@@ -464,10 +569,12 @@ class TimmViT(uisbench.GridBackbone):
             "weights_sha256": self.weights_sha256,
             "weights_source": self.weights_source,
             "load_notes": list(self.load_notes),
+            "family": None if self.family is None else self.family.name,
             "init_seed": None if self.pretrained else _INIT_SEED,
             "model_kwargs": dict(self.model_kwargs),
             "facet": self.facet,
             "layer": self.layer,
+            "prefix_tokens": self.num_prefix_tokens,
             **super().provenance(),  # size, patch_size, resize
             "mean": list(self.preprocessing.mean),
             "std": list(self.preprocessing.std),
@@ -485,24 +592,46 @@ class TimmViT(uisbench.GridBackbone):
             )
         pixels = pixels.to(self.device, non_blocking=True)
         with torch.inference_mode(), autocast_context(pixels.device.type, self.precision):
-            if self.facet == "token":
-                tokens = self._tokens(pixels)  # (B, h*w, D), prefix tokens dropped
+            if self.facet == "stage":
+                (grid,) = self.model.forward_intermediates(pixels, indices=[self.layer], stop_early=True, intermediates_only=True)
+            elif self.facet == "token":
+                grid = self._tokens(pixels)
             else:
-                tokens = self._qkv_facet(pixels)[:, self.num_prefix_tokens :]
-        if tokens.shape[1] != g * g:
-            raise uisbench.DataError(f"backbone {self.model_name}: {tokens.shape[1]} patch tokens for a {g}x{g} grid.")
-        features = tokens.float().reshape(len(pixels), g, g, -1).permute(0, 3, 1, 2).contiguous()
-        return self.feature_map(features, pixels, image_ids)
+                grid = self._projected(pixels)
+        if tuple(grid.shape[2:]) != (g, g):
+            raise uisbench.DataError(
+                f"backbone {self.model_name}: a {tuple(grid.shape[2:])} feature grid for a {g}x{g} grid of {self.patch_size} px patches."
+            )
+        return self.feature_map(grid.float().contiguous(), pixels, image_ids)
 
-    def _qkv_facet(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Output of ``blocks[layer].attn.qkv`` for the facet, heads concatenated: ``(B, N, D)``."""
+    def _grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, N, C)`` tokens (prefix first) or a ``(B, h, w, C)`` grid -> ``(B, C, g, g)``, prefix dropped."""
+        g = self.preprocessing.grid
+        if tokens.ndim == 4:  # SAM: a grid has no prefix tokens
+            return tokens.permute(0, 3, 1, 2)
+        if self.num_prefix_tokens is None:
+            raise uisbench.ConfigError(
+                f"backbone {self.model_name}: the model gives a token sequence but no num_prefix_tokens, so which tokens are "
+                "patches is unknown; use a timm ViT that declares it."
+            )
+        n = tokens.shape[1] - self.num_prefix_tokens
+        if n != g * g:
+            raise uisbench.DataError(
+                f"backbone {self.model_name}: {tokens.shape[1]} tokens less {self.num_prefix_tokens} prefix tokens "
+                f"(the model's num_prefix_tokens) is {n} patch tokens, not the {g}x{g} grid."
+            )
+        return tokens[:, self.num_prefix_tokens :].reshape(len(tokens), g, g, -1).permute(0, 3, 1, 2)
+
+    def _attention_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What ``blocks[layer].attn`` receives (its block's normed input), as ``(B, N, C)`` tokens or a
+        ``(B, g, g, C)`` grid: a forward pre-hook captures it and stops the forward there."""
         captured: list[Any] = []
 
-        def hook(module: Any, inputs: Any, output: Any) -> None:
-            captured.append(output)
+        def hook(module: Any, args: Any, kwargs: Any) -> None:
+            captured.append(args[0] if args else kwargs["x"])
             raise _StopForward
 
-        handle = self.model.blocks[self.layer].attn.qkv.register_forward_hook(hook)
+        handle = self.model.blocks[self.layer].attn.register_forward_pre_hook(hook, with_kwargs=True)
         try:
             self.model.forward_features(pixels)
         except _StopForward:
@@ -511,28 +640,67 @@ class TimmViT(uisbench.GridBackbone):
             handle.remove()
         if not captured:
             raise uisbench.ConfigError(
-                f"backbone {self.model_name}: blocks[{self.layer}].attn.qkv was never called: this model computes its "
-                f"attention without that module (e.g. EVA's separate q/v biases); use facet: token."
+                f"backbone {self.model_name}: blocks[{self.layer}].attn was never called by forward_features; use facet: token."
             )
-        qkv = captured[0]
-        dim = qkv.shape[-1] // 3
-        i = _QKV_INDEX[self.facet]
-        # timm's Attention reshapes qkv to (B, N, 3, heads, head_dim): a contiguous slice of width dim
-        # per facet, heads in order, i.e. the heads already concatenated.
-        return qkv[..., i * dim : (i + 1) * dim]
+        x = captured[0]
+        g = self.preprocessing.grid
+        if x.ndim == 4 and (x.shape[0] != len(pixels) or tuple(x.shape[1:3]) != (g, g)):
+            # SAM's windowed blocks: (B * windows, w, w, C) windows of the grid padded to a multiple
+            # of w; put them back in place and crop the padding (timm's window_unpartition).
+            w = x.shape[1]
+            n = -(-g // w)
+            x = x.reshape(len(pixels), n, n, w, w, -1).permute(0, 1, 3, 2, 4, 5).reshape(len(pixels), n * w, n * w, -1)
+            x = x[:, :g, :g]
+        return x
+
+    def _projected(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The facet's projection of the attention input, heads concatenated: ``(B, C, g, g)``."""
+        import torch.nn.functional as F
+
+        weight, bias = _projection(self.model.blocks[self.layer].attn, self.facet, self.model_name, self.layer)
+        x = self._attention_input(pixels)
+        return self._grid(F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype)))
 
     def _tokens(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Patch tokens of ``blocks[layer]`` after the final norm: ``(B, h*w, D)``, prefix dropped."""
-        if self._last:
-            return self.model.forward_features(pixels)[:, self.num_prefix_tokens :]
-        (out,) = self.model.forward_intermediates(
-            pixels, indices=[self.layer], norm=True, stop_early=True, output_fmt="NLC", intermediates_only=True
-        )
-        return out
+        """Patch tokens of ``blocks[layer]`` after the final norm (SAM: its neck): ``(B, C, g, g)``."""
+        if hasattr(self.model, "forward_intermediates"):
+            (out,) = self.model.forward_intermediates(
+                pixels, indices=[self.layer], norm=True, stop_early=True, output_fmt="NCHW", intermediates_only=True
+            )
+            return out
+        return self._grid(self.model.forward_features(pixels))
+
+
+def _projection(attn: Any, facet: str, where: str, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(weight, bias)`` of ``attn``'s query/key/value projection, from the module's own parameters:
+
+    - a fused ``qkv`` Linear (rows: q, k, v, each heads-major: timm's reshape to (3, heads, head_dim)),
+      its bias slice plus any separate ``q_bias``/``k_bias``/``v_bias`` (EVA-02, DINOv3 ``_qkvb``:
+      timm adds those through ``F.linear``; EVA's ``k_bias`` is a zero buffer);
+    - separate ``q_proj``/``k_proj``/``v_proj`` Linears (EVA ``qkv_fused=False``).
+    """
+    import torch
+
+    i = _QKV_INDEX[facet]
+    letter = "qkv"[i]
+    qkv = getattr(attn, "qkv", None)
+    if isinstance(qkv, torch.nn.Linear):
+        d = qkv.out_features // 3
+        weight = qkv.weight[i * d : (i + 1) * d]
+        parts = [b for b in (None if qkv.bias is None else qkv.bias[i * d : (i + 1) * d], getattr(attn, f"{letter}_bias", None)) if b is not None]
+        bias = None if not parts else parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        return weight, bias
+    proj = getattr(attn, f"{letter}_proj", None)
+    if isinstance(proj, torch.nn.Linear):
+        return proj.weight, proj.bias
+    raise uisbench.ConfigError(
+        f"{where}: blocks[{layer}].attn ({type(attn).__name__}) has neither a fused qkv Linear nor {letter}_proj; use facet: token."
+    )
 
 
 def vit_spec(
-    plugin: str, description: str, model_default: Any, model_help: str, model_choices: tuple[str, ...] | None = None
+    plugin: str, description: str, model_default: Any, model_help: str, model_choices: tuple[str, ...] | None = None,
+    inspect_weights: Any = None,
 ) -> uisbench.BackboneSpec:
     """The spec of a ViT plugin: :class:`TimmViT` under the plugin's name, with :func:`vit_params`
     (which differ only in ``model``) and :func:`check_vit_params`. ``dino`` and ``mae`` are::
@@ -548,6 +716,7 @@ def vit_spec(
         params=vit_params(model_default, model_help, model_choices),
         check=check_vit_params,
         version="1",
+        inspect_weights=inspect_weights,
     )
 
 
@@ -556,4 +725,5 @@ def uisbench_backbones():
     yield vit_spec(
         "timm", "Any timm Vision Transformer by name plus a local weights file or timm's pretrained tag.",
         uisbench.REQUIRED, "timm model name, e.g. vit_base_patch16_224 or vit_small_patch14_reg4_dinov2.lvd142m",
+        inspect_weights=_families.inspect_entry,
     )

@@ -1,0 +1,437 @@
+"""The official checkpoint layouts of the SSL families, and their conversion to timm's layout.
+
+Each family publishes its backbone in a layout of its own: wrapper keys (``teacher``,
+``state_dict``, ``target_encoder`` ...), a sub-network among several (DINO's teacher, MoCo's query
+encoder, I-JEPA's and MSN's target encoder), prefixes (``module.``, ``backbone.``,
+``base_encoder.``, ``image_encoder.``, ``visual.``), heads and decoders to leave out. A
+:class:`Family` says all of that plus the family's normalisation and head count; :func:`recognise`
+finds the family of a checkpoint from its keys alone, :func:`backbone_state_dict` takes the
+backbone out (strictly: a wrong wrapper or prefix is a :class:`uisbench.ConfigError` naming what the
+file holds), and timm's own checkpoint filter of the model then renames what differs (DINOv2
+registers and SwiGLU, DINOv3 storage tokens and biases, OpenAI/open_clip CLIP, SAM): the plugin's
+:func:`~uisbench_builtins.timm_vit.load_weights`.
+
+The layouts were read from the official training code (cited per family in ``source``) and from
+timm's converters (``timm/models/vision_transformer.py::checkpoint_filter_fn``, ``eva.py``,
+``vision_transformer_sam.py``). Nothing here imports torch at module level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import uisbench
+
+__all__ = ["Family", "FAMILIES", "family", "recognise", "backbone_state_dict", "prefix_tokens_of", "check_model", "describe"]
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+@dataclass(frozen=True)
+class Family:
+    """One SSL family's official file layout and what loading it needs."""
+
+    name: str
+    title: str
+    #: the main released checkpoint: file name, where to get it, the timm model it loads into
+    official: str
+    url: str
+    model: str
+    #: the official code that writes the layout (what the tests' tiny checkpoints follow)
+    source: str
+    #: wrapper keys to descend into, the first present wins (``()``: a flat state dict)
+    wrappers: tuple[str, ...] = ()
+    #: key prefix of the backbone inside the (unwrapped) state dict; keys outside it are dropped
+    prefix: str = ""
+    #: keys (or key prefixes ending in ``.``) of the backbone that are not part of timm's encoder
+    drop: tuple[str, ...] = ()
+    mean: tuple[float, float, float] = IMAGENET[0]
+    std: tuple[float, float, float] = IMAGENET[1]
+    #: heads the family's ViTs use, by width, where timm's model of that width differs or may
+    heads: Mapping[int, int] = field(default_factory=dict)
+    kind: str = "transformer"
+    #: model_kwargs of the registry entry (heads timm's name does not have)
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    facet: str = "key"
+    size: int = 480
+    resize: str = "square"
+    pitfall: str = ""
+    #: True: timm has the release as a pretrained tag (the registry entry downloads it); else a local file
+    timm_tag: str | None = None
+
+    def entry(self, weights: str | None = None, model: str | None = None, model_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The registry entry (parameters of ``plugin: timm``) that loads this family's file."""
+        params: dict[str, Any] = {"plugin": "timm", "model": model or self.model, "family": self.name}
+        kwargs = dict(self.model_kwargs if model_kwargs is None else model_kwargs)
+        if kwargs:
+            params["model_kwargs"] = kwargs
+        params["weights"] = weights if weights is not None else f"~/.cache/uisbench/weights/{self.official}"
+        if self.facet != "key":
+            params["facet"] = self.facet
+        params["size"] = self.size
+        if self.resize != "square":
+            params["resize"] = self.resize
+        return params
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("dino", "DINO", "dino_deitsmall16_pretrain_full_checkpoint.pth",
+               "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain_full_checkpoint.pth",
+               "vit_small_patch16_224", "facebookresearch/dino main_dino.py (save_dict: student, teacher, optimizer, epoch, args, dino_loss)",
+               wrappers=("teacher",), prefix="backbone.", heads={384: 6, 768: 12},
+               pitfall="the backbone-only file is flat timm layout; the full checkpoint's teacher is the evaluated network"),
+        Family("dinov2", "DINOv2", "dinov2_vits14_pretrain.pth",
+               "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth",
+               "vit_small_patch14_dinov2", "facebookresearch/dinov2 dinov2/models/vision_transformer.py (cls_token, mask_token, register_tokens, mlp.w12/w3)",
+               heads={384: 6, 768: 12, 1024: 16, 1536: 24}, size=476, timm_tag="vit_small_patch14_dinov2.lvd142m",
+               pitfall="without registers a few high-norm tokens appear in the background (use the reg4 models)"),
+        Family("dinov3", "DINOv3", "dinov3_vits16_pretrain_lvd1689m.pth", "https://ai.meta.com/dinov3/ (request access)",
+               "vit_small_patch16_dinov3", "facebookresearch/dinov3 dinov3/models/vision_transformer.py (storage_tokens, rope_embed, qkv.bias_mask)",
+               heads={384: 6, 768: 12, 1024: 16}, timm_tag="vit_small_patch16_dinov3.lvd1689m",
+               pitfall="RoPE: keys are taken before the rotation; 4 storage tokens are prefix tokens"),
+        Family("mae", "MAE", "mae_pretrain_vit_base.pth", "https://dl.fbaipublicfiles.com/mae/pretrain/mae_pretrain_vit_base.pth",
+               "vit_base_patch16_224", "facebookresearch/mae main_pretrain.py / util/misc.py save_model ({'model': ...}); models_mae.py (decoder_*, mask_token)",
+               wrappers=("model",), drop=("mask_token", "decoder_"), heads={768: 12, 1024: 16, 1280: 16},
+               pitfall="a training checkpoint holds the decoder and mask_token: dropped, never read as DINOv2"),
+        Family("ibot", "iBOT", "checkpoint_teacher.pth", "https://github.com/bytedance/ibot#pre-trained-models (ViT-S/16 checkpoint_teacher.pth)",
+               "vit_small_patch16_224", "bytedance/ibot main_ibot.py (save_dict teacher/student) and utils.load_pretrained_weights (state_dict, backbone.)",
+               wrappers=("state_dict", "teacher"), prefix="backbone.", drop=("masked_embed",), heads={384: 6, 768: 12, 1024: 16}),
+        Family("mocov3", "MoCo v3", "vit-s-300ep.pth.tar", "https://dl.fbaipublicfiles.com/moco-v3/vit-s-300ep/vit-s-300ep.pth.tar",
+               "vit_small_patch16_224", "facebookresearch/moco-v3 main_moco.py (state_dict: module.base_encoder., module.momentum_encoder.) and vits.py (vit_small: 12 heads)",
+               wrappers=("state_dict",), prefix="module.base_encoder.", heads={384: 12, 768: 12}, model_kwargs={"num_heads": 12},
+               pitfall="its ViT-S has 12 heads, not timm's 6; fixed sin-cos position embeddings"),
+        Family("msn", "MSN", "vits16_800ep.pth.tar", "https://dl.fbaipublicfiles.com/msn/vits16_800ep.pth.tar",
+               "vit_small_patch16_224", "facebookresearch/msn src/msn_train.py (save_dict: encoder, target_encoder, prototypes, opt)",
+               wrappers=("target_encoder",), prefix="module.", drop=("fc.",), heads={384: 6, 768: 12, 1024: 16},
+               pitfall="the target encoder is the evaluated one; the encoder's projection head fc is dropped"),
+        Family("ijepa", "I-JEPA", "IN1K-vit.h.14-300e.pth.tar", "https://dl.fbaipublicfiles.com/ijepa/IN1K-vit.h.14-300e.pth.tar",
+               "vit_huge_patch14_gap_224", "facebookresearch/ijepa src/train.py (save_dict: encoder, predictor, target_encoder, opt, scaler)",
+               wrappers=("target_encoder",), prefix="module.", heads={1280: 16}, size=476, timm_tag=None,
+               pitfall="no CLS token; the paper evaluates the target encoder (timm's own filter takes the context encoder)"),
+        Family("clip", "CLIP (open_clip)", "open_clip_pytorch_model.bin", "https://huggingface.co/timm/vit_base_patch16_clip_224.openai",
+               "vit_base_patch16_clip_224", "mlfoundations/open_clip (visual.* / visual.trunk.*); timm vision_transformer.py::_convert_openai_clip",
+               mean=CLIP[0], std=CLIP[1], heads={768: 12, 1024: 16}, size=224, timm_tag="vit_base_patch16_clip_224.openai",
+               pitfall="patch tokens are weakly trained (only CLS meets the text); OpenAI's .pt is TorchScript: use open_clip's state dict"),
+        Family("siglip", "SigLIP", "open_clip_pytorch_model.bin", "https://huggingface.co/timm/ViT-B-16-SigLIP",
+               "vit_base_patch16_siglip_224", "google-research/big_vision (.npz) / open_clip timm trunk (visual.trunk.*)",
+               mean=HALF[0], std=HALF[1], heads={768: 12}, size=224, timm_tag="vit_base_patch16_siglip_224.webli",
+               pitfall="no CLS token (MAP head); mean/std 0.5"),
+        Family("sam", "SAM image encoder", "sam_vit_b_01ec64.pth", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+               "samvit_base_patch16", "facebookresearch/segment-anything segment_anything/build_sam.py (image_encoder., prompt_encoder., mask_decoder.)",
+               heads={768: 12, 1024: 16, 1280: 16}, size=1024, resize="pad", timm_tag="samvit_base_patch16.sa1b",
+               pitfall="no prefix token; 14x14 windows with 4 global blocks; 1024 px longest side then padding"),
+        Family("eva02", "EVA-02", "eva02_S_pt_in21k_p14.pt", "https://huggingface.co/Yuxin-CV/EVA-02",
+               "eva02_small_patch14_224", "baaivision/EVA EVA-02 (separate q/v biases, RoPE); timm eva.py::checkpoint_filter_fn",
+               mean=CLIP[0], std=CLIP[1], heads={384: 6, 768: 12, 1024: 16}, size=476, timm_tag="eva02_small_patch14_224.mim_in22k",
+               pitfall="RoPE: keys are taken before the rotation; separate q/v biases (k has none)"),
+        Family("mocov2", "MoCo v2 ResNet-50", "moco_v2_800ep_pretrain.pth.tar",
+               "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar",
+               "resnet50", "facebookresearch/moco main_moco.py (state_dict: module.encoder_q., module.encoder_k., queue) and main_lincls.py",
+               wrappers=("state_dict",), prefix="module.encoder_q.", drop=("fc.",), kind="cnn", facet="stage", size=480,
+               pitfall="dense features come from a stage (C5 at stride 32, C4 at 16: layer -2), not tokens"),
+        Family("densecl", "DenseCL ResNet-50", "densecl_r50_imagenet_200ep.pth", "https://github.com/WXinlong/DenseCL#models",
+               "resnet50", "WXinlong/DenseCL tools/extract_backbone_weights.py ({'state_dict': backbone, 'author': ...})",
+               wrappers=("state_dict",), drop=("fc.",), kind="cnn", facet="stage", size=480),
+    )
+}
+
+
+def family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise uisbench.UnknownNameError("family", name, sorted(FAMILIES)) from None
+
+
+def _keys(obj: Any) -> list[str]:
+    return [str(k) for k in obj] if isinstance(obj, Mapping) else []
+
+
+def _any(keys: list[str], prefix: str) -> bool:
+    return any(k.startswith(prefix) for k in keys)
+
+
+def recognise(checkpoint: Any) -> Family | None:
+    """The family whose official layout ``checkpoint`` has, from its keys; ``None`` for a flat timm
+    (or DINO backbone-only, which is the same) state dict and for layouts nobody here knows."""
+    top = _keys(checkpoint)
+    if "target_encoder" in top:
+        return FAMILIES["msn"] if "prototypes" in top else FAMILIES["ijepa"]
+    if "teacher" in top and "student" in top:
+        teacher = _keys(checkpoint["teacher"])
+        return FAMILIES["ibot"] if "backbone.masked_embed" in teacher or "module.backbone.masked_embed" in teacher else FAMILIES["dino"]
+    if "state_dict" in top and isinstance(checkpoint["state_dict"], Mapping):
+        inner = _keys(checkpoint["state_dict"])
+        if _any(inner, "module.base_encoder."):
+            return FAMILIES["mocov3"]
+        if _any(inner, "module.encoder_q."):
+            return FAMILIES["mocov2"]
+        if "author" in top and _any(inner, "layer1."):
+            return FAMILIES["densecl"]
+        if _any(inner, "backbone.") or "masked_embed" in inner:
+            return FAMILIES["ibot"]
+    if "model" in top and isinstance(checkpoint["model"], Mapping):
+        inner = _keys(checkpoint["model"])
+        if _any(inner, "decoder_") or ("cls_token" in inner and "blocks.0.attn.qkv.weight" in inner):
+            return FAMILIES["mae"]
+    if "storage_tokens" in top:
+        return FAMILIES["dinov3"]
+    if "mask_token" in top and not _any(top, "decoder_"):
+        return FAMILIES["dinov2"]
+    if _any(top, "decoder_") and "cls_token" in top:
+        return FAMILIES["mae"]
+    if "image_encoder.patch_embed.proj.weight" in top:
+        return FAMILIES["sam"]
+    if _any(top, "visual.trunk.") or _any(top, "module.visual.trunk."):
+        return FAMILIES["siglip"] if not any(k.endswith("visual.trunk.cls_token") for k in top) else FAMILIES["clip"]
+    if "visual.class_embedding" in top or "module.visual.class_embedding" in top:
+        return FAMILIES["clip"]
+    return None
+
+
+def backbone_state_dict(checkpoint: Any, fam: Family, source: str) -> tuple[dict[str, Any], list[str]]:
+    """The backbone of ``fam`` inside ``checkpoint`` (a state dict for timm's filter), plus notes.
+
+    Strict: the family's wrapper must be there and its prefix on the backbone's keys, else a
+    :class:`uisbench.ConfigError` saying what the file holds and which family it looks like.
+    """
+    notes: list[str] = []
+    obj = checkpoint
+    top = _keys(obj)
+    found = recognise(checkpoint)
+    if found is not None and found is not fam:
+        raise uisbench.ConfigError(_mismatch(checkpoint, fam, source, f"it holds {found.title}'s layout"))
+    if found is None and _flat(checkpoint):
+        # a flat state dict (DINO's backbone-only release, timm's hub file, an extracted backbone): the backbone itself
+        sd, notes = uisbench.weights.unwrap_state_dict(checkpoint, source)
+        return _drop(sd, fam, notes + [f"{fam.title}: a flat state dict, taken as the backbone"])
+    if fam.wrappers:
+        key = next((k for k in fam.wrappers if k in top and isinstance(obj[k], Mapping)), None)
+        if key is None:
+            raise uisbench.ConfigError(_mismatch(checkpoint, fam, source, f"no {' or '.join(map(repr, fam.wrappers))} wrapper (top-level keys: {top[:8]})"))
+        obj = obj[key]
+        notes.append(f"{fam.title}: took '{key}'")
+    sd = dict(obj)
+    prefix = fam.prefix
+    if prefix:
+        if not _any(list(sd), prefix) and _any(list(sd), "module." + prefix):
+            prefix = "module." + prefix  # e.g. a DDP-wrapped teacher
+        elif not _any(list(sd), prefix) and prefix.startswith("module.") and _any(list(sd), prefix[len("module."):]):
+            prefix = prefix[len("module."):]  # saved without DDP
+        if not _any(list(sd), prefix):
+            raise uisbench.ConfigError(_mismatch(checkpoint, fam, source, f"no key starts with {fam.prefix!r} (keys: {list(sd)[:6]})"))
+        others = sorted({k[: k.find(".", len("module.") if k.startswith("module.") else 0) + 1] or k for k in sd if not k.startswith(prefix)})
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        notes.append(f"stripped '{prefix}'" + (f", left out {', '.join(others[:6])}" if others else ""))
+    else:
+        for p in ("module.", "_orig_mod."):
+            if sd and all(k.startswith(p) for k in sd):
+                sd = {k[len(p):]: v for k, v in sd.items()}
+                notes.append(f"stripped '{p}'")
+    return _drop(sd, fam, notes)
+
+
+def _flat(obj: Any) -> bool:
+    import torch
+
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _drop(sd: dict[str, Any], fam: Family, notes: list[str]) -> tuple[dict[str, Any], list[str]]:
+    dropped = [k for k in sd if any(k == d or (d.endswith(("_", ".")) and k.startswith(d)) for d in fam.drop)]
+    if dropped:
+        sd = {k: v for k, v in sd.items() if k not in set(dropped)}
+        notes.append(f"dropped {', '.join(sorted({_stem(k) for k in dropped}))} (not part of the {fam.title} encoder)")
+    heads = sorted({k.split(".")[0] for k in sd if k.startswith(("head.", "head_"))})
+    if heads and fam.kind == "transformer":
+        sd = {k: v for k, v in sd.items() if not k.startswith(("head.", "head_"))}
+        notes.append("dropped the projection head")
+    return sd, notes
+
+
+def _stem(key: str) -> str:
+    return key.split(".")[0] + ("." if "." in key else "")
+
+
+def _mismatch(checkpoint: Any, fam: Family, source: str, what: str) -> str:
+    found = recognise(checkpoint)
+    guess = f" It looks like a {found.title} file: write `family: {found.name}`." if found is not None and found is not fam else ""
+    return f"weights file {source} is not in {fam.title}'s official layout: {what}.{guess} (`platform weights inspect {source}` says what it holds.)"
+
+
+def prefix_tokens_of(sd: Mapping[str, Any]) -> int | None:
+    """Prefix tokens a timm-side state dict carries: CLS + registers / storage tokens (``None``: a CNN)."""
+    keys = set(sd)
+    if "patch_embed.proj.weight" not in keys and "conv1.weight" in keys:
+        return None
+    n = 1 if "cls_token" in keys else 0
+    for k in ("register_tokens", "reg_token", "storage_tokens"):
+        if k in keys:
+            n += int(sd[k].shape[1])
+    return n
+
+
+def check_model(net: Any, fam: Family | None, sd: Mapping[str, Any], source: str, model_name: str) -> None:
+    """The family's head count and the file's prefix tokens against the built model, loudly."""
+    blocks = getattr(net, "blocks", None)
+    if fam is not None and blocks is not None and fam.heads:
+        width = int(getattr(net, "embed_dim", 0))
+        want = fam.heads.get(width)
+        have = getattr(blocks[0].attn, "num_heads", None)
+        if want is not None and have is not None and have != want:
+            raise uisbench.ConfigError(
+                f"weights file {source}: {fam.title} ViTs of width {width} have {want} attention heads, timm model {model_name!r} "
+                f"has {have}; add `model_kwargs: {{num_heads: {want}}}` (the weights load either way, the attention would be wrong)."
+            )
+    if blocks is not None and "image_encoder.patch_embed.proj.weight" not in sd and "patch_embed.proj.weight" in sd:
+        have_prefix = getattr(net, "num_prefix_tokens", None)
+        file_prefix = prefix_tokens_of(sd)
+        if have_prefix is not None and file_prefix is not None and have_prefix != file_prefix:
+            raise uisbench.ConfigError(
+                f"weights file {source} carries {file_prefix} prefix token(s) (CLS, registers), timm model {model_name!r} has "
+                f"{have_prefix}; choose the model with as many (e.g. a *_reg4_* name for 4 registers, a *_gap_* name without CLS)."
+            )
+
+
+def describe(checkpoint: Any) -> dict[str, Any]:
+    """What ``platform weights inspect`` prints: family, wrappers, prefixes and the architecture read
+    from the weights' shapes (patch size, depth, width, heads where the family says, registers)."""
+    fam = recognise(checkpoint)
+    top = _keys(checkpoint)
+    info: dict[str, Any] = {"family": fam.name if fam else None, "top_level_keys": top[:12]}
+    try:
+        if fam is not None:
+            sd, notes = backbone_state_dict(checkpoint, fam, "<file>")
+        else:
+            sd, notes = uisbench.weights.unwrap_state_dict(checkpoint, "<file>")
+    except uisbench.UisbenchError as err:
+        info["problem"] = str(err)
+        return info
+    info["notes"] = notes
+    sd = _timm_view(sd)
+    info.update(_architecture(sd, fam))
+    return info
+
+
+def _timm_view(sd: dict[str, Any]) -> dict[str, Any]:
+    """Key names as timm's filters leave them, enough to read the architecture (SAM, CLIP trunk)."""
+    for p in ("image_encoder.", "visual.trunk.", "module.visual.trunk."):
+        if _any(list(sd), p):
+            return {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
+    return sd
+
+
+def _architecture(sd: Mapping[str, Any], fam: Family | None) -> dict[str, Any]:
+    import re
+
+    out: dict[str, Any] = {}
+    if "conv1.weight" in sd and "layer1.0.conv1.weight" in sd:
+        stages = sorted({int(m.group(1)) for k in sd if (m := re.match(r"layer(\d+)\.(\d+)\.", k))})
+        blocks = [len({int(m.group(1)) for k in sd if (m := re.match(rf"layer{s}\.(\d+)\.", k))}) for s in stages]
+        out.update(kind="cnn", stages=blocks, width=int(sd["conv1.weight"].shape[0]))
+        # bottleneck blocks: resnet50's (other stage counts go to model_kwargs layers); basic blocks: resnet18's
+        out["model"] = "resnet50" if "layer1.0.conv3.weight" in sd else "resnet18"
+        return out
+    w = sd.get("patch_embed.proj.weight")
+    if w is None:
+        if "visual.conv1.weight" in sd:  # OpenAI CLIP naming
+            w = sd["visual.conv1.weight"]
+            depth = len({int(m.group(1)) for k in sd if (m := re.match(r"visual\.transformer\.resblocks\.(\d+)\.", k))})
+            out.update(kind="transformer", patch_size=int(w.shape[-1]), width=int(w.shape[0]), depth=depth)
+            out["heads"] = fam.heads.get(out["width"]) if fam else None
+            out["model"] = _vit_name(out, fam)
+        return out
+    depth = len({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
+    width = int(w.shape[0])
+    registers = 0
+    for k in ("register_tokens", "reg_token", "storage_tokens"):
+        if k in sd:
+            registers = int(sd[k].shape[1])
+    out.update(kind="transformer", patch_size=int(w.shape[-1]), depth=depth, width=width, cls_token="cls_token" in sd,
+               registers=registers, heads=(fam.heads.get(width) if fam else None))
+    out["model"] = _vit_name(out, fam)
+    return out
+
+
+#: timm ViT size names by width, their depth and head count in timm
+_SIZES = {384: ("small", 12, 6), 768: ("base", 12, 12), 1024: ("large", 24, 16), 1280: ("huge", 32, 16), 1536: ("giant", 40, 24)}
+
+
+def _vit_name(a: Mapping[str, Any], fam: Family | None) -> str | None:
+    size = _SIZES.get(a.get("width"))
+    if size is None:
+        return None
+    size_name = size[0]
+    p = a.get("patch_size")
+    name = fam.name if fam else None
+    if name == "dinov2":
+        return f"vit_{size_name}_patch{p}_reg{a['registers']}_dinov2" if a.get("registers") else f"vit_{size_name}_patch{p}_dinov2"
+    if name == "dinov3":
+        return f"vit_{size_name}_patch{p}_dinov3"
+    if name == "sam":
+        return f"samvit_{size_name}_patch{p}"
+    if name == "eva02":
+        return f"eva02_{size_name}_patch{p}_224"
+    if name == "clip":
+        return f"vit_{size_name}_patch{p}_clip_224"
+    if name == "siglip":
+        return f"vit_{size_name}_patch{p}_siglip_224"
+    if not a.get("cls_token", True) and size_name == "huge" and p == 14:
+        return "vit_huge_patch14_gap_224"  # I-JEPA's
+    return f"vit_{size_name}_patch{p}_224"
+
+
+#: a timm ViT without CLS token, as I-JEPA's (timm's vit_huge_patch14_gap_224: no fc_norm, the final norm kept)
+_NO_CLS = {"class_token": False, "global_pool": "avg", "fc_norm": False}
+
+
+def inspect_entry(checkpoint: Any, path: str) -> dict[str, Any] | None:
+    """``platform weights inspect``: what :func:`describe` reads plus the registry entry that loads
+    the file (``entry``), or what is missing (``missing``). ``None``: not a checkpoint for this plugin."""
+    info = describe(checkpoint)
+    fam = FAMILIES.get(info.get("family") or "")
+    if "problem" in info:
+        info["missing"] = info.pop("problem")
+        return info
+    model = info.get("model")
+    if model is None:
+        info["missing"] = (f"the timm model: width {info.get('width')}, depth {info.get('depth')} names no timm ViT/ResNet here; "
+                           "write `model:` (and `model_kwargs:`) yourself")
+        return info
+    kwargs: dict[str, Any] = {}
+    if info.get("kind") == "cnn":
+        if info.get("stages") != ([3, 4, 6, 3] if model == "resnet50" else [2, 2, 2, 2]):
+            kwargs["layers"] = list(info["stages"])
+    else:
+        std_depth, std_heads = _SIZES[info["width"]][1:]
+        if model.startswith("vit_") and info["depth"] != std_depth:
+            kwargs["depth"] = info["depth"]
+        elif info["depth"] != std_depth and info["depth"]:
+            kwargs["depth"] = info["depth"]
+        if not info.get("cls_token", True) and not model.endswith("_gap_224") and fam is not None and fam.name not in ("siglip", "sam"):
+            kwargs.update(_NO_CLS)
+        heads = info.get("heads")
+        if heads is not None and heads != std_heads:
+            kwargs["num_heads"] = heads
+        elif heads is None:
+            info["note"] = f"attention heads are not in the weights: timm's {std_heads} for width {info['width']} assumed"
+    if fam is None:
+        params: dict[str, Any] = {"plugin": "timm", "model": model}
+        if kwargs:
+            params["model_kwargs"] = kwargs
+        params["weights"] = str(path)
+        if info.get("kind") == "cnn":
+            params["facet"] = "stage"
+    else:
+        params = fam.entry(weights=str(path), model=model, model_kwargs=kwargs)
+    stride = int(info.get("patch_size") or 32)  # a CNN's last stage: stride 32
+    size = int(params.get("size", 480))
+    params["size"] = max(stride, round(size / stride) * stride)  # the release's size, a multiple of this file's patch
+    info["entry"] = params
+    return info
