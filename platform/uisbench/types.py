@@ -287,11 +287,15 @@ class PluginSpec:
 class BackboneSpec(PluginSpec):
     """A backbone plugin: factory returns a :class:`uisbench.Backbone`.
 
-    ``calibration=True`` marks backbones that read ground truth (the oracles): their results are
-    listed apart from real backbones and may not feed a student at prediction time.
+    ``calibration=True`` marks reference backbones, not contenders: the oracles, which read ground
+    truth, and controls such as ``position`` (patch position only). Their results are listed apart
+    from real backbones and may not feed a student at prediction time.
     """
 
     calibration: bool = False
+    #: ``inspect_weights(checkpoint, path) -> dict | None``: what ``platform weights inspect`` prints
+    #: for a checkpoint this plugin recognises (``"entry"``: the registry parameters that load it)
+    inspect_weights: Callable[[Any, str], Mapping[str, Any] | None] | None = None
     kind: str = field(default="backbone", init=False)
 
 

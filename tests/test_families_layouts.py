@@ -1,0 +1,217 @@
+"""Each SSL family's *official* checkpoint layout, written here as a tiny file, is recognised, read
+strictly into the right sub-network, and `platform weights inspect` prints the registry entry that
+loads it; a wrong wrapper, head count or prefix-token count fails loudly.
+
+The layouts follow the official code (cited per case in ``SOURCE``); the tiny networks are one
+block deep at 64 px (the families' real widths, so the head counts are the families'), written
+with torch.save and read back through uisbench.weights.read_checkpoint (no code runs). Every loaded
+model is compared weight by weight with the network the file was made from, and its key facet with
+a reference computed from that source network's own block (tests/test_families.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+
+import pytest
+import torch
+import yaml
+
+import uisbench
+from test_families import _reference_key
+
+SIZE = 64
+PIXELS = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+
+
+def _source(model: str, **kwargs):
+    import timm
+
+    torch.manual_seed(7)
+    net = timm.create_model(model, pretrained=False, num_classes=0, **kwargs).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+def _noise_like(sd):
+    return {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def _prefixed(prefix, sd):
+    return {prefix + k: v for k, v in sd.items()}
+
+
+VIT = {"depth": 1, "img_size": SIZE}
+
+
+def _dino(sd):
+    head = {"head.mlp.0.weight": torch.randn(16, 384), "head.last_layer.weight_g": torch.ones(1, 16)}
+    return {"student": _prefixed("module.backbone.", _noise_like(sd)), "teacher": {**_prefixed("backbone.", sd), **head},
+            "optimizer": {}, "epoch": 100, "args": argparse.Namespace(arch="vit_small", patch_size=16)}
+
+
+def _dinov2_reg(sd):
+    # the official model adds pos_embed[:, 0] to the CLS token and keeps registers apart (timm's
+    # reg4 model is no_embed_class: timm's _convert_dinov2 folds it back); mlp names as in the release
+    p0 = torch.randn(1, 1, sd["pos_embed"].shape[-1])
+    out = {k: v for k, v in sd.items() if k not in ("cls_token", "reg_token", "pos_embed")}
+    out.update(cls_token=sd["cls_token"] - p0, pos_embed=torch.cat([p0, sd["pos_embed"]], 1), register_tokens=sd["reg_token"],
+               mask_token=torch.zeros(1, sd["pos_embed"].shape[-1]))
+    return out
+
+
+def _mae(sd):
+    decoder = {"mask_token": torch.zeros(1, 1, 32), "decoder_embed.weight": torch.randn(32, 768), "decoder_pred.bias": torch.randn(768)}
+    return {"model": {**sd, **decoder}}
+
+
+def _ibot(sd):
+    return {"state_dict": {**_prefixed("backbone.", sd), "backbone.masked_embed": torch.zeros(384),
+                           "head.mlp.0.weight": torch.randn(16, 384), "head.last_layer2.weight_g": torch.ones(1, 16)}}
+
+
+def _mocov3(sd):
+    proj = {"head.0.weight": torch.randn(32, 384), "head.1.weight": torch.ones(32)}
+    return {"epoch": 300, "arch": "vit_small", "optimizer": {}, "scaler": {},
+            "state_dict": {**_prefixed("module.base_encoder.", {**sd, **proj}), **_prefixed("module.momentum_encoder.", _noise_like(sd)),
+                           "module.predictor.0.weight": torch.randn(32, 32)}}
+
+
+def _msn(sd):
+    return {"encoder": _prefixed("module.", {**_noise_like(sd), "fc.fc1.weight": torch.randn(32, 384)}),
+            "target_encoder": _prefixed("module.", {**sd, "fc.fc1.weight": torch.randn(32, 384)}),
+            "prototypes": torch.randn(16, 32), "opt": {}, "epoch": 600, "loss": 1.0, "batch_size": 8, "world_size": 1, "lr": 0.1}
+
+
+def _ijepa(sd):
+    return {"encoder": _prefixed("module.", _noise_like(sd)), "predictor": {"module.predictor_embed.weight": torch.randn(8, 384)},
+            "target_encoder": _prefixed("module.", sd), "opt": {}, "scaler": None, "epoch": 300, "loss": 0.1,
+            "batch_size": 8, "world_size": 1, "lr": 0.001}
+
+
+def _sam(sd):
+    enc = {"image_encoder." + k.replace("mlp.fc", "mlp.lin"): v for k, v in sd.items()}
+    return {**enc, "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix": torch.randn(2, 128),
+            "mask_decoder.iou_token.weight": torch.randn(1, 256)}
+
+
+def _mocov2(sd):
+    fc = {"fc.0.weight": torch.randn(32, 2048), "fc.0.bias": torch.randn(32), "fc.2.weight": torch.randn(16, 32)}
+    return {"epoch": 800, "arch": "resnet50", "optimizer": {},
+            "state_dict": {**_prefixed("module.encoder_q.", {**sd, **fc}), **_prefixed("module.encoder_k.", _noise_like({**sd, **fc})),
+                           "module.queue": torch.randn(16, 8), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}}
+
+
+def _densecl(sd):
+    return {"state_dict": dict(sd), "author": "OpenSelfSup"}
+
+
+# family -> (timm source model, its kwargs, official layout writer, official code it follows)
+CASES = {
+    "dino": ("vit_small_patch16_224", VIT, _dino, "facebookresearch/dino main_dino.py save_dict"),
+    "dinov2": ("vit_small_patch14_reg4_dinov2", {"depth": 1, "img_size": 56}, _dinov2_reg,
+               "facebookresearch/dinov2 dinov2/models/vision_transformer.py; timm vision_transformer.py::_convert_dinov2"),
+    "mae": ("vit_base_patch16_224", VIT, _mae, "facebookresearch/mae util/misc.py save_model, models_mae.py"),
+    "ibot": ("vit_small_patch16_224", VIT, _ibot, "bytedance/ibot main_ibot.py, utils.load_pretrained_weights"),
+    "mocov3": ("vit_small_patch16_224", {**VIT, "num_heads": 12}, _mocov3, "facebookresearch/moco-v3 main_moco.py, vits.py"),
+    "msn": ("vit_small_patch16_224", VIT, _msn, "facebookresearch/msn src/msn_train.py save_dict"),
+    "ijepa": ("vit_small_patch16_224", {**VIT, "class_token": False, "global_pool": "avg", "fc_norm": False}, _ijepa,
+              "facebookresearch/ijepa src/train.py save_checkpoint"),
+    "sam": ("samvit_base_patch16", VIT, _sam, "facebookresearch/segment-anything build_sam.py; timm vision_transformer_sam.py"),
+    "mocov2": ("resnet50", {"layers": [1, 1, 1, 1]}, _mocov2, "facebookresearch/moco main_moco.py, main_lincls.py"),
+    "densecl": ("resnet50", {"layers": [1, 1, 1, 1]}, _densecl, "WXinlong/DenseCL tools/extract_backbone_weights.py"),
+}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("families")
+    out = {}
+    for name, (model, kwargs, write, _) in CASES.items():
+        src = _source(model, **kwargs)
+        path = d / f"{name}_official.pth"
+        torch.save(write({k: v.clone() for k, v in src.state_dict().items()}), path)
+        out[name] = (path, src)
+    return out
+
+
+def _inspect(path) -> tuple[int, str]:
+    from uisbench.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["weights", "inspect", str(path)])
+    return code, buf.getvalue()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_official_file_inspected_validated_and_loaded(host, files, tmp_path, name):
+    path, src = files[name]
+    code, out = _inspect(path)
+    assert code == 0, out
+    registry_text = yaml.safe_load(out)
+    ((entry_name, entry),) = registry_text["backbones"].items()
+    assert entry["family"] == name and entry["weights"] == str(path), out
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(out)
+    reg = uisbench.host.load_registry([str(mine)], host)  # what `platform validate mine.yaml` checks
+    params = reg.resolved_params(reg.entry("backbones", entry_name), host)
+    params = {k: v for k, v in params.items() if k not in ("plugin", "description")}
+    # built at the tiny files' size (64 px, 56 for patch 14): their position embeddings are for it
+    size = 56 if name == "dinov2" else SIZE
+    bb = host.spec("backbones", "timm").build(**{**params, "size": size, "precision": "fp32", "resize": "square"})
+    prov = bb.provenance()
+    assert prov["family"] == name and prov["pretrained"] is True
+    loaded, expected = bb.model.state_dict(), src.state_dict()
+    assert set(loaded) == set(expected)
+    for k, v in expected.items():
+        torch.testing.assert_close(loaded[k], v, atol=1e-6, rtol=0, msg=f"{name}: {k}")
+    pixels = torch.nn.functional.interpolate(PIXELS, size=(size, size), mode="bilinear")
+    fm = bb.extract(pixels, [1, 2])
+    if bb.kind == "transformer":
+        torch.testing.assert_close(fm.features, _reference_key(src, 0, pixels), atol=1e-5, rtol=0)
+    else:
+        assert fm.facet == "stage" and fm.patch_size == 32
+
+
+def test_mean_std_come_from_the_family(host, files):
+    path, _ = files["mae"]
+    # an untagged timm name's cfg says mean/std 0.5; MAE's weights were trained with ImageNet's
+    bb = host.spec("backbones", "timm").build(model="vit_base_patch16_224", model_kwargs={"depth": 1}, weights=str(path), size=SIZE)
+    assert bb.preprocessing.mean == pytest.approx((0.485, 0.456, 0.406)) and bb.family.name == "mae"
+
+
+def test_wrong_head_count_fails_loudly(host, files):
+    path, _ = files["mocov3"]
+    with pytest.raises(uisbench.ConfigError, match=r"MoCo v3 ViTs of width 384 have 12 attention heads.*num_heads: 12"):
+        host.spec("backbones", "timm").build(model="vit_small_patch16_224", model_kwargs={"depth": 1}, weights=str(path), size=SIZE)
+
+
+def test_wrong_wrapper_fails_loudly(host, files):
+    path, _ = files["ijepa"]  # {encoder, predictor, target_encoder}: not MSN's {encoder, target_encoder, prototypes}
+    with pytest.raises(uisbench.ConfigError, match=r"not in MSN's official layout.*looks like a I-JEPA file: write `family: ijepa`"):
+        host.spec("backbones", "timm").build(model="vit_small_patch16_224", model_kwargs={"depth": 1}, family="msn",
+                                             weights=str(path), size=SIZE)
+
+
+def test_wrong_prefix_token_count_fails_loudly(host, files):
+    path, _ = files["dinov2"]  # CLS + 4 registers
+    with pytest.raises(uisbench.ConfigError, match=r"carries 5 prefix token\(s\).*has 1"):
+        host.spec("backbones", "timm").build(model="vit_small_patch14_dinov2", model_kwargs={"depth": 1}, weights=str(path), size=56)
+
+
+def test_absent_official_file_is_unavailable_with_the_url(host, tmp_path):
+    with pytest.raises(uisbench.BackboneUnavailable, match=r"vit-s-300ep\.pth\.tar from https://dl\.fbaipublicfiles\.com/moco-v3"):
+        host.spec("backbones", "timm").build(model="vit_small_patch16_224", family="mocov3", model_kwargs={"num_heads": 12},
+                                             weights=str(tmp_path / "vit-s-300ep.pth.tar"), size=SIZE)
+
+
+def test_inspect_says_what_is_missing(tmp_path):
+    path = tmp_path / "odd.pth"
+    torch.save({"blocks.0.attn.qkv.weight": torch.zeros(3 * 40, 40), "patch_embed.proj.weight": torch.zeros(40, 3, 16, 16)}, path)
+    code, out = _inspect(path)
+    assert code == 1 and "missing: the timm model: width 40" in out
