@@ -139,6 +139,10 @@ def own(tmp_path_factory):
 
 def test_unlabelled_photos_get_label_free_measures_and_agreement(own):
     _, workdir, outcome, results = own
+    # the oracle cannot run without ground truth, by design: skipped with the reason, and the run exits 0
+    oracle = [c for c in results["cells"] if c["backbone"] == "oracle-instance"]
+    assert [c["status"] for c in oracle] == ["skipped", "skipped"] and "has no ground truth" in oracle[0]["reason"]
+    assert outcome.exit_code == 0
     rows = {(c["backbone"], c["masker"]): c for c in results["cells"] if c["status"] == "ok"}
     assert set(rows) == {("pixels", "kmeans"), ("pixels", "ncut"), ("position", "kmeans"), ("position", "ncut")}
     masks = {}
@@ -215,3 +219,12 @@ def test_private_argv_and_redactor():
     text = "ImageFolder('/srv/ward7/photos') at 3.1 images/s; pixels/kmeans and */vote/- ok; see ward7/photos"
     assert redact.text(text) == "ImageFolder('<private>') at 3.1 images/s; pixels/kmeans and */vote/- ok; see <private>"
     assert redact({"a": [text], "n": 1}) == {"a": [redact.text(text)], "n": 1}
+
+
+def test_dry_run_without_a_student_says_so(tmp_path, capsys):
+    from uisbench.cli import main
+
+    code = main(["bench", "--dry-run", "--backbones", "pixels", "--maskers", "kmeans,ncut", "--students", "none",
+                 "--workdir", str(tmp_path / "w")])
+    out = capsys.readouterr().out
+    assert code == 0 and "plan: 1 backbone(s) x 2 masker(s) x no student = 2 cell(s)" in out and "student(s)" not in out

@@ -118,6 +118,28 @@ def test_report_page_top_to_bottom(run):
         assert (workdir / "report" / name).is_file(), name
 
 
+def test_instance_panel_shows_separability_matched_by_distance(run):
+    """The instance-awareness picture's second panel places each backbone at its distance-matched
+    separability_auroc (the headline) and marks the proximity-confounded unmatched value apart."""
+    from uisbench.bench._report_data import fmt
+
+    workdir, host, registry, results = run
+    svg = (workdir / "report" / "instance-separability.svg").read_text()
+    text = (workdir / "report.html").read_text()
+    assert "data-plot='instance-separability'" in text
+    shown = 0
+    for cell in results["cells"]:
+        values = cell["pseudo_masks"]["metrics"]["instance-awareness"]["values"]
+        matched, unmatched = values["separability_auroc"], values["separability_auroc_unmatched"]
+        if matched is None:
+            continue
+        tip = re.search(rf"<circle cx='([\d.]+)'[^>]*><title>{re.escape(cell['backbone'])}: separability_auroc ([\d.]+) ", svg)
+        assert tip and tip.group(2) == fmt(matched), (cell["backbone"], matched)
+        assert f"{cell['backbone']}: unmatched {fmt(unmatched)}" in svg
+        shown += 1
+    assert shown >= 2
+
+
 def test_unavailable_rows_collapse_into_one_notice_and_label_efficiency_is_drawn(run, tmp_path):
     workdir, host, registry, results = run
     more = _with_unavailable(results)
@@ -289,3 +311,66 @@ def test_report_in_a_real_browser(run, tmp_path):
         (workdir / "results.json").write_text(json.dumps(results))
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     assert "self-test: pass" in out.stdout and shot.stat().st_size > 10_000
+
+
+def _ranked_results(pretrained_a=False, ranked=True):
+    """Two contenders, ``a`` (not pretrained) ahead of ``b``; ``ranked=False``: no metric ranked them."""
+    def cell(backbone, value, pretrained):
+        metrics = {"coco": {"status": "ok", "values": {"AP50mask": value}, "higher_is_better": {"AP50mask": True},
+                            "headline": ["AP50mask"], "ci": {"AP50mask": [value - 0.05, value + 0.05]}}} if ranked else {}
+        return {"backbone": backbone, "masker": "m", "student": None, "calibration": False, "pretrained": pretrained, "status": "ok",
+                "reason": None, "pseudo_masks": {"status": "ok", "metrics": metrics}, "student_stage": None, "timings": {}}
+
+    rows = [{"id": "a/m/-", "value": 0.5 if ranked else None, "ci": None, "within_noise_of_previous": None},
+            {"id": "b/m/-", "value": 0.3 if ranked else None, "ci": None, "within_noise_of_previous": False if ranked else None}]
+    return {"cells": [cell("a", 0.5, pretrained_a), cell("b", 0.3, True)], "metrics": {"coco": {}}, "backbones": {},
+            "dataset": {"name": "d", "splits": {"val": {"images": 500}}},
+            "primary_metric": {"stage": "pseudo-masks", "metric": "coco" if ranked else None, "value": "AP50mask" if ranked else None},
+            "ranking": {"higher_is_better": True, "bootstrap": 100, "seeds": 1, "rows": rows, "calibration": []}}
+
+
+def test_random_init_rows_are_marked_in_the_summary_table_and_page():
+    from uisbench.bench import render_leaderboard
+    from uisbench.bench._leaderboard import NOT_PRETRAINED_NOTE
+
+    results = _ranked_results()
+    text = " ".join(t for _, t in findings(results))
+    assert "Best contender: <b>a</b> (not pretrained: random init or no learned weights) with m" in text
+    assert "over <b>b</b> with m" in text and "<b>b</b> (not pretrained" not in text
+    table = render_leaderboard(results)
+    assert re.search(r"^1\s+a \*\s", table, re.M) and re.search(r"^2\s+b\s", table, re.M) and NOT_PRETRAINED_NOTE in table
+    html_text = page(results, findings(results), all_plots(results), None, private=False)
+    assert html_text.count("<span class=tag") == 1 and "not pretrained</span>" in html_text
+    pretrained = _ranked_results(pretrained_a=True)
+    assert "not pretrained" not in " ".join(t for _, t in findings(pretrained)) and "*" not in render_leaderboard(pretrained).split("\n\n")[1]
+
+
+def test_an_unranked_run_says_so_and_ranks_rows_as_the_terminal_does():
+    from uisbench.bench import render_leaderboard
+
+    results = _ranked_results(pretrained_a=True, ranked=False)
+    html_text = page(results, findings(results), all_plots(results), None, private=False)
+    assert "ranked by" not in html_text and "<b>not ranked</b>: no metric that ranks reported a value" in html_text
+    ranks = re.findall(r"<td class=num data-v='(\d)' title=''>([^<]*)</td>", html_text)
+    assert ranks == [("1", "-"), ("2", "-")]  # the terminal shows "-" too
+    table = render_leaderboard(results)
+    assert "not ranked (no metric that ranks reported a value)" in table and re.search(r"^-\s+a\s", table, re.M)
+    ranked = _ranked_results(pretrained_a=True)
+    assert re.findall(r"<td class=num data-v='(\d)' title='[^']*'>([^<]*)</td>", page(ranked, [], all_plots(ranked), None, private=False)) \
+        == [("1", "1"), ("2", "2")]
+
+
+def test_axis_labels_stay_inside_the_picture():
+    """The cost plot's x label (unit, stages, hardware) was cut at the left edge: every label line
+    now lies inside the SVG, wrapped onto two lines when one does not fit."""
+    from uisbench.bench._svg import LABEL_SIZE, Axes, text_width
+
+    for label in ("images / s, features + pseudo-masks, log scale (Intel(R) Xeon(R) Processor (2 cores))",
+                  "images / s, features, log scale (NVIDIA H100 80GB HBM3)", "k"):
+        ax = Axes(600, 420, x=(1, 100), y=(0, 1), xlog=True, margin=(34, 200, 56, 64), title="t")
+        ax.frame(label, "y")
+        lines = re.findall(r"<text x='([\d.]+)' y='(\d+)' text-anchor='middle' class='label'>([^<]*)</text>", "".join(ax.parts))
+        assert " ".join(t for _, _, t in sorted(lines, key=lambda m: int(m[1]))) == label
+        for x, _, text in lines:
+            half = text_width(text, LABEL_SIZE) / 2
+            assert 0 <= float(x) - half and float(x) + half <= 600

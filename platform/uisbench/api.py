@@ -8,6 +8,7 @@ Example::
     results = uisbench.evaluate(backbones=["oracle-instance", "pixels"], maskers=["kmeans"], students=[],
                                 device="cpu", workdir="runs/notebook", limit=6)
     print(results.leaderboard())           # the terminal table
+    best = results.ranked()[0]             # the best contender: value, interval, stage, calibration flag
     for record in results.to_records():    # one flat record per value
         ...
 
@@ -57,6 +58,28 @@ class Results:
         p = self.data.get("primary_metric") or {}
         return f"{p.get('stage')}.{p.get('metric')}.{p.get('value')}"
 
+    def ranked(self, calibration: bool = False) -> list[dict[str, Any]]:
+        """The leaderboard's rows in ranking order, as the table shows them: the contenders
+        (``calibration=True``: the calibration rows, ranked apart). Each row: ``rank`` (``None`` without
+        a ranking value, the table's ``-``), ``id``, ``backbone``, ``masker``, ``student``, ``stage``,
+        ``metric``, ``value_name``, ``value``, ``ci_low``, ``ci_high``, ``within_noise`` (of the row
+        above), ``calibration``, ``pretrained``, ``status``. Rows without a value come last."""
+        ranking = self.data.get("ranking") or {}
+        cells = {_cell_id(c): c for c in self.rows}
+        out = []
+        for position, entry in enumerate(ranking.get("calibration" if calibration else "rows") or [], start=1):
+            cell = cells.get(entry["id"], {})
+            low, high = entry.get("ci") or (None, None)
+            out.append({
+                "rank": position if entry.get("value") is not None else None, "id": entry["id"],
+                "backbone": cell.get("backbone"), "masker": cell.get("masker"), "student": cell.get("student"),
+                "stage": ranking.get("stage"), "metric": ranking.get("metric"), "value_name": ranking.get("value"),
+                "value": entry.get("value"), "ci_low": low, "ci_high": high,
+                "within_noise": entry.get("within_noise_of_previous"), "calibration": bool(cell.get("calibration", calibration)),
+                "pretrained": cell.get("pretrained"), "status": cell.get("status"),
+            })
+        return out
+
     def to_records(self) -> list[dict[str, Any]]:
         """One record per value: backbone, masker, student, stage, metric, value name, number, its
         interval (``ci_low``, ``ci_high``; ``None`` without), its spread over seeds (``std``), status.
@@ -81,11 +104,36 @@ class Results:
         return render_leaderboard(self.data, fmt, columns)
 
 
+def _cell_id(cell: dict[str, Any]) -> str:
+    return f"{cell.get('backbone') or '*'}/{cell.get('masker')}/{cell.get('student') or '-'}"
+
+
+def _names(what: str, value: Sequence[str] | str | None) -> list[str] | None:
+    """Entry names as the CLI reads them: a list of names, or one string ``"a,b"`` (``"none"`` or
+    ``""``: none); ``None`` keeps the registry's default. Anything else is refused, naming the argument."""
+    from .errors import ConfigError
+
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        return [] if text.lower() in ("", "none") else [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        names = list(value)
+    except TypeError:
+        raise ConfigError(f"evaluate({what}=...): pass a list of entry names or a comma-separated string, "
+                          f"not {type(value).__name__}") from None
+    wrong = [n for n in names if not isinstance(n, str)]
+    if wrong:
+        raise ConfigError(f"evaluate({what}=...): entry names are strings, got {wrong[0]!r}; pass e.g. {what}=['name']")
+    return names
+
+
 def evaluate(
     backbones: Sequence[str] | str | None = None,
-    maskers: Sequence[str] | None = None,
-    students: Sequence[str] | None = None,
-    metrics: Sequence[str] | None = None,
+    maskers: Sequence[str] | str | None = None,
+    students: Sequence[str] | str | None = None,
+    metrics: Sequence[str] | str | None = None,
     dataset: str | None = None,
     *,
     device: str = "auto",
@@ -109,8 +157,10 @@ def evaluate(
     """Run the bench and return its :class:`Results` (also written to ``workdir``: results.json, the
     leaderboard files, report.html).
 
-    Entry names are the registry's (``platform list backbones``); ``None`` takes the registry's
-    bench default for this device, ``backbones="all"`` every backbone entry, ``students=[]`` none.
+    Entry names are the registry's (``platform list backbones``), as a list or, as on the command
+    line, one comma-separated string (``backbones="pixels,dino-vits16"``, ``students="none"``);
+    ``None`` takes the registry's bench default for this device, ``backbones="all"`` every backbone
+    entry, ``students=[]`` or ``"none"`` none.
     ``registry`` adds registry files (your own entries). The other arguments are ``platform bench``'s
     options of the same names. Raises :class:`uisbench.ConfigError` (and its kin) for bad input.
     """
@@ -120,13 +170,13 @@ def evaluate(
 
     host = load_plugins(strict=strict_plugins)
     reg = load_registry([str(p) for p in registry], host)
-    if backbones == "all":
+    if isinstance(backbones, str) and backbones.strip() == "all":
         backbones = list(reg.names("backbones"))
     options = BenchOptions(
-        backbones=None if backbones is None else list(backbones),
-        maskers=None if maskers is None else list(maskers),
-        students=None if students is None else list(students),
-        metrics=None if metrics is None else list(metrics),
+        backbones=_names("backbones", backbones),
+        maskers=_names("maskers", maskers),
+        students=_names("students", students),
+        metrics=_names("metrics", metrics),
         dataset=dataset,
         device=device,
         workdir=Path(workdir),

@@ -20,7 +20,8 @@ The masks are resized with the backbone's resize policy (``square`` or ``pad``, 
 
 Oracles read the ground truth: their spec says ``calibration=True``, results built on them are listed
 apart, and students refuse their features at prediction time. A dataset without ground truth is a
-:class:`uisbench.DataError`.
+:class:`uisbench.IncompatibleError`: a combination that cannot run by design, so the bench records
+the oracle's cells as ``skipped`` with the reason (a folder of your own photos exits 0).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class OracleBackbone(uisbench.GridBackbone):
 
     def bind(self, dataset: uisbench.Dataset) -> None:
         if not getattr(dataset, "has_ground_truth", False):
-            raise uisbench.DataError(
+            raise uisbench.IncompatibleError(
                 f"backbone oracle: dataset {dataset!r} has no ground truth; oracles only run on annotated datasets "
                 "(e.g. synth-instances, coco-val2017). Pick a real backbone for this dataset."
             )

@@ -1,7 +1,7 @@
 """Leaderboard tables (table, markdown, csv, json) from results.json.
 
 Tables follow lm-eval's ``make_table``: one row per cell, arrows from ``higher_is_better``, a status
-column. Calibration backbones (oracles that read ground truth) are listed in their own table.
+column. Calibration backbones (oracles that read ground truth, controls such as ``position``) are listed in their own table.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def _header_lines(results: dict[str, Any]) -> list[str]:
         f"uisbench {prov.get('uisbench', '?')} leaderboard - dataset {ds.get('name', '?')} ({sizes}); "
         f"device {run.get('device', '?')} ({run.get('hardware', '?')}); seed {run.get('seed')}",
         (f"sorted by {pm.get('stage')} {pm.get('metric')}.{pm.get('value')} ({_uncertainty_note(results)}); "
-         if pm.get("metric") else "nothing scored; ") +
+         if pm.get("metric") else "not ranked (no metric that ranks reported a value); ") +
         f"torch {prov.get('torch')}; git {str(git.get('commit', 'n/a'))[:12]}{' (dirty)' if git.get('dirty') else ''}; "
         f"registry sha256 {str((prov.get('registry') or {}).get('sha256', ''))[:12]}",
     ]
@@ -175,10 +175,16 @@ def _fmt_cell(row: dict[str, Any], column: str, board: dict[str, Any]) -> Any:
     return text
 
 
+#: beside a backbone whose features come from no pretraining (random init, or no learned weights at all)
+NOT_PRETRAINED = "*"
+NOT_PRETRAINED_NOTE = f"{NOT_PRETRAINED} not pretrained: random initialisation or no learned weights (results.json pretrained: false)"
+
+
 def rows_for_table(board: dict[str, Any], rows: list[dict[str, Any]], width: int | None) -> list[list[Any]]:
     out = []
     for r in rows:
-        line = [_fmt_cell(r, c, board) for c in board["columns"]]
+        line = [_fmt_cell(r, c, board) + (f" {NOT_PRETRAINED}" if c == "backbone" and r.get("_pretrained") is False else "")
+                for c in board["columns"]]
         if width is not None:
             line[-1] = line[-1] if len(line[-1]) <= width else line[-1][: width - 3] + "..."
         out.append(line)
@@ -247,8 +253,10 @@ def _render_markdown(board: dict[str, Any]) -> str:
     parts = ["# uisbench leaderboard\n", *(f"- {line}" for line in board["header"]), ""]
     parts.append(_tabulate(board, board["rows"], board["columns"], "github", None) if board["rows"] else "(no backbone rows)")
     if board["calibration"]:
-        parts += ["", "## Calibration backbones (read ground truth: upper bounds, not contenders)\n"]
+        parts += ["", "## Calibration backbones (ground-truth oracles and controls: references, not contenders)\n"]
         parts.append(_tabulate(board, board["calibration"], board["columns"], "github", None))
+    if any(r.get("_pretrained") is False for r in board["rows"] + board["calibration"]):
+        parts += ["", NOT_PRETRAINED_NOTE.replace("*", "\\*", 1)]
     return "\n".join(parts) + "\n"
 
 
@@ -288,8 +296,10 @@ def _render_terminal(board: dict[str, Any], requested: str | list[str] | None) -
     parts = [line for text in board["header"] for line in fit_to_terminal(text)] + [""]
     parts.append(_tabulate(board, rows(board["rows"]), columns, "simple", None if compact else 60) if board["rows"] else "(no backbone rows)")
     if board["calibration"]:
-        parts += ["", "Calibration backbones (read ground truth: upper bounds, not contenders):"]
+        parts += ["", "Calibration backbones (ground-truth oracles and controls: references, not contenders):"]
         parts.append(_tabulate(board, rows(board["calibration"]), columns, "simple", None if compact else 60))
+    if any(r.get("_pretrained") is False for r in board["rows"] + board["calibration"]):
+        parts += ["", NOT_PRETRAINED_NOTE]
     if compact:
         parts += _not_scored(board["rows"] + board["calibration"])
     return "\n".join(parts) + "\n"

@@ -65,8 +65,8 @@ def outlook(pipeline: Pipeline) -> list[str]:
     cells = len(plan.backbones) * crossed * max(1, len(plan.students)) + ensembles
     own_rows = f" + {ensembles} ensemble row(s)" if ensembles else ""
     lines = [
-        f"plan: {len(plan.backbones)} backbone(s) x {crossed} masker(s) x {max(1, len(plan.students))} "
-        f"student(s){own_rows} = {cells} cell(s) on {plan.dataset} ({', '.join(f'{k} {v}' for k, v in sizes.items())} images); "
+        f"plan: {len(plan.backbones)} backbone(s) x {crossed} masker(s) x "
+        f"{f'{len(plan.students)} student(s)' if plan.students else 'no student'}{own_rows} = {cells} cell(s) on {plan.dataset} ({', '.join(f'{k} {v}' for k, v in sizes.items())} images); "
         f"device {ctx.device}; {ctx.seeds} seed(s); workdir {ctx.workdir}"
     ]
     speeds = _measured_speeds(pipeline)

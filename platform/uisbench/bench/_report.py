@@ -52,7 +52,8 @@ def bar_chart(results: dict[str, Any]) -> bytes:
         ax.legend(fontsize=7, loc="lower right")
     else:
         ax.text(0.5, 0.5, "no scored cells", ha="center", va="center", transform=ax.transAxes)
-    ax.set_title(f"uisbench leaderboard (sorted by {view.stage} {view.value})", fontsize=10)
+    ranked = f"sorted by {view.stage} {view.metric}.{view.value}" if view.value else "not ranked: no metric that ranks reported a value"
+    ax.set_title(f"uisbench leaderboard ({ranked})", fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")

@@ -54,8 +54,10 @@ def _where(r: Ranked) -> str:
 
 
 def _who(r: Ranked) -> str:
-    """The backbone of a row, or for an ensemble's own row the ensemble and its members."""
-    return _b(("ensemble " if is_ensemble_row(r.cell) else "") + row_key(r.cell))
+    """The backbone of a row, or for an ensemble's own row the ensemble and its members; a backbone
+    without pretraining says so (a random-init network is no "best contender" without the word)."""
+    marked = " (not pretrained: random init or no learned weights)" if r.cell.get("pretrained") is False else ""
+    return _b(("ensemble " if is_ensemble_row(r.cell) else "") + row_key(r.cell)) + marked
 
 
 def best_overall(view: View) -> list[Finding]:

@@ -122,7 +122,11 @@ def table(results: dict[str, Any], view: View, scrub: Scrubber) -> str:
         text = " ".join([backbone, masks, c.get("student") or "", c["status"]]).lower()
         # an ensemble's own row has no backbone to link to; its masker cell names the members
         who = _e(backbone) if is_ensemble_row(c) else f"<a href='#bb-{_e(backbone)}' class=bb>{_e(backbone)}</a>"
-        cells = [f"<td class=num data-v='{r.position}' title='{tip}'>{r.position}{tie}</td>",
+        # the terminal's rank: "-" for a row without a ranking value (its place only keeps the order)
+        shown = f"{r.position}{tie}" if r.value is not None else "-"
+        if c.get("pretrained") is False:
+            who += " <span class=tag title='not pretrained: random initialisation or no learned weights'>not pretrained</span>"
+        cells = [f"<td class=num data-v='{r.position}' title='{tip}'>{shown}</td>",
                  f"<td data-v='{_e(backbone)}'>{who}</td>",
                  f"<td data-v='{_e(masks)}'>{_e(masks)}</td>"]
         if any_student:
@@ -299,8 +303,9 @@ def page(results: dict[str, Any], findings: list[tuple[str, str]], plots: dict[s
     run = results.get("run") or {}
     n = view.n_images()
     meta = [f"dataset <b>{_e(str(ds.get('name', '?')))}</b> ({n if n is not None else '?'} val images)",
-            f"ranked by {'student' if view.stage == 'student' else 'pseudo-mask'} <b>{_e(view.metric)}.{_e(view.value)}</b> "
-            f"({'higher' if view.higher_is_better else 'lower'} is better)",
+            (f"ranked by {'student' if view.stage == 'student' else 'pseudo-mask'} <b>{_e(view.metric)}.{_e(view.value)}</b> "
+             f"({'higher' if view.higher_is_better else 'lower'} is better)") if view.value
+            else "<b>not ranked</b>: no metric that ranks reported a value",
             f"95% bootstrap intervals over images ({view.bootstrap} draws)" if view.bootstrap else "no bootstrap intervals",
             f"{view.seeds} seed{'s' if view.seeds > 1 else ''}",
             f"{_e(str(run.get('device', '?')))} ({_e(str(run.get('hardware', '?')))})",

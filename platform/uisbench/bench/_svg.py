@@ -18,6 +18,10 @@ def esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
+#: font size (px) of axis labels (``.label`` in the SVG style)
+LABEL_SIZE = 12.5
+
+
 def text_width(text: str, size: float = 12) -> float:
     return 0.56 * size * len(text)
 
@@ -96,6 +100,15 @@ class Axes:
 
     # -- furniture ------------------------------------------------------------------------------
 
+    def _label_lines(self, text: str) -> list[str]:
+        """An x-axis label on one line, or on two when one line is wider than the picture: split at the
+        space before a `` (`` or after a ``,`` that makes the longer line shortest."""
+        cuts = [i for i in range(1, len(text) - 1) if text[i] == " " and (text[i + 1] == "(" or text[i - 1] == ",")]
+        if text_width(text, LABEL_SIZE) <= self.width - 8 or not cuts:
+            return [text]
+        cut = min(cuts, key=lambda i: (max(i, len(text) - i - 1), i))
+        return [text[:cut], text[cut + 1:]]
+
     def frame(self, xlabel: str, ylabel: str, *, xticks: list[float] | None = None, yticks: list[float] | None = None,
               xlabels: dict[float, str] | None = None) -> None:
         """Grid, ticks (``xlabels`` renames some x ticks), the plot's box and the axis labels."""
@@ -112,7 +125,11 @@ class Axes:
             self.parts.append(f"<line x1='{left}' y1='{py:.1f}' x2='{left + self.pw:.1f}' y2='{py:.1f}' class='grid'/>")
             self.parts.append(f"<text x='{left - 6}' y='{py + 4:.1f}' text-anchor='end' class='tick'>{tick_text(v)}</text>")
         self.parts.append(f"<rect x='{left}' y='{self.top}' width='{self.pw:.1f}' height='{self.ph:.1f}' class='box'/>")
-        self.parts.append(f"<text x='{left + self.pw / 2:.1f}' y='{self.height - 12}' text-anchor='middle' class='label'>{esc(xlabel)}</text>")
+        for k, line in enumerate(reversed(self._label_lines(xlabel))):
+            # centred under the plot, but moved in so that it is never cut at the picture's edge
+            half = text_width(line, LABEL_SIZE) / 2
+            cx = min(max(left + self.pw / 2, half + 4), self.width - half - 4)
+            self.parts.append(f"<text x='{cx:.1f}' y='{self.height - 12 - 14 * k}' text-anchor='middle' class='label'>{esc(line)}</text>")
         cy = self.top + self.ph / 2
         self.parts.append(f"<text transform='translate(16 {cy:.1f}) rotate(-90)' text-anchor='middle' class='label'>{esc(ylabel)}</text>")
 
