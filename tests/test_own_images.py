@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import uisbench
+from helpers import FakeEntryPoint
 from uisbench.bench import BenchOptions, run_bench
 
 SENTINEL = "ward-7-sentinel"
@@ -228,3 +229,39 @@ def test_dry_run_without_a_student_says_so(tmp_path, capsys):
                  "--workdir", str(tmp_path / "w")])
     out = capsys.readouterr().out
     assert code == 0 and "plan: 1 backbone(s) x 2 masker(s) x no student = 2 cell(s)" in out and "student(s)" not in out
+
+
+def _acme():
+    class Plugin:
+        @uisbench.hookimpl
+        def uisbench_backbones(self):
+            yield uisbench.BackboneSpec(name="acme-resnet18", description="A vendor's backbone.", factory=object)
+
+    return Plugin()
+
+
+def test_plugins_lists_the_names_a_registry_entry_uses(fake_entry_points, monkeypatch, capsys):
+    from uisbench.cli import main
+
+    monkeypatch.delenv("UISBENCH_STRICT_PLUGINS", raising=False)
+    fake_entry_points([FakeEntryPoint("acme", obj=_acme(), dist="uisbench-acme")])
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("acme "))
+    assert "uisbench-acme" in row and "acme-resnet18 (backbone)" in row
+    assert "plugin names (registry `plugin:`)" in out and "A registry entry names a plugin name, not an entry point: e.g. `plugin: " in out
+
+
+def test_unknown_plugin_says_which_plugins_failed_to_load(fake_entry_points, monkeypatch, tmp_path):
+    monkeypatch.delenv("UISBENCH_STRICT_PLUGINS", raising=False)
+    fake_entry_points([FakeEntryPoint("acme", error=ImportError("no module named acme_cuda"), dist="uisbench-acme")])
+    with pytest.warns(UserWarning, match="acme_cuda"):
+        host = uisbench.host.load_plugins()
+    path = tmp_path / "mine.yaml"
+    path.write_text("version: 1\nbackbones:\n  r18: {plugin: acme-resnet18}\n")
+    with pytest.raises(uisbench.ConfigError) as err:
+        uisbench.host.load_registry([str(path)], host)
+    text = str(err.value) + "\n".join(getattr(err.value, "problems", []))
+    assert "unknown plugin 'acme-resnet18'" in text
+    assert "1 plugin(s) failed to load and may provide it: acme (uisbench-acme 1.0): ImportError" in text and "acme_cuda" in text
+    assert "`platform plugins --all` lists the plugin names an entry can use" in text

@@ -302,6 +302,16 @@ def _read(path: Path) -> tuple[bytes, Any, list[str]]:
     return raw, data, problems
 
 
+def _failed_to_load(host: Any) -> str:
+    """`` N plugin(s) failed to load and may provide it: ...``: one of them may be the plugin meant."""
+    failures = list(getattr(host, "failures", None) or [])
+    if not failures:
+        return ""
+    named = "; ".join(f"{f.name} ({f.distribution} {f.version}): {f.error}" for f in failures[:3])
+    return (f" {len(failures)} plugin(s) failed to load and may provide it: {named}"
+            f"{' ...' if len(failures) > 3 else ''}.")
+
+
 def _suggest(word: str, options: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else f" Known: {', '.join(sorted(options)) or 'none'}."
@@ -409,7 +419,8 @@ def _parse_file(path: Path, registry: Registry, host: PluginHost | None, problem
                     pline = body.key_lines.get("plugin", line)
                     problems.append(
                         f"{where}:{pline}: {kind[:-1]} entry {name!r}: unknown plugin {entry.plugin!r}."
-                        f"{_suggest(entry.plugin, specs)} (`platform plugins` lists installed plugins.)"
+                        f"{_suggest(entry.plugin, specs)}{_failed_to_load(host)} (`platform plugins --all` lists "
+                        f"the plugin names an entry can use.)"
                     )
                     continue
                 _check_params(spec, entry, body.key_lines, where, problems)

@@ -1,6 +1,10 @@
 """``platform plugins``: installed plugins, their distribution and version, load failures and name
 conflicts. It lists both providers of a conflicting name (every other command refuses to run until
-one is uninstalled), so this is where such a clash gets diagnosed."""
+one is uninstalled), so this is where such a clash gets diagnosed.
+
+A distribution's entry point (``acme``) is not what a registry entry names: ``plugin:`` takes a
+plugin name that the entry point provides (``acme-resnet18``). The default view lists those names
+per entry point, ``--all`` one per row."""
 
 from __future__ import annotations
 
@@ -58,13 +62,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.all:
         rows = [[s["kind"], s["name"], s["version"], s["plugin"], s["distribution"], s["description"]] for s in specs]
-        print(table(rows, ["kind", "name", "version", "plugin", "distribution", "description"]))
+        print(table(rows, ["kind", "plugin name", "version", "entry point", "distribution", "description"]))
     else:
-        rows = [
-            [p.name, p.distribution, p.version, "built-in" if p.builtin else "third-party", ", ".join(provides.get(p.name, []))]
-            for p in plugins
-        ]
-        print(table(rows, ["plugin", "distribution", "version", "origin", "provides"]) if rows else "No plugins installed.")
+        def names(owner: str) -> str:  # "backbone:acme-resnet18" -> "acme-resnet18 (backbone)"
+            return ", ".join(f"{n.split(':', 1)[1]} ({n.split(':', 1)[0]})" for n in provides.get(owner, []))
+
+        rows = [[p.name, p.distribution, p.version, "built-in" if p.builtin else "third-party", names(p.name)] for p in plugins]
+        print(table(rows, ["entry point", "distribution", "version", "origin", "plugin names (registry `plugin:`)"])
+              if rows else "No plugins installed.")
+    if specs and not args.all:
+        example = next((s for s in specs if s["distribution"] not in ("uisbench", "local")), specs[0])
+        print(f"\nA registry entry names a plugin name, not an entry point: e.g. `plugin: {example['name']}` "
+              "(`platform plugins --all`: one per row, with descriptions).")
     if host.failures:
         print("\nFailed to load (the rest works; --strict-plugins makes this an error):")
         print(
