@@ -873,3 +873,37 @@ def test_case9_validate_checks_path_parameters_without_reading_them(tmp_path, ca
 def test_case9_validate_refuses_what_the_cli_cannot_select(tmp_path, capsys, text, needle):
     code, err = _validate(tmp_path, capsys, text)
     assert code == 1 and needle in err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needle"),
+    [
+        ("--batch-size", "0", "an integer >= 1"),
+        ("--workers", "-1", "an integer >= 0"),
+        ("--limit", "0", "an integer >= 1"),
+        ("--limit", "-1", "an integer >= 1"),
+        ("--bootstrap", "100000000", "an integer >= 0 and <= 10000"),
+        ("--bootstrap", "-1", "an integer >= 0 and <= 10000"),
+        ("--seeds", "0", "an integer >= 1"),
+        ("--batch-size", "two", "an integer >= 1"),
+    ],
+)
+def test_case10_bench_options_out_of_range_are_usage_errors(tmp_path, capsys, option, value, needle):
+    """Refused while the command line is read (exit 2), naming the option and its range: nothing starts
+    (--bootstrap 100000000 ran past 120 s; --limit 0 said "split has no images" without naming --limit)."""
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--workdir", str(tmp_path / "w"), "--backbones", "pixels", option, value])
+    assert info.value.code == EXIT_USAGE == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: must be {needle} (got {value})" in err and not (tmp_path / "w").exists()
+
+
+def test_case10_python_callers_get_the_same_ranges(tmp_path):
+    from uisbench.bench import BenchOptions
+    from uisbench.bench._context import BenchContext
+
+    with pytest.raises(uisbench.ConfigError) as info:
+        BenchContext(BenchOptions(workdir=tmp_path / "w", batch_size=0, num_workers=-1, limit=0), seed=0, bootstrap=10**8)
+    message = str(info.value)
+    assert "--batch-size (batch_size) must be an integer >= 1 (got 0)" in message and "--workers (num_workers)" in message
+    assert "--limit (limit) must be an integer >= 1 (got 0)" in message and ">= 0 and <= 10000 (got 100000000)" in message

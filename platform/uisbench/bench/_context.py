@@ -116,6 +116,26 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=None if enabled else True, leave=False, dynamic_ncols=True)
 
 
+def _check_ranges(options: BenchOptions, seeds: int, bootstrap: int) -> None:
+    """The run's counts, checked for Python callers as the command line checks its options (a batch
+    size of 0 was taken for 1, a limit of 0 said only "split has no images")."""
+    from ..registry import MAX_BOOTSTRAP
+
+    wrong = [
+        f"{name} must be an integer {bound} (got {value})"
+        for name, value, ok, bound in (
+            ("--batch-size (batch_size)", options.batch_size, options.batch_size >= 1, ">= 1"),
+            ("--workers (num_workers)", options.num_workers, options.num_workers is None or options.num_workers >= 0, ">= 0"),
+            ("--limit (limit)", options.limit, options.limit is None or options.limit >= 1, ">= 1"),
+            ("--seeds (seeds)", seeds, seeds >= 1, ">= 1"),
+            ("--bootstrap (bootstrap)", bootstrap, 0 <= bootstrap <= MAX_BOOTSTRAP, f">= 0 and <= {MAX_BOOTSTRAP}"),
+        )
+        if not ok
+    ]
+    if wrong:
+        raise ConfigError("; ".join(wrong) + ".")
+
+
 class BenchContext:
     """The run-wide state every stage and evaluator reads (one per ``run_bench``)."""
 
@@ -129,12 +149,11 @@ class BenchContext:
             self.device = f"cuda:{self.shard.local_rank}"
         self.device_type = self.device.split(":")[0]
         self.seed = int(seed)
-        if int(seeds) < 1 or int(bootstrap) < 0:
-            raise ConfigError(f"--seeds must be >= 1 and --bootstrap >= 0 (got {seeds}, {bootstrap}).")
+        _check_ranges(options, int(seeds), int(bootstrap))
         self.seeds = int(seeds)
         self.bootstrap = int(bootstrap)
         self.force = _expand_force(options.force)
-        self.batch_size = max(1, int(options.batch_size))
+        self.batch_size = int(options.batch_size)
         default_workers = 0 if self.device_type == "cpu" else 4
         self.num_workers = options.num_workers if options.num_workers is not None else default_workers
         #: plugin objects built in this run ("backbone:NAME", ...): empty on a fully cached rerun

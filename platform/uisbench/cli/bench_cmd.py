@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from ..bench import FORMATS, STAGES
+from ..registry import MAX_BOOTSTRAP
 from ._common import parse_columns
 
 
@@ -18,6 +19,23 @@ def _names(text: str) -> list[str]:
     if text.strip().lower() in ("", "none"):
         return []
     return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _integer(low: int, high: int | None = None):
+    """An argparse ``type`` for an integer option in ``[low, high]``: anything else is a usage error
+    (exit 2) naming the option and its range, before any work starts."""
+    bound = f">= {low} and <= {high}" if high is not None else f">= {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {bound} (got {text})")
+        return value
+
+    return parse
 
 
 def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -43,17 +61,17 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("--force", action="append", choices=STAGES, default=[], metavar="STAGE",
                    help=f"recompute STAGE and the stages after it ({', '.join(STAGES)}); repeatable")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (listed in results.json) instead of failing")
-    p.add_argument("--limit", type=int, metavar="N", help="use only the first N images of each split (smoke runs)")
+    p.add_argument("--limit", type=_integer(1), metavar="N", help="use only the first N images of each split (smoke runs)")
     p.add_argument("--seed", type=int, help="bench seed (default: the registry's bench seed)")
-    p.add_argument("--seeds", type=int, metavar="N",
+    p.add_argument("--seeds", type=_integer(1), metavar="N",
                    help="repeat the stochastic stages (k-means init, student training) with N seeds; values are means ± std "
                    "(default: the registry's bench seeds, 1)")
-    p.add_argument("--bootstrap", type=int, metavar="B",
-                   help="bootstrap resamples of the images per 95%% confidence interval; 0: none (default: the registry's, 200)")
+    p.add_argument("--bootstrap", type=_integer(0, MAX_BOOTSTRAP), metavar="B",
+                   help=f"bootstrap resamples of the images per 95%% confidence interval, 0 to {MAX_BOOTSTRAP}; 0: none (default: the registry's, 200)")
     p.add_argument("--rank-by", metavar="[STAGE.]METRIC.VALUE",
                    help="the value the leaderboard ranks by, e.g. coco.AP50mask or pseudo-masks.count-error.count_mae")
-    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch for features and pseudo-masks (default: 8)")
-    p.add_argument("--workers", type=int, metavar="N", help="data-loader workers (default: 0 on CPU, 4 on CUDA)")
+    p.add_argument("--batch-size", type=_integer(1), default=8, metavar="N", help="images per batch for features and pseudo-masks (default: 8)")
+    p.add_argument("--workers", type=_integer(0), metavar="N", help="data-loader workers (default: 0 on CPU, 4 on CUDA)")
     p.add_argument("--no-report", action="store_true", help="do not render report.html and its PNGs")
     p.add_argument("--finetune", metavar="ENTRY|none",
                    help="the few-label stage's finetune: entry, or none (default: the registry's bench finetune)")
