@@ -1,7 +1,8 @@
 """The report's four pictures, per backbone x masker, as inline SVG (``_svg.Axes``):
 
 1. instance awareness: recall on instances alone of their class vs with a same-class sibling, the
-   diagonal drawn;
+   diagonal drawn; beside it, per backbone, the feature separability AUROC at equal patch distance
+   (``separability_auroc``, the headline) with the unmatched, proximity-confounded value marked faint;
 2. quality against cost: the ranking value against images/s (one SVG per cost: features +
    pseudo-masks, features, student training), the Pareto front of the contenders marked;
 3. pseudo-mask value next to the student's, per cell, in ranking order;
@@ -14,11 +15,12 @@ bootstrap intervals (``ci``), else ± one standard deviation over seeds.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ._report_data import View, fmt, fmt_ci, fmt_rate, images_per_s, interval, label, number
 from ._sources import row_key
-from ._svg import PALETTE, SHAPES, Axes, empty, esc, nice_ticks, text_width
+from ._svg import PALETTE, SHAPES, Axes, empty, esc, marker, nice_ticks, text_width
 
 #: cost axes of plot 2: (id, timings stages run one after the other, words)
 COSTS = [
@@ -91,6 +93,55 @@ def instance_plot(view: View, st: Styles) -> str:
     backbones = list(dict.fromkeys(row_key(p[0]) for p in pts))
     maskers = list(dict.fromkeys(p[0]["masker"] for p in pts))
     return ax.render(st.legend(backbones, maskers), legend_title="backbone", plot_id="instance")
+
+
+def separability_plot(view: View, st: Styles) -> str | None:
+    """Plot 1, second panel: per backbone, ``separability_auroc`` (same vs other instance at equal
+    patch distance) with its interval, and the unmatched value it was before matching (faint), so a
+    backbone whose score came from position is seen to drop to 0.5. ``None`` when no cell has one."""
+    metric = "instance-awareness"
+    title = "Instance separability of the features, at equal patch distance"
+    rows, seen = [], set()
+    for r in view.ranked:  # the features decide it: one row per backbone (every masker has the same value)
+        c = r.cell
+        matched = number(c, "pseudo-masks", metric, "separability_auroc")
+        if matched is None or c["backbone"] in seen:
+            continue
+        seen.add(c["backbone"])
+        rows.append((r, matched, number(c, "pseudo-masks", metric, "separability_auroc_unmatched"),
+                     interval(c, "pseudo-masks", metric, "separability_auroc")))
+    if not rows:
+        return None
+    rows.sort(key=lambda t: (t[0].calibration, -t[1]))  # contenders first, each group best first
+    step = 22
+    names = [r.cell["backbone"] + (" (calib.)" if r.calibration else "") for r, *_ in rows]
+    left = int(min(260, max(text_width(n, 11) for n in names) + 14))
+    values = [v for _, m, u, ci in rows for v in (m, u, *(ci or [])) if v is not None] + [0.5]
+    x0 = min(0.4, math.floor(min(values) * 10) / 10)
+    ax = Axes(max(600, left + 360 + 190), 34 + 52 + len(rows) * step + 8, x=(x0, 1.0), y=(0, 1),
+              margin=(34, 190, 52, left), title=title)
+    ax.frame("AUROC, same vs other instance of a class (0.5: cannot tell)", "", yticks=[])
+    ax.add(f"<line x1='{ax.sx(0.5):.1f}' x2='{ax.sx(0.5):.1f}' y1='{ax.top}' y2='{ax.top + ax.ph:.1f}' stroke='#999' "
+           "stroke-dasharray='4 4'/>")
+    for k, (r, matched, unmatched, ci) in enumerate(rows):
+        c = r.cell
+        y = ax.top + step * (k + 0.5)
+        colour = st.colour.get(c["backbone"], "#444")
+        ax.add(f"<text x='{ax.left - 6}' y='{y + 4:.1f}' text-anchor='end' class='tick'>{esc(names[k])}</text>")
+        if unmatched is not None:
+            ax.add(f"<line x1='{ax.sx(unmatched):.1f}' x2='{ax.sx(matched):.1f}' y1='{y:.1f}' y2='{y:.1f}' stroke='#bbb'/>")
+            ax.add(marker(ax.sx(unmatched), y, colour="#999", shape="diamond", hollow=True, size=4,
+                          tip=f"{c['backbone']}: unmatched {fmt(unmatched)} (every pair, whatever its distance: proximity-confounded)"))
+        if ci:
+            a, b = ax.sx(ci[0]), ax.sx(ci[1])
+            ax.add(f"<path d='M{a:.1f},{y:.1f}H{b:.1f}M{a:.1f},{y - 3:.1f}v6M{b:.1f},{y - 3:.1f}v6' stroke='{colour}' "
+                   f"stroke-width='1' opacity='{ax.err_opacity}' fill='none'/>")
+        tip = (f"{c['backbone']}: separability_auroc {fmt(matched)} {fmt_ci(ci)} at equal patch distance"
+               + (f"; unmatched {fmt(unmatched)}" if unmatched is not None else "") + (" (calibration)" if r.calibration else ""))
+        ax.add(marker(ax.sx(matched), y, colour=colour, hollow=r.calibration, tip=tip))
+    legend = [("equal patch distance (headline)", "#444", "circle", False),
+              ("unmatched (proximity-confounded)", "#999", "diamond", True)]
+    return ax.render(legend, legend_title="separability_auroc", plot_id="instance-separability")
 
 
 def _pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
@@ -179,7 +230,7 @@ def stages_plot(view: View, st: Styles) -> str:
     for k, (r, pm, stv) in enumerate(rows):
         if extra and r.calibration and not rows[k - 1][0].calibration:
             ax.add(f"<line x1='4' x2='{ax.left + ax.pw:.1f}' y1='{y + 4:.1f}' y2='{y + 4:.1f}' stroke='#bbb' stroke-dasharray='4 3'/>")
-            ax.add(f"<text x='{ax.left + 4}' y='{y + 16:.1f}' class='faint'>calibration backbones (read the ground truth)</text>")
+            ax.add(f"<text x='{ax.left + 4}' y='{y + 16:.1f}' class='faint'>calibration backbones (references, not contenders)</text>")
             y += extra
         name = names[k]
         ax.add(f"<text x='{ax.left - 6}' y='{y + (step - gap) / 2 + 4:.1f}' text-anchor='end' class='tick'>{esc(name)}</text>")
@@ -277,12 +328,14 @@ def label_efficiency_plot(results: dict[str, Any], st: Styles) -> str | None:
 
 
 def all_plots(results: dict[str, Any]) -> dict[str, Any]:
-    """``{"instance": svg, "costs": [(id, words, svg)], "stages": svg, "label_efficiency": svg | None}``."""
+    """``{"instance": svg, "separability": svg | None, "costs": [(id, words, svg)], "stages": svg,
+    "label_efficiency": svg | None}``."""
     view = View(results)
     st = Styles(view)
     costs = [(key, words, svg) for key, stages, words in COSTS if (svg := cost_plot(view, st, (key, stages, words)))]
     return {
         "instance": instance_plot(view, st),
+        "separability": separability_plot(view, st),
         "costs": costs,
         "stages": stages_plot(view, st),
         "label_efficiency": label_efficiency_plot(results, st),
