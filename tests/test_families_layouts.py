@@ -65,7 +65,7 @@ def _dinov2_reg(sd):
 
 
 def _mae(sd):
-    decoder = {"mask_token": torch.zeros(1, 1, 32), "decoder_embed.weight": torch.randn(32, 768), "decoder_pred.bias": torch.randn(768)}
+    decoder = {"mask_token": torch.zeros(1, 1, 32), "decoder_embed.weight": torch.randn(32, 384), "decoder_pred.bias": torch.randn(768)}
     return {"model": {**sd, **decoder}}
 
 
@@ -115,7 +115,7 @@ CASES = {
     "dino": ("vit_small_patch16_224", VIT, _dino, "facebookresearch/dino main_dino.py save_dict"),
     "dinov2": ("vit_small_patch14_reg4_dinov2", {"depth": 1, "img_size": 56}, _dinov2_reg,
                "facebookresearch/dinov2 dinov2/models/vision_transformer.py; timm vision_transformer.py::_convert_dinov2"),
-    "mae": ("vit_base_patch16_224", VIT, _mae, "facebookresearch/mae util/misc.py save_model, models_mae.py"),
+    "mae": ("vit_small_patch16_224", VIT, _mae, "facebookresearch/mae util/misc.py save_model, models_mae.py"),
     "ibot": ("vit_small_patch16_224", VIT, _ibot, "bytedance/ibot main_ibot.py, utils.load_pretrained_weights"),
     "mocov3": ("vit_small_patch16_224", {**VIT, "num_heads": 12}, _mocov3, "facebookresearch/moco-v3 main_moco.py, vits.py"),
     "msn": ("vit_small_patch16_224", VIT, _msn, "facebookresearch/msn src/msn_train.py save_dict"),
@@ -181,7 +181,7 @@ def test_official_file_inspected_validated_and_loaded(host, files, tmp_path, nam
 def test_mean_std_come_from_the_family(host, files):
     path, _ = files["mae"]
     # an untagged timm name's cfg says mean/std 0.5; MAE's weights were trained with ImageNet's
-    bb = host.spec("backbones", "timm").build(model="vit_base_patch16_224", model_kwargs={"depth": 1}, weights=str(path), size=SIZE)
+    bb = host.spec("backbones", "timm").build(model="vit_small_patch16_224", model_kwargs={"depth": 1}, weights=str(path), size=SIZE)
     assert bb.preprocessing.mean == pytest.approx((0.485, 0.456, 0.406)) and bb.family.name == "mae"
 
 
@@ -204,10 +204,19 @@ def test_wrong_prefix_token_count_fails_loudly(host, files):
         host.spec("backbones", "timm").build(model="vit_small_patch14_dinov2", model_kwargs={"depth": 1}, weights=str(path), size=56)
 
 
-def test_absent_official_file_is_unavailable_with_the_url(host, tmp_path):
-    with pytest.raises(uisbench.BackboneUnavailable, match=r"vit-s-300ep\.pth\.tar from https://dl\.fbaipublicfiles\.com/moco-v3"):
-        host.spec("backbones", "timm").build(model="vit_small_patch16_224", family="mocov3", model_kwargs={"num_heads": 12},
-                                             weights=str(tmp_path / "vit-s-300ep.pth.tar"), size=SIZE)
+def test_official_file_from_the_weights_folder_else_unavailable_with_the_url(host, files, tmp_path, monkeypatch):
+    """A registry entry names the family and an untagged model, no file: the official file is looked
+    for in $UISBENCH_WEIGHTS_DIR; absent, the row is unavailable and says where to get it."""
+    spec = host.spec("backbones", "timm")
+    params = dict(model="vit_small_patch16_224", family="mocov3", model_kwargs={"depth": 1, "num_heads": 12}, size=SIZE)
+    monkeypatch.setenv("UISBENCH_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(uisbench.BackboneUnavailable, match=r"vit-s-300ep\.pth\.tar is not in .*https://dl\.fbaipublicfiles\.com/moco-v3"):
+        spec.build(**params)
+    with pytest.raises(uisbench.BackboneUnavailable, match=r"Get vit-s-300ep\.pth\.tar from https://dl\.fbaipublicfiles\.com/moco-v3"):
+        spec.build(**params, weights=str(tmp_path / "elsewhere.pth.tar"))
+    (tmp_path / "vit-s-300ep.pth.tar").write_bytes(files["mocov3"][0].read_bytes())
+    bb = spec.build(**params)
+    assert bb.provenance()["weights"] == str(tmp_path / "vit-s-300ep.pth.tar") and bb.family.name == "mocov3"
 
 
 def test_inspect_says_what_is_missing(tmp_path):

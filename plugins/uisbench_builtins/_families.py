@@ -18,13 +18,15 @@ timm's converters (``timm/models/vision_transformer.py::checkpoint_filter_fn``, 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uisbench
 
-__all__ = ["Family", "FAMILIES", "family", "recognise", "backbone_state_dict", "prefix_tokens_of", "check_model", "describe"]
+__all__ = ["Family", "FAMILIES", "family", "weights_dir", "recognise", "backbone_state_dict", "prefix_tokens_of", "check_model", "describe"]
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -69,7 +71,8 @@ class Family:
         kwargs = dict(self.model_kwargs if model_kwargs is None else model_kwargs)
         if kwargs:
             params["model_kwargs"] = kwargs
-        params["weights"] = weights if weights is not None else f"~/.cache/uisbench/weights/{self.official}"
+        if weights is not None:
+            params["weights"] = weights  # else: the official file in weights_dir() (see TimmViT)
         if self.facet != "key":
             params["facet"] = self.facet
         params["size"] = self.size
@@ -140,6 +143,12 @@ FAMILIES: dict[str, Family] = {
                wrappers=("state_dict",), drop=("fc.",), kind="cnn", facet="stage", size=480),
     )
 }
+
+
+def weights_dir() -> Path:
+    """Where a family entry without ``weights:`` looks for its official file: ``$UISBENCH_WEIGHTS_DIR``,
+    else ``~/.cache/uisbench/weights``."""
+    return Path(os.environ.get("UISBENCH_WEIGHTS_DIR") or "~/.cache/uisbench/weights").expanduser()
 
 
 def family(name: str) -> Family:

@@ -452,6 +452,15 @@ class TimmViT(uisbench.GridBackbone):
                     )
                 raise uisbench.ConfigError(f"{where}: weights file {weights_path} not found; fix `weights:` in your registry file.")
             self.weights_source = "file"
+        elif pretrained and fam is not None and "." not in model:
+            # a family entry with an untagged timm name: the family's official file, from the weights folder
+            weights_path = _families.weights_dir() / fam.official
+            if not weights_path.is_file():
+                raise uisbench.BackboneUnavailable(
+                    f"{fam.title} official file {fam.official} is not in {_families.weights_dir()} ($UISBENCH_WEIGHTS_DIR): get it "
+                    f"from {fam.url} and put it there, or name your copy with `weights: PATH` (model {model})."
+                )
+            self.weights_source = "file"
         elif pretrained:
             path_str, self.weights_source = hub_weights(model, plugin, cfg)
             weights_path = Path(path_str)
