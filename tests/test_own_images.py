@@ -265,3 +265,45 @@ def test_unknown_plugin_says_which_plugins_failed_to_load(fake_entry_points, mon
     assert "unknown plugin 'acme-resnet18'" in text
     assert "1 plugin(s) failed to load and may provide it: acme (uisbench-acme 1.0): ImportError" in text and "acme_cuda" in text
     assert "`platform plugins --all` lists the plugin names an entry can use" in text
+
+
+class _WrongGrid(uisbench.GridBackbone):
+    """Declares 8 px patches on 128 px input (16 x 16) but returns a 32 x 32 grid."""
+
+    def __init__(self, **params):
+        super().__init__(size=128, patch_size=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), where="backbone wrong-grid")
+
+    def provenance(self):
+        return {"model": "wrong-grid", "pretrained": False, "weights": None, "weights_sha256": None}
+
+    def extract(self, pixels, image_ids):
+        import torch
+
+        feats = torch.nn.functional.avg_pool2d(pixels, 4)  # 128 / 4 = 32 per side, not 16
+        return uisbench.FeatureMap(feats, [int(i) for i in image_ids], self.patch_size)
+
+
+def test_a_feature_grid_off_the_declared_geometry_is_a_plugin_error(tmp_path):
+    import torch
+
+    prep = uisbench.Preprocessing((0, 0, 0), (1, 1, 1), size=128, patch_size=8)
+    uisbench.FeatureMap(torch.zeros(1, 3, 16, 16), [0], 8).check_geometry(prep, "backbone ok")  # the declared grid
+    with pytest.raises(uisbench.PluginError, match=r"backbone x returned a 32 x 32 feature grid, but its preprocessing "
+                                                   r"declares 128 px input in 8 px patches, a 16 x 16 grid"):
+        uisbench.FeatureMap(torch.zeros(1, 3, 32, 32), [0], 8).check_geometry(prep, "backbone x")
+    with pytest.raises(uisbench.PluginError, match="feature maps of 16 px patches, but its preprocessing declares 8 px"):
+        uisbench.FeatureMap(torch.zeros(1, 3, 16, 16), [0], 16).check_geometry(prep, "backbone x")
+
+    class Plugin:
+        @uisbench.hookimpl
+        def uisbench_backbones(self):
+            yield uisbench.BackboneSpec(name="wrong-grid", description="Off its grid.", factory=_WrongGrid)
+
+    host = uisbench.host.load_plugins(plugins=[("wrong-grid-test", Plugin())])
+    (tmp_path / "mine.yaml").write_text("version: 1\nbackbones:\n  wrong: {plugin: wrong-grid}\n")
+    registry = uisbench.host.load_registry([str(tmp_path / "mine.yaml")], host)
+    outcome = run_bench(host, registry, BenchOptions(backbones=["wrong"], maskers=["kmeans"], students=[], metrics=["coco"],
+                                                     limit=2, device="cpu", workdir=tmp_path / "w", report=False))
+    cell = outcome["cells"][0]
+    assert cell["status"] == "failed" and "PluginError" in cell["reason"] and "32 x 32 feature grid" in cell["reason"]
+    assert "a 16 x 16 grid" in cell["reason"] and outcome.exit_code == 1

@@ -183,6 +183,25 @@ class FeatureMap:
         """``(h, w)``: patch rows and columns of the feature grid."""
         return int(self.features.shape[-2]), int(self.features.shape[-1])
 
+    def check_geometry(self, preprocessing: Preprocessing, where: str) -> None:
+        """Refuse a feature map off the grid its backbone declares: ``preprocessing.size`` px in
+        ``patch_size`` px patches is a ``grid x grid`` map (a 32 x 32 map for 8 px patches on 128 px
+        input would put every mask in the wrong place). A :class:`uisbench.PluginError` naming both."""
+        from .errors import PluginError
+
+        g, p = preprocessing.grid, int(preprocessing.patch_size)
+        problems = []
+        if self.grid != (g, g):
+            problems.append(f"a {self.grid[0]} x {self.grid[1]} feature grid, but its preprocessing declares "
+                            f"{preprocessing.size} px input in {p} px patches, a {g} x {g} grid")
+        if int(self.patch_size) != p:
+            problems.append(f"feature maps of {self.patch_size} px patches, but its preprocessing declares {p} px")
+        if self.valid is not None and tuple(self.valid.shape[-2:]) != self.grid:
+            problems.append(f"a valid mask of {tuple(self.valid.shape[-2:])} for a {self.grid[0]} x {self.grid[1]} grid")
+        if problems:
+            raise PluginError(f"{where} returned {'; and '.join(problems)}. Make extract() return the declared grid "
+                              "(uisbench.GridBackbone.feature_map) or declare the size and patch_size it uses.")
+
     def valid_rect(self, index: int) -> tuple[int, int, int, int]:
         """``(row0, row1, col0, col1)``: bounding rectangle of image ``index``'s valid patches (the
         whole grid without ``valid``, or when no patch is valid)."""

@@ -85,6 +85,7 @@ class FeaturesStage(Stage):
                             f"backbone {self.backbone!r} returned features of shape {tuple(feats.shape)}, "
                             f"expected (B={len(batch_ids)}, C, h, w)"
                         )
+                    fm.check_geometry(backbone.preprocessing, f"backbone {self.backbone!r}")  # a grid off the declared one misplaces every mask
                     for j, image_id in enumerate(batch_ids):
                         record = {
                             # float32: float16 storage flipped MaskCut masks (benchmarks/bench_feature_storage.py)
