@@ -10,6 +10,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -229,3 +233,41 @@ def test_skipped_unreadable_images_still_get_a_report_without_them(tmp_path):
     assert "c.png" in page and page.count("data:image/png;base64,") >= 1
     shown = sorted(p.name for p in (tmp_path / "w" / "report").glob("image-*.png"))
     assert shown == ["image-1.png", "image-2.png", "image-4.png"]  # the gallery never reloads image 3
+
+
+# ---- issue 25: second round ----------------------------------------------------------------------
+
+
+def _cli_env(tmp_path, **registry):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir(exist_ok=True)
+    fakes.install_as_distribution(plugins)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(plugins), env.get("PYTHONPATH", "")])
+    env["UISBENCH_REGISTRY"] = fakes.write_registry(tmp_path / "registry.yaml", **registry)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_case8_sigterm_and_sighup_say_interrupted_like_ctrl_c(tmp_path, signum):
+    """A batch scheduler's SIGTERM (a closed terminal's SIGHUP) ended the run silently; now it says what
+    Ctrl-C says, exits 130, leaves no temporary file and the rerun resumes."""
+    students = {"student": {"plugin": "fake-student", "epochs": 4, "sleep": 0.5}}
+    env = _cli_env(tmp_path, students=students)
+    cmd = [sys.executable, "-m", "uisbench", "bench", "--backbones", "pixels", "--no-report", "--workdir", str(tmp_path / "w")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((tmp_path / "w" / "cache" / "student").glob("*/ckpt-0.json")):
+            assert proc.poll() is None, "bench ended before the student checkpointed"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signum)  # to the whole group, as schedulers and terminals do
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted; finished work is saved, rerun the same command to resume." in err and "Traceback" not in err
+    assert not list((tmp_path / "w").rglob("*.tmp")) and not (tmp_path / "w" / "results.json").exists()

@@ -32,6 +32,7 @@ from ._plan import make_plan
 from ._private import private_argv
 from ._ranking import build_ranking, parse_rank_by, resolve_rank_by
 from ._shard import check_shared_workdir
+from ._signals import terminate_as_interrupt
 from ._workdir import WorkdirLock, check_workdir, remove_stale_temporaries
 
 __all__ = ["run_bench", "open_pipeline", "BenchOutcome"]
@@ -97,6 +98,11 @@ def open_pipeline(host: Any, registry: Any, options: BenchOptions) -> Pipeline:
 def run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
     """Run the bench matrix of ``options``; write results.json, leaderboard.{md,csv} and report.html
     into ``options.workdir`` (rank 0), and return the results with an ``exit_code``."""
+    with terminate_as_interrupt():  # a scheduler's SIGTERM: the same clean stop and message as Ctrl-C
+        return _run_bench(host, registry, options)
+
+
+def _run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
     from ._report import write_outputs
     from ._results import build_results
 
