@@ -307,3 +307,15 @@ def test_a_feature_grid_off_the_declared_geometry_is_a_plugin_error(tmp_path):
     cell = outcome["cells"][0]
     assert cell["status"] == "failed" and "PluginError" in cell["reason"] and "32 x 32 feature grid" in cell["reason"]
     assert "a 16 x 16 grid" in cell["reason"] and outcome.exit_code == 1
+
+
+def test_check_grid_params_fits_a_fixed_patch_size():
+    """A backbone with a fixed patch size has no patch_size parameter: the check takes it as an
+    argument instead of failing with KeyError, and says what to do when neither is given."""
+    from uisbench.grid import check_grid_params
+
+    assert list(check_grid_params({"size": 224}, patch_size=14)) == []
+    assert list(check_grid_params({"size": 225}, patch_size=14)) == [("size", "225 is not a positive multiple of the patch size 14; use e.g. 224 or 238")]
+    assert list(check_grid_params({"size": 128, "patch_size": 8}, patch_size=14)) == []  # the parameter wins
+    [(name, message)] = check_grid_params({"size": 224})
+    assert name == "patch_size" and "check_grid_params(params, patch_size=N)" in message

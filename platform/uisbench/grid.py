@@ -49,10 +49,18 @@ MEMORY_PARAM = Param(
 )
 
 
-def check_grid_params(params: Mapping[str, Any]) -> Iterator[ParamProblem]:
+def check_grid_params(params: Mapping[str, Any], *, patch_size: int | None = None) -> Iterator[ParamProblem]:
     """Problems of the :data:`GRID_PARAMS` values in ``params`` (``resize`` optional): usable as a
-    spec's ``check``, or chained from one (``yield from check_grid_params(params)``)."""
-    size, patch = params["size"], params["patch_size"]
+    spec's ``check``, or chained from one (``yield from check_grid_params(params)``).
+
+    A backbone with a fixed patch size (no ``patch_size`` parameter) passes it:
+    ``check=lambda p: check_grid_params(p, patch_size=14)``; ``params["patch_size"]`` wins if both."""
+    size, patch = params.get("size"), params.get("patch_size", patch_size)
+    if size is None or patch is None:
+        missing = "size" if size is None else "patch_size"
+        yield missing, (f"check_grid_params needs {missing!r}: declare the parameter (uisbench.grid.GRID_PARAMS)"
+                        + (", or pass the fixed one: check_grid_params(params, patch_size=N)" if missing == "patch_size" else ""))
+        return
     if patch <= 0:
         yield "patch_size", f"must be positive, got {patch}"
     elif size <= 0 or size % patch:
