@@ -558,35 +558,14 @@ def _dataset_plugins():
 
 @pytest.mark.parametrize("name", _dataset_plugins())
 def test_dataset_plugin_conformance(host, tmp_path, name):
-    from pycocotools.coco import COCO
+    """Every dataset plugin keeps the dataset contract as uisbench.testing states it; a built-in also
+    takes the bench's ``skip_bad_images``."""
+    import uisbench.testing
 
     spec = host.spec("datasets", name)
-    assert spec.description and spec.splits
     if host.provider("datasets", name).builtin:  # the bench's --skip-bad-images sets it on any built-in
         assert spec.param("skip_bad_images") is not None and spec.param("skip_bad_images").default is False
     params = _tiny_params(name, tmp_path)
     if any(p.required and p.name not in params for p in spec.params):
         pytest.skip(f"no tiny parameters known for dataset plugin {name!r}")
-    for split in spec.splits:
-        ds = spec.build(split=split, **params)
-        assert isinstance(ds, uisbench.Dataset)
-        ids = ds.image_ids()
-        assert ids and ids == sorted(ids) and all(isinstance(i, int) for i in ids)
-        assert isinstance(ds.skipped, list) and isinstance(ds.has_ground_truth, bool)
-        if split == "val":
-            assert ds.has_ground_truth == spec.has_ground_truth
-        for image_id in ids[:3]:
-            rec = ds.record(image_id)
-            assert isinstance(rec, uisbench.ImageRecord) and rec.id == image_id
-            image = ds.load_image(image_id)
-            assert image.dtype == np.uint8 and image.shape == (rec.height, rec.width, 3)
-            for gt in ds.ground_truth(image_id):
-                assert isinstance(gt, uisbench.GroundTruth) and gt.image_id == image_id
-                assert uisbench.masks.decode(gt.segmentation).shape == (rec.height, rec.width)
-                assert len(gt.bbox) == 4 and gt.area > 0 and gt.iscrowd in (0, 1) and isinstance(gt.category, str)
-        fp = ds.fingerprint()
-        assert isinstance(fp, str) and fp == ds.fingerprint() == spec.build(split=split, **params).fingerprint()
-        if ds.has_ground_truth:
-            coco = COCO()
-            coco.dataset = ds.coco_ground_truth(ids[:3])
-            coco.createIndex()
+    uisbench.testing.check_dataset(spec, params, host=host)

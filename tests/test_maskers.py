@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import uisbench
+import uisbench.testing
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "maskcut"
 CASES = [c["name"] for c in json.loads((FIX / "cases.json").read_text())["cases"]]
@@ -419,59 +420,17 @@ def _masker_names(ensemble: bool):
     return sorted(n for n, spec in host.specs("maskers").items() if spec.ensemble == ensemble)
 
 
-def _blob_feature_map(valid):
-    import torch
-
-    f, _ = _blobs(2, K=2, h=12)
-    feats = torch.from_numpy(np.stack([f, f[:, ::-1, :].copy()]))
-    return uisbench.FeatureMap(feats, [1, 2], 8, "key", -1, valid)
-
-
-def _check_predictions(recs, out):
-    assert len(out) == len(recs)
-    for rec, preds in zip(recs, out, strict=True):
-        assert isinstance(preds, list)
-        for p in preds:
-            assert isinstance(p, uisbench.Prediction) and p.image_id == rec.id
-            assert list(p.segmentation["size"]) == [rec.height, rec.width]
-            assert isinstance(p.segmentation["counts"], str)
-            assert uisbench.masks.area(p.segmentation) > 0
-            assert tuple(p.bbox) == uisbench.masks.to_bbox(p.segmentation)
-            assert np.isfinite(p.score) and 0 <= p.score <= 1
-
-
-RECS = [uisbench.ImageRecord(1, None, 50, 70), uisbench.ImageRecord(2, None, 33, 33)]
-
-
 @pytest.mark.parametrize("name", _masker_names(ensemble=False))
 def test_masker_conformance(host, name):
-    """Every registered masker of features: RLE at record size, bbox from the mask, finite scores, pad policy."""
-    import torch
-
-    masker = host.spec("maskers", name).build().to("cpu")
-    assert isinstance(masker, uisbench.Masker)
-    for valid in (None, torch.zeros(2, 12, 12, dtype=torch.bool)):
-        if valid is not None:
-            valid[0, :8, :] = True  # landscape image padded at the bottom
-            valid[1] = True
-        fm = _blob_feature_map(valid)
-        out = masker.predict(fm, RECS)
-        _check_predictions(RECS, out)
-        again = masker.predict(fm, RECS)
-        assert [[p.segmentation for p in ps] for ps in again] == [[p.segmentation for p in ps] for ps in out]
+    """Every registered masker of features keeps the masker contract as uisbench.testing states it
+    (RLE at record size, bbox from the mask, scores in [0, 1], deterministic, batch-independent, padding ignored)."""
+    uisbench.testing.check_masker(host.spec("maskers", name), host=host)
 
 
 @pytest.mark.parametrize("name", _masker_names(ensemble=True))
 def test_ensemble_masker_conformance(host, name):
-    """Every ensemble masker combines the outputs of feature maskers into valid, repeatable predictions."""
-    members = [host.spec("maskers", m).build().to("cpu").predict(_blob_feature_map(None), RECS) for m in ("ncut", "kmeans")]
-    masker = host.spec("maskers", name).build(members=["a/ncut", "b/kmeans"]).to("cpu")
-    assert isinstance(masker, uisbench.EnsembleMasker)
-    out = [masker.combine([m[i] for m in members], rec) for i, rec in enumerate(RECS)]
-    _check_predictions(RECS, out)
-    assert sum(len(p) for p in out) > 0
-    again = [masker.combine([m[i] for m in members], rec) for i, rec in enumerate(RECS)]
-    assert [[p.segmentation for p in ps] for ps in again] == [[p.segmentation for p in ps] for ps in out]
+    """Every ensemble masker combines member masks into valid, repeatable predictions (uisbench.testing)."""
+    uisbench.testing.check_masker(host.spec("maskers", name), {"members": ["a/ncut", "b/kmeans"]}, host=host)
 
 
 def test_pad_policy_only_valid_region_enters():

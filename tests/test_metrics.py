@@ -485,40 +485,11 @@ def _metric_names():
 
 @pytest.mark.parametrize("name", _metric_names())
 def test_metric_conformance(host, name):
-    import torch
+    """Every installed metric keeps the metric contract as uisbench.testing states it (directions,
+    headline, pure compute, picklable state, shards merged equal one pass, reset, resample)."""
+    import uisbench.testing
 
-    spec = host.spec("metrics", name)
-    assert isinstance(spec, uisbench.MetricSpec)
-    metric = spec.build()
-    assert isinstance(metric, uisbench.Metric)
-    assert metric.higher_is_better and all(isinstance(v, bool) for v in metric.higher_is_better.values())
-    assert set(metric.headline) <= set(metric.higher_is_better)
-    H, W = 48, 64
-    rng = np.random.default_rng(0)
-    for image_id in (1, 2, 3):
-        masks = []
-        for _ in range(3):
-            (x0, x1), (y0, y1) = sorted(rng.integers(0, W, 2)), sorted(rng.integers(0, H, 2))
-            masks.append(box_mask(H, W, x0, y0, x1 + 4, y1 + 4))
-        gts = [gt(image_id, 10 * image_id + i, m, category="a" if i < 2 else "b") for i, m in enumerate(masks)]
-        preds = [pred(image_id, jitter(m, 1, 1), float(rng.random())) for m in masks]
-        features = torch.randn(8, 3, 4) if "features" in spec.needs else None
-        assert metric.update(EvalSample(ImageRecord(image_id, None, W, H), gts, preds, features)) is None
-    if "cost" in spec.needs:
-        for stage in ("features", "pseudo-masks", "student-train", "student-predict"):
-            metric.observe_cost(StageCost(stage, 3, 1.5, 100.0, None, "cpu", "test cpu"))
-    before = pickle.dumps(metric.state())
-    values = metric.compute()
-    assert set(values) == set(metric.higher_is_better)
-    assert all(isinstance(v, float) for v in values.values()), values
-    assert metric.compute() == pytest.approx(values, nan_ok=True)  # compute is pure
-    assert pickle.dumps(metric.state()) == before
-    draws = metric.resample([[1, 2, 3], [2, 2, 3]])
-    if draws is not None:  # the identity draw gives the computed values
-        assert [set(d) for d in draws] == [set(metric.headline)] * 2
-        assert draws[0] == pytest.approx({k: values[k] for k in metric.headline}, nan_ok=True)
-    metric.reset()
-    assert set(metric.compute()) == set(metric.higher_is_better)
+    uisbench.testing.check_metric(host.spec("metrics", name), host=host)
 
 
 # ---------------------------------------------------------------------------------------------

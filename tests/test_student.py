@@ -454,15 +454,14 @@ def _student_names():
 
 @pytest.mark.parametrize("name", _student_names())
 def test_student_conformance(host, name):
+    """Every installed student keeps the student contract as uisbench.testing states it; the built-in
+    Mask R-CNN also trains (3 iterations, twice under seed 0) and predicts the same masks both times."""
+    import uisbench.testing
+
     spec = host.spec("students", name)
-    assert isinstance(spec, uisbench.StudentSpec) and spec.description
-    for param in spec.params:
-        assert param.help, f"{name}.{param.name} has no help text"
-        assert param.required or param.check(param.default) is None, (name, param.name)
-    student = spec.build(backbone=PixelBackbone(96))
-    assert isinstance(student, uisbench.Student)
-    assert student.to("cpu") is student
-    json.dumps(student.provenance())
+    info = host.provider("students", name)
+    params = {**TINY, "iterations": 3, "warmup_iters": 1} if name == "maskrcnn" and info.builtin else {}
+    uisbench.testing.check_student(spec, params, host=host, backbone=PixelBackbone(96), fit=bool(params))
 
 
 def test_registry_student_entries_build(host, registry):

@@ -64,8 +64,9 @@ def uisbench_backbones():
         description="Example vendor backbone: colour and gradient statistics per patch.",
         factory=GradientBackbone,
         params=(
-            uisbench.Param("size", "int", 224, "square input side in pixels"),
-            uisbench.Param("patch_size", "int", 16, "patch side in pixels"),
+            # bounds are declared, so `platform validate` refuses what the factory would
+            uisbench.Param("size", "int", 224, "square input side in pixels", ge=1),
+            uisbench.Param("patch_size", "int", 16, "patch side in pixels", ge=1),
             uisbench.Param("resize", "str", "square", "square: stretch; pad: keep the aspect ratio", choices=("square", "pad")),
         ),
         check=uisbench.grid.check_grid_params,  # the same checks the factory runs, for `platform validate`
