@@ -907,3 +907,27 @@ def test_case10_python_callers_get_the_same_ranges(tmp_path):
     message = str(info.value)
     assert "--batch-size (batch_size) must be an integer >= 1 (got 0)" in message and "--workers (num_workers)" in message
     assert "--limit (limit) must be an integer >= 1 (got 0)" in message and ">= 0 and <= 10000 (got 100000000)" in message
+
+
+def test_case2_annotations_naming_unlisted_categories_are_a_data_error(tmp_path):
+    """Every such instance became "object": recall_single turned into "-" and separability moved, silently.
+    The file is inconsistent as a whole, so --skip-bad-images does not hide it either."""
+    from uisbench_builtins import coco
+
+    root = _coco_folder(tmp_path)
+
+    def edit(d):
+        _ann(d).update(category_id=99)
+        other = next(a for a in d["annotations"] if a["image_id"] == 2)
+        other.update(id=556, category_id=98)
+
+    _edit_json(root, edit)
+    for skip in (False, True):
+        with pytest.raises(uisbench.DataError) as info:
+            coco.build("val", root=str(root), skip_bad_images=skip)
+        message = str(info.value)
+        assert str(root / "annotations.json") in message
+        assert "category ids 98, 99 are not in its 'categories' list" in message
+        assert "category id 98: annotation 556" in message and "category id 99: annotation 555" in message
+    _edit_json(root, lambda d: [a.pop("category_id") for a in d["annotations"]])  # no category at all: class-agnostic
+    assert {g.category for i in (1, 2, 3) for g in coco.build("val", root=str(root)).ground_truth(i)} == {"object"}

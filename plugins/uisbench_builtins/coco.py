@@ -258,9 +258,15 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
             raise uisbench.DataError(f"{where}: 'annotations' must be a list.")
         self.categories = {}
         categories = data.get("categories")
+        #: every id the 'categories' list holds, odd ones ([9], "7") included, as json text
+        self._listed_categories = set()
+        #: category id (json text) -> annotation ids naming it though the list does not hold it
+        self._unlisted: dict[str, list[str]] = {}
         for cat in categories if isinstance(categories, list) else []:
             if isinstance(cat, dict) and _is_int(cat.get("id")):
                 self.categories[cat["id"]] = str(cat.get("name", cat["id"]))
+            if isinstance(cat, dict) and "id" in cat:
+                self._listed_categories.add(json.dumps(cat["id"], sort_keys=True))
 
         problems: list[tuple[int | None, str | None, str]] = []
         self._records: dict[int, uisbench.ImageRecord] = {}
@@ -300,6 +306,18 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
             problem = self._convert(index, ann, mask_utils)
             if problem is not None:
                 problems.append(problem)
+        if self._unlisted:
+            # Not skippable: the file contradicts itself, and taking such an instance for "object" moves
+            # the per-category metrics (recall_single became "-") without a word.
+            ids = sorted(self._unlisted, key=lambda k: (len(k), k))
+            named = "; ".join(f"category id {k}: annotation{'s' if len(v) > 1 else ''} {_first(v)}" for k, v in
+                              ((k, self._unlisted[k]) for k in ids))
+            raise uisbench.DataError(
+                f"{where}: {sum(map(len, self._unlisted.values()))} annotation(s) name categories the file does not list "
+                f"(category id{'s' if len(ids) > 1 else ''} {', '.join(ids)} {'are' if len(ids) > 1 else 'is'} not in its "
+                f"'categories' list): {named}. Add the categories to the list, fix category_id, or leave category_id out "
+                "for class-agnostic ground truth."
+            )
         self.settle(problems, where)
         self._ids = sorted(i for i in self._records if not self.is_bad(i))
         if self.max_images is not None:
@@ -458,6 +476,9 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
         counts = rle["counts"]
         segmentation = {"size": [h, w], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
         category_id = ann.get("category_id")
+        if category_id is not None and json.dumps(category_id, sort_keys=True) not in self._listed_categories:
+            self._unlisted.setdefault(json.dumps(category_id, sort_keys=True), []).append(str(ann_id) if _is_int(ann_id) else f"[{index}]")
+            return None
         category = self.categories.get(category_id) if _is_int(category_id) else None
         self._gt[image_id].append(
             uisbench.GroundTruth(
