@@ -218,6 +218,8 @@ def test_private_argv_and_redactor():
                                   "root=<private>", "--set", "n_masks=3", "--backbones", "pixels"]
     redact = Redactor(["ward7/photos"])
     text = "ImageFolder('/srv/ward7/photos') at 3.1 images/s; pixels/kmeans and */vote/- ok; see ward7/photos"
+    # a value of a name option stays, even where a folder of that name exists (here: ".")
+    assert private_argv(["platform", "bench", "--dataset", ".", "--maskers", "a/b"])[3:] == [".", "--maskers", "<private>"]
     assert redact.text(text) == "ImageFolder('<private>') at 3.1 images/s; pixels/kmeans and */vote/- ok; see <private>"
     assert redact({"a": [text], "n": 1}) == {"a": [redact.text(text)], "n": 1}
 

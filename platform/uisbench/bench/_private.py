@@ -5,7 +5,8 @@ registry's ``report: {images: false}``) every output meant to be shared (results
 leaderboards, report.html and its pictures, the work directory's ``.lock``) holds no user path:
 
 - the command line: an argument that names a path (it holds a path separator, or is the value of a
-  path option such as ``--registry``/``--workdir``, or names an existing file) becomes ``<private>``
+  path option such as ``--registry``/``--workdir``, or is a positional argument naming an existing
+  file) becomes ``<private>``
   (``NAME=PATH`` of ``--set`` keeps its ``NAME=``); the program becomes its base name;
 - every path the run knows (the work directory, the registry files, every path parameter of the
   run's entries: dataset roots, weights files) is replaced wherever it appears in a text, error
@@ -55,7 +56,11 @@ def private_argv(argv: Iterable[str]) -> list[str]:
         elif previous == "--set" and "=" in arg:  # --set root=/data/ward7: the name stays
             name, value = arg.split("=", 1)
             out.append(f"{name}={PRIVATE}" if _is_pathlike(value) else arg)
-        elif previous in _PATH_OPTIONS or (not arg.startswith("-") and _is_pathlike(arg)):
+        elif previous in _PATH_OPTIONS:
+            out.append(PRIVATE)
+        elif previous.startswith("-") and not arg.startswith("-"):  # --dataset photos: an entry name, even if a folder is so named
+            out.append(PRIVATE if "/" in arg or "\\" in arg else arg)
+        elif not arg.startswith("-") and _is_pathlike(arg):
             out.append(PRIVATE)
         else:
             out.append(arg)

@@ -286,7 +286,7 @@ def label_free(view: View) -> list[Finding]:
         name = str(dataset.get("name") or "photos")
         route = html.escape(_ROUTE.format(name=name, root=root))
         out.append(("note", "<b>No ground truth, so no ranking.</b> For a real answer, label a handful of these images "
-                            "(10-20 are enough to start) in any tool that exports COCO json (CVAT, Label Studio, ...), "
+                            "(say 10 to 20) in any tool that exports COCO json (CVAT, Label Studio, ...), "
                             "split them into <code>val-labels.json</code> and <code>train-labels.json</code>, put these "
                             f"lines in a registry file (e.g. <code>mine.yaml</code>):<pre>{route}</pre>and rerun with "
                             f"<code>platform bench --registry mine.yaml --dataset {html.escape(name)}-labelled</code> "
