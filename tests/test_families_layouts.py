@@ -64,6 +64,39 @@ def _dinov2_reg(sd):
     return out
 
 
+def _dinov3(sd):
+    # timm's eva.py::checkpoint_filter_fn read backwards: storage_tokens, ls1/ls2.gamma, one qkv.bias
+    # with a bias_mask (k masked), rope periods and the mask token as in the release
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("attn.q_bias"):
+            stem = k[: -len("q_bias")]
+            out[stem + "qkv.bias"] = torch.cat([v, torch.zeros_like(v), sd[stem + "v_bias"]])
+            out[stem + "qkv.bias_mask"] = torch.cat([torch.ones_like(v), torch.zeros_like(v), torch.ones_like(v)])
+        elif not k.endswith("attn.v_bias"):
+            out[k.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")] = v
+    out["mask_token"] = torch.zeros(1, sd["cls_token"].shape[-1])
+    out["rope_embed.periods"] = torch.ones(16)
+    return out
+
+
+def _clip_openai(sd):
+    # OpenAI CLIP's naming (openai/CLIP clip/model.py VisionTransformer, as open_clip saves it) of timm's
+    # keys: timm vision_transformer.py::_convert_openai_clip read backwards; the text tower rides along
+    def name(k):
+        k = k.replace("blocks.", "transformer.resblocks.").replace("attn.qkv.", "attn.in_proj_").replace("attn.proj", "attn.out_proj")
+        k = k.replace("mlp.fc1", "mlp.c_fc").replace("mlp.fc2", "mlp.c_proj").replace(".norm1", ".ln_1").replace(".norm2", ".ln_2")
+        return {"patch_embed.proj.weight": "conv1.weight", "norm_pre.weight": "ln_pre.weight", "norm_pre.bias": "ln_pre.bias",
+                "norm.weight": "ln_post.weight", "norm.bias": "ln_post.bias"}.get(k, k)
+
+    out = {"visual." + name(k): v for k, v in sd.items() if k not in ("cls_token", "pos_embed")}
+    out["visual.class_embedding"] = sd["cls_token"].flatten()
+    out["visual.positional_embedding"] = sd["pos_embed"][0]
+    out["visual.proj"] = torch.randn(768, 32)
+    out.update({"token_embedding.weight": torch.randn(10, 32), "transformer.resblocks.0.ln_1.weight": torch.ones(32), "logit_scale": torch.ones(())})
+    return out
+
+
 def _mae(sd):
     decoder = {"mask_token": torch.zeros(1, 1, 32), "decoder_embed.weight": torch.randn(32, 384), "decoder_pred.bias": torch.randn(768)}
     return {"model": {**sd, **decoder}}
@@ -115,6 +148,9 @@ CASES = {
     "dino": ("vit_small_patch16_224", VIT, _dino, "facebookresearch/dino main_dino.py save_dict"),
     "dinov2": ("vit_small_patch14_reg4_dinov2", {"depth": 1, "img_size": 56}, _dinov2_reg,
                "facebookresearch/dinov2 dinov2/models/vision_transformer.py; timm vision_transformer.py::_convert_dinov2"),
+    "dinov3": ("vit_small_patch16_dinov3_qkvb", {"depth": 1}, _dinov3,
+               "facebookresearch/dinov3 dinov3/models/vision_transformer.py, layers/attention.py; timm eva.py::checkpoint_filter_fn"),
+    "clip": ("vit_base_patch16_clip_224", VIT, _clip_openai, "openai/CLIP clip/model.py; timm vision_transformer.py::_convert_openai_clip"),
     "mae": ("vit_small_patch16_224", VIT, _mae, "facebookresearch/mae util/misc.py save_model, models_mae.py"),
     "ibot": ("vit_small_patch16_224", VIT, _ibot, "bytedance/ibot main_ibot.py, utils.load_pretrained_weights"),
     "mocov3": ("vit_small_patch16_224", {**VIT, "num_heads": 12}, _mocov3, "facebookresearch/moco-v3 main_moco.py, vits.py"),
@@ -198,6 +234,12 @@ def test_wrong_wrapper_fails_loudly(host, files):
                                              weights=str(path), size=SIZE)
 
 
+def test_dinov3_biases_are_not_dropped_silently(host, files):
+    path, _ = files["dinov3"]
+    with pytest.raises(uisbench.ConfigError, match=r"DINOv3 attention biases .* use its _qkvb variant"):
+        host.spec("backbones", "timm").build(model="vit_small_patch16_dinov3", model_kwargs={"depth": 1}, weights=str(path), size=SIZE)
+
+
 def test_wrong_prefix_token_count_fails_loudly(host, files):
     path, _ = files["dinov2"]  # CLS + 4 registers
     with pytest.raises(uisbench.ConfigError, match=r"carries 5 prefix token\(s\).*has 1"):
@@ -224,3 +266,10 @@ def test_inspect_says_what_is_missing(tmp_path):
     torch.save({"blocks.0.attn.qkv.weight": torch.zeros(3 * 40, 40), "patch_embed.proj.weight": torch.zeros(40, 3, 16, 16)}, path)
     code, out = _inspect(path)
     assert code == 1 and "missing: the timm model: width 40" in out
+
+
+def test_torchscript_archive_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "ViT-B-16.pt"  # OpenAI's CLIP release is a torch.jit.save archive
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
+    with pytest.raises(uisbench.DataError, match=r"a TorchScript archive .*\.state_dict\(\) with torch\.save"):
+        uisbench.weights.read_checkpoint(path)

@@ -85,6 +85,13 @@ def read_checkpoint(path: str | Path, param: str = "weights") -> Any:
             f"do{'; it begins like a text file, e.g. an HTML error page' if text else ''}); expected a file written "
             "by torch.save or a '.safetensors' file. Check the path, and re-download the file if it is a damaged copy."
         )
+    if head.startswith(_ZIP_MAGIC) and _is_torchscript(path):
+        raise DataError(
+            f"{param} file {path}: a TorchScript archive (as OpenAI's CLIP .pt files are), not a state dict; uisbench does not "
+            "load TorchScript (its code would run). Use the same weights as a state dict: open_clip's or timm's "
+            "(e.g. timm/vit_base_patch16_clip_224.openai), or, for a file you trust, save "
+            "torch.jit.load(path).state_dict() with torch.save and point `" + param + ":` at that."
+        )
     safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     if safe_globals is not None:
         allow = safe_globals([argparse.Namespace])
@@ -110,6 +117,17 @@ def read_checkpoint(path: str | Path, param: str = "weights") -> Any:
             f"{param} file {path}: damaged torch checkpoint ({_torch_reason(err)}); it is truncated or corrupt: "
             "re-download it."
         ) from None
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A torch.jit.save zip holds its modules' code (``<name>/code/__torch__/...``); torch.save's never does."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any("/code/__torch__/" in name for name in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False  # damaged: torch.load says so
 
 
 def _refused_globals(path: Path, err: Exception) -> list[str]:

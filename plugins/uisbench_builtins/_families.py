@@ -286,9 +286,20 @@ def prefix_tokens_of(sd: Mapping[str, Any]) -> int | None:
     return n
 
 
+def _nonzero_qkv_bias(sd: Mapping[str, Any]) -> bool:
+    """DINOv3's qkv.bias (k part masked to zero) holds values: only timm's ``_qkvb`` models keep them."""
+    return any(k.endswith("attn.qkv.bias") and bool(v.abs().sum() > 0) for k, v in sd.items())
+
+
 def check_model(net: Any, fam: Family | None, sd: Mapping[str, Any], source: str, model_name: str) -> None:
     """The family's head count and the file's prefix tokens against the built model, loudly."""
     blocks = getattr(net, "blocks", None)
+    if "storage_tokens" in sd and blocks is not None and _nonzero_qkv_bias(sd) and getattr(blocks[0].attn, "q_bias", None) is None:
+        # timm's filter skips the biases for a model without them: the load would "succeed" without them
+        raise uisbench.ConfigError(
+            f"weights file {source}: DINOv3 attention biases (qkv.bias) that are not zero, timm model {model_name!r} has none; "
+            f"use its _qkvb variant (e.g. {model_name.split('.')[0]}_qkvb)."
+        )
     if fam is not None and blocks is not None and fam.heads:
         width = int(getattr(net, "embed_dim", 0))
         want = fam.heads.get(width)
@@ -363,7 +374,7 @@ def _architecture(sd: Mapping[str, Any], fam: Family | None) -> dict[str, Any]:
         if k in sd:
             registers = int(sd[k].shape[1])
     out.update(kind="transformer", patch_size=int(w.shape[-1]), depth=depth, width=width, cls_token="cls_token" in sd,
-               registers=registers, heads=(fam.heads.get(width) if fam else None))
+               registers=registers, heads=(fam.heads.get(width) if fam else None), qkv_bias=_nonzero_qkv_bias(sd))
     out["model"] = _vit_name(out, fam)
     return out
 
@@ -381,8 +392,8 @@ def _vit_name(a: Mapping[str, Any], fam: Family | None) -> str | None:
     name = fam.name if fam else None
     if name == "dinov2":
         return f"vit_{size_name}_patch{p}_reg{a['registers']}_dinov2" if a.get("registers") else f"vit_{size_name}_patch{p}_dinov2"
-    if name == "dinov3":
-        return f"vit_{size_name}_patch{p}_dinov3"
+    if name == "dinov3":  # q/v biases that are not all zero need timm's _qkvb variant
+        return f"vit_{size_name}_patch{p}_dinov3" + ("_qkvb" if a.get("qkv_bias") else "")
     if name == "sam":
         return f"samvit_{size_name}_patch{p}"
     if name == "eva02":
