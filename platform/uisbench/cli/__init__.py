@@ -27,7 +27,7 @@ from .. import __version__
 from ..errors import ConfigError, DataError, UisbenchError
 
 #: Sub-command modules, in help order. A new sub-command is one new module plus its name here.
-COMMANDS = ("plugins", "list", "validate", "data", "bench", "leaderboard", "weights")
+COMMANDS = ("plugins", "list", "validate", "data", "bench", "leaderboard", "weights", "new-plugin")
 
 #: Exit codes of `main` (1, "failures reported", is returned by the commands themselves).
 EXIT_USAGE, EXIT_DATA, EXIT_INTERRUPTED = 2, 3, 130
