@@ -271,3 +271,39 @@ def test_case8_sigterm_and_sighup_say_interrupted_like_ctrl_c(tmp_path, signum):
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted; finished work is saved, rerun the same command to resume." in err and "Traceback" not in err
     assert not list((tmp_path / "w").rglob("*.tmp")) and not (tmp_path / "w" / "results.json").exists()
+
+
+def _photos_bench(tmp_path, photos, workdir):
+    extra = tmp_path / "mine.yaml"
+    extra.write_text(f"version: 1\ndatasets:\n  mine: {{plugin: images, root: {photos}}}\n")
+    host = uisbench.host.load_plugins(strict=True)
+    registry = uisbench.host.load_registry([str(extra)], host)
+    options = BenchOptions(workdir=tmp_path / workdir, dataset="mine", backbones=["pixels"], maskers=["kmeans"], students=[],
+                           metrics=["label-free"], finetune="none", bootstrap=0, device="cpu", report=False)
+    return run_bench(host, registry, options)
+
+
+def test_case1_images_replaced_in_place_are_noticed(tmp_path):
+    """Other pixels of the same byte size, modification times set back: the rerun took every stage
+    from the cache. The content hashes (memoised on inode, size, mtime and ctime) see it."""
+    import numpy as np
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):  # PPM: the byte size is fixed by the image size, whatever the pixels
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(photos / f"{name}.ppm")
+    first = _photos_bench(tmp_path, photos, "w")
+    assert _photos_bench(tmp_path, photos, "w")["run"]["computed"]["features"] == 0  # the memo: nothing recomputed
+    victim = photos / "b.ppm"
+    before = victim.stat()
+    stripes = np.zeros((48, 48, 3), np.uint8)
+    stripes[::8] = 255
+    Image.fromarray(stripes).save(victim)
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert victim.stat().st_size == before.st_size and victim.stat().st_mtime_ns == before.st_mtime_ns
+    rerun = _photos_bench(tmp_path, photos, "w")
+    assert rerun["run"]["computed"]["features"] >= 1 and rerun["run"]["computed"]["pseudo-masks"] >= 1
+    fresh = _photos_bench(tmp_path, photos, "fresh")
+    assert _values(rerun) == _values(fresh) and _values(rerun) != _values(first)

@@ -71,24 +71,71 @@ def file_sha256(path: str | os.PathLike[str], memo: Path | None = None) -> str:
     """SHA-256 of a file; with ``memo`` (a JSON file) reuse the hash while the file is provably the
     same one: same inode, size, modification *and* change time (``ctime`` cannot be set back by a
     user, so a file replaced with its old mtime is hashed again). A damaged memo is ignored."""
-    path = Path(path).resolve()
-    st = path.stat()
-    stamp = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    return files_sha256([path], memo)[0]
+
+
+def _stamp(path: Path) -> str:
+    st = os.stat(path)  # through symbolic links: a link pointed elsewhere is another device or inode
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def _hash_or_reason(path: Path) -> str:
+    """The file's SHA-256, or why it cannot be read: that image then fails (or is skipped) where it is
+    decoded, with its own message, instead of the whole run failing here."""
+    try:
+        return sha256_of_file(path)
+    except OSError as err:
+        return f"unreadable:{err.errno}"
+
+
+def files_sha256(paths: Iterable[str | os.PathLike[str]], memo: Path | None = None) -> list[str]:
+    """:func:`file_sha256` of many files (a dataset's images), the memo read and written once.
+
+    Only the files whose stamp changed are read, by a few threads (hashlib releases the GIL on large
+    buffers); the hashes do not depend on how many. On a rerun each file costs one ``stat``.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    # absolute, not resolved: the stamp's device and inode already tell the file, and resolving every
+    # link of every path cost ten times the stat (0.4 s of 0.5 s for 5000 images)
+    resolved = [Path(os.path.abspath(p)) for p in paths]
+    stamps = []
+    for path in resolved:
+        try:
+            stamps.append(_stamp(path))
+        except OSError:
+            stamps.append(None)
     table: dict[str, Any] = {}
     if memo is not None:
         loaded = Cache.read(memo)
         table = loaded if isinstance(loaded, dict) else {}
+    out: list[str | None] = []
+    for path, stamp in zip(resolved, stamps, strict=True):
         hit = table.get(str(path))
-        if isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("sha256"), str):
-            return hit["sha256"]
-    value = sha256_of_file(path)
-    if memo is not None:
-        table[str(path)] = {"stamp": stamp, "sha256": value}
-        try:
-            atomic_write_json(memo, table)
-        except OSError:
-            pass
-    return value
+        ok = stamp is not None and isinstance(hit, dict) and hit.get("stamp") == stamp and isinstance(hit.get("sha256"), str)
+        out.append(hit["sha256"] if ok else None)
+    todo = [k for k, value in enumerate(out) if value is None]
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, min(4, len(todo), os.cpu_count() or 1))) as pool:
+            for k, value in zip(todo, pool.map(lambda k: _hash_or_reason(resolved[k]), todo), strict=True):
+                out[k] = value
+                if stamps[k] is not None and not value.startswith("unreadable:"):
+                    table[str(resolved[k])] = {"stamp": stamps[k], "sha256": value}
+        if memo is not None:
+            try:
+                atomic_write_json(memo, table, indent=None)
+            except OSError:
+                pass  # a read-only or full disk: the hashes are still right, only not remembered
+    return [str(v) for v in out]
+
+
+def content_digest(paths: Iterable[str | os.PathLike[str]], memo: Path | None = None) -> str:
+    """One digest of the bytes of ``paths`` in order (a split's image files): a file replaced in place
+    with other pixels of the same size and an old mtime changes it."""
+    digest = hashlib.sha256()
+    for value in files_sha256(list(paths), memo):
+        digest.update(value.encode() + b"\n")
+    return digest.hexdigest()[:16]
 
 
 class Cache:

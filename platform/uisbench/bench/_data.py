@@ -3,9 +3,11 @@ images found unreadable on the way (``--skip-bad-images``) and the identity that
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ._cache import content_digest
 
 __all__ = ["BenchData"]
 
@@ -13,8 +15,10 @@ __all__ = ["BenchData"]
 class BenchData:
     """Splits of the run's dataset entry; every stage reads images through here."""
 
-    def __init__(self, entry: Any, limit: int | None, skip_bad_images: bool) -> None:
+    def __init__(self, entry: Any, limit: int | None, skip_bad_images: bool, hash_memo: Path | None = None) -> None:
         self.entry = entry
+        #: where the image files' content hashes are remembered (``cache/file-hashes.json``)
+        self.hash_memo = hash_memo
         self.limit = limit
         self.skip_bad_images = skip_bad_images
         self._datasets: dict[str, Any] = {}
@@ -87,9 +91,18 @@ class BenchData:
             yield [int(i) for i in batch_ids], pixels
 
     def identity(self, split: str) -> dict[str, Any]:
-        """What a split's content depends on (entry identity plus the dataset's own fingerprint)."""
+        """What a split's content depends on: the entry's identity, the dataset's own fingerprint and
+        the bytes of the split's image files.
+
+        A plugin's fingerprint looks at names, sizes and at most modification times, which a file
+        replaced in place can keep; so the files are hashed too, memoised on inode, size, mtime and
+        ctime (a user cannot set ctime back): a rerun costs one ``stat`` per image (README, Reliability).
+        """
         if split not in self._identity:
-            self._identity[split] = {**self.entry.identity, "fingerprint": self.dataset(split).fingerprint(), "split": split}
+            dataset = self.dataset(split)
+            files = [f for f in (dataset.record(i).file for i in self.ids(split)) if f]
+            self._identity[split] = {**self.entry.identity, "fingerprint": dataset.fingerprint(), "split": split,
+                                     "content": content_digest(files, self.hash_memo) if files else None}
         return self._identity[split]
 
     def transductive(self) -> bool:

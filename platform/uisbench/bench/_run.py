@@ -87,7 +87,7 @@ def open_pipeline(host: Any, registry: Any, options: BenchOptions) -> Pipeline:
         check_shared_workdir(ctx.shard, ctx.workdir)  # multi-node: every rank must see the same folder
         ctx.private = bool(options.private or not registry.report_images)
         plan = make_plan(host, registry, options, ctx.cache.hash_memo(), ctx.device_type)
-        data = BenchData(plan.entry("datasets", plan.dataset), options.limit, options.skip_bad_images)
+        data = BenchData(plan.entry("datasets", plan.dataset), options.limit, options.skip_bad_images, ctx.cache.hash_memo())
         return Pipeline(ctx, plan, data, lock)
     except BaseException:
         lock.release()
