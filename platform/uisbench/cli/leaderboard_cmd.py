@@ -16,6 +16,10 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("--columns", type=parse_columns, metavar="all|A,B",
                    help="table columns: all, or a comma list (default: what fits 120 characters)")
     p.add_argument("--write", action="store_true", help="also rewrite leaderboard.md and leaderboard.csv in the work directory")
+    p.add_argument("--merge", nargs="+", metavar="RUN",
+                   help="merge these work directories or results.json files (the first is the reference) into one "
+                        "leaderboard; runs that measured something else are listed apart with the difference")
+    p.add_argument("--out", metavar="DIR", help="with --merge: folder for the merged results.json, merge.json and leaderboards")
     p.set_defaults(run=run)
 
 
@@ -25,6 +29,17 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import load_results, render_leaderboard
     from ..io import atomic_write_text
 
+    if args.merge:  # several runs -> one leaderboard (bench/_merge.py)
+        from ..bench._merge import merge_runs, write_merged
+        from ..errors import ConfigError
+
+        if len(args.merge) < 2:
+            raise ConfigError("leaderboard --merge: give at least two work directories or results.json files.")
+        results, record = write_merged(args.merge, args.out) if args.out else merge_runs(args.merge)
+        sys.stdout.write(render_leaderboard(results, args.format, args.columns))
+        for apart in record["apart"]:
+            print(f"not ranked: {apart['id']} from {apart['run']}: {apart['reason']}", file=sys.stderr)
+        return 0
     results = load_results(args.workdir)
     sys.stdout.write(render_leaderboard(results, args.format, args.columns))
     if args.write:

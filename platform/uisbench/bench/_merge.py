@@ -1,0 +1,200 @@
+"""One leaderboard from several runs (``platform leaderboard --merge RUN... --out DIR``).
+
+A keeper who runs the matrix on several machines gets several results.json files. Their cells are
+ranked together only when the runs measured the same thing, as results.json records it (the
+*basis*): the dataset (plugin, parameters, split fingerprints and image counts: the images and
+annotations themselves), the primary metric, each metric entry (plugin, version, parameters,
+distribution version), the bench seed, seeds and bootstrap draws, uisbench's major version and the
+shipped registry file (masker and student entries are not in results.json: the registry that
+defines them is compared instead). The first run given is the reference: a run whose basis differs
+is kept apart, each of its cells listed with the difference, never ranked.
+
+The same cell in two comparable runs: the newer run (``created``) wins and both are recorded in
+merge.json. Intervals come from each cell's own run (the bootstrap draws are the same for the
+same seed and images, but their per-draw values are not in results.json), so a ``≈`` mark is kept
+only where the row above in the merged order is the row above in its own run, where the paired test
+was made; elsewhere it is left undecided (``null``), never guessed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from ._leaderboard import _cell_id, render
+from ._ranking import _result
+
+__all__ = ["basis", "compare", "merge_runs", "write_merged"]
+
+
+def _major(version: str | None) -> str | None:
+    return None if not version else str(version).split(".")[0]
+
+
+def basis(results: dict[str, Any]) -> dict[str, Any]:
+    """What must agree for two runs' cells to be ranked together, by name (see the module docstring)."""
+    dataset = results.get("dataset") or {}
+    ranking = results.get("ranking") or {}
+    provenance = results.get("provenance") or {}
+    files = ((provenance.get("registry") or {}).get("files") or [{}])
+    return {
+        "dataset plugin": dataset.get("plugin"),
+        "dataset parameters": dataset.get("params"),
+        "dataset splits (fingerprint, images)": {
+            split: [info.get("fingerprint"), info.get("images")] for split, info in sorted((dataset.get("splits") or {}).items())
+        },
+        "primary metric": results.get("primary_metric"),
+        "metric entries": {
+            name: {k: m.get(k) for k in ("plugin", "version", "params", "distribution_version")}
+            for name, m in sorted((results.get("metrics") or {}).items())
+        },
+        "bench seed": (results.get("run") or {}).get("seed"),
+        "seeds": ranking.get("seeds"),
+        "bootstrap": ranking.get("bootstrap"),
+        "uisbench major version": _major(provenance.get("uisbench")),
+        "shipped registry (sha256)": files[0].get("sha256") if files else None,
+    }
+
+
+def compare(reference: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """The differences of ``other``'s basis from ``reference``'s, one line each (empty: comparable)."""
+    a, b = basis(reference), basis(other)
+    out = []
+    for key in a:
+        if a[key] == b[key]:
+            continue
+        if isinstance(a[key], dict) and isinstance(b[key], dict):
+            names = sorted(set(a[key]) | set(b[key]), key=str)
+            parts = [f"{n}: {json.dumps(a[key].get(n), sort_keys=True)} vs {json.dumps(b[key].get(n), sort_keys=True)}"
+                     for n in names if a[key].get(n) != b[key].get(n)]
+            out.append(f"{key} differ ({'; '.join(parts)})")
+        else:
+            out.append(f"{key} differs ({json.dumps(a[key], sort_keys=True)} vs {json.dumps(b[key], sort_keys=True)})")
+    return out
+
+
+def _load(path: str | Path) -> tuple[str, dict[str, Any]]:
+    from . import load_results
+
+    p = Path(path)
+    return str(p / "results.json" if p.is_dir() else p), load_results(p)
+
+
+def _rank_value(cell: dict[str, Any], ranking: dict[str, Any]) -> float | None:
+    result = _result(cell, ranking["stage"], ranking.get("metric") or "")
+    return (result.get("values") or {}).get(ranking.get("value")) if result.get("status") == "ok" else None
+
+
+def merge_runs(paths: list[str | Path]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(results, record)``: one results document (schema of results.json) holding the cells of every
+    run comparable with the first, and ``record`` (merge.json): each run, its differences from the
+    first, which run each cell comes from and what it replaced, and the cells kept apart."""
+    from ..errors import ConfigError
+
+    if len(paths) < 2:
+        raise ConfigError("leaderboard --merge: give at least two work directories or results.json files.")
+    runs = [_load(p) for p in paths]
+    ref_path, reference = runs[0]
+    record: dict[str, Any] = {"reference": ref_path, "runs": [], "cells": {}, "apart": []}
+    merged = copy.deepcopy(reference)
+    chosen: dict[str, tuple[dict[str, Any], str, dict[str, Any]]] = {}  # cell id -> (cell, run path, its results)
+    for path, results in runs:
+        differences = [] if results is reference else compare(reference, results)
+        provenance = results.get("provenance") or {}
+        record["runs"].append({
+            "path": path, "created": results.get("created"), "uisbench": provenance.get("uisbench"),
+            "git": provenance.get("git"), "hardware": (results.get("run") or {}).get("hardware"),
+            "cells": len(results.get("cells") or []), "comparable": not differences, "differences": differences,
+        })
+        if differences:
+            for cell in results.get("cells") or []:
+                record["apart"].append({"id": _cell_id(cell), "run": path, "status": cell.get("status"),
+                                        "value": _rank_value(cell, results.get("ranking") or {}), "reason": "; ".join(differences)})
+            continue
+        for cell in results.get("cells") or []:
+            cid = _cell_id(cell)
+            mine = {"run": path, "created": results.get("created"), "key": (cell.get("pseudo_masks") or {}).get("key")}
+            if cid in chosen:
+                old_cell, old_path, old_results = chosen[cid]
+                older = {"run": old_path, "created": old_results.get("created"), "key": (old_cell.get("pseudo_masks") or {}).get("key")}
+                # ISO-8601 UTC timestamps order as text; equal ones: the later argument wins
+                if str(results.get("created") or "") >= str(old_results.get("created") or ""):
+                    chosen[cid] = (cell, path, results)
+                    record["cells"][cid] = {**mine, "replaced": record["cells"][cid].get("replaced", []) + [older]}
+                else:
+                    record["cells"][cid].setdefault("replaced", []).append(mine)
+                entry = record["cells"][cid]
+                keys = {entry["key"], *(r["key"] for r in entry["replaced"])}
+                if len(keys) > 1:  # the same cell computed from other inputs or code: say so
+                    entry["note"] = "the runs computed this cell differently (pseudo-mask cache keys differ)"
+            else:
+                chosen[cid] = (cell, path, results)
+                record["cells"][cid] = {**mine, "replaced": []}
+    merged["cells"] = [cell for cell, _, _ in chosen.values()]
+    for cell, _, results in chosen.values():  # each row's backbone entry as its own run recorded it
+        name = cell.get("backbone")
+        if name and name in (results.get("backbones") or {}):
+            merged.setdefault("backbones", {})[name] = results["backbones"][name]
+    merged["ranking"] = _merged_ranking(reference["ranking"], chosen)
+    merged["label_free"] = {"agreement": []}  # pairs of rows from one run's images: not merged
+    merged.pop("label_efficiency", None)
+    return merged, record
+
+
+def _merged_ranking(ref: dict[str, Any], chosen: dict[str, tuple[dict[str, Any], str, dict[str, Any]]]) -> dict[str, Any]:
+    """The reference's ranking settings over every chosen cell, each with its own run's interval."""
+    sign = 1.0 if ref.get("higher_is_better", True) else -1.0
+    out = {k: v for k, v in ref.items() if k not in ("rows", "calibration")}
+    for group in ("rows", "calibration"):
+        rows = []
+        for cid, (cell, _, results) in chosen.items():
+            if bool(cell.get("calibration")) != (group == "calibration"):
+                continue
+            source = (results.get("ranking") or {}).get(group) or []
+            position = next((i for i, e in enumerate(source) if e["id"] == cid), None)
+            entry = source[position] if position is not None else {}
+            above = source[position - 1]["id"] if position else None
+            rows.append({"id": cid, "value": _rank_value(cell, results.get("ranking") or ref), "ci": entry.get("ci"),
+                         "flag": entry.get("within_noise_of_previous"), "above": above})
+        rows.sort(key=lambda r: (r["value"] is None, -sign * (r["value"] or 0.0), r["id"]))
+        out[group] = [
+            {"id": r["id"], "value": r["value"], "ci": r["ci"],
+             "within_noise_of_previous": r["flag"] if i and r["above"] == rows[i - 1]["id"] else None}
+            for i, r in enumerate(rows)
+        ]
+    return out
+
+
+def _apart_markdown(record: dict[str, Any]) -> str:
+    if not record["apart"]:
+        return ""
+    lines = ["", "## Not comparable with the reference run (not ranked)", "",
+             f"Reference: `{record['reference']}`.", "", "| cell | run | value | why |", "|---|---|---|---|"]
+    for a in record["apart"]:
+        value = "-" if a["value"] is None else f"{a['value']:.3f}"
+        lines.append(f"| {a['id']} | `{a['run']}` | {value} | {a['reason'].replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_merged(paths: list[str | Path], out: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Merge ``paths`` into ``out``: results.json (merged, comparable cells), merge.json (the record),
+    leaderboard.md (with the cells kept apart and why), leaderboard.csv and leaderboard.json."""
+    from ..io import atomic_write_json, atomic_write_text
+    from ._results import validate
+
+    merged, record = merge_runs(paths)
+    problems = validate(merged)
+    if problems:  # a bug of the merge, not of the runs (each was validated when read)
+        raise RuntimeError(f"merged results do not match results.schema.json: {problems[:3]}")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "results.json", merged)
+    atomic_write_json(folder / "merge.json", record)
+    header = f"Merged from {len(record['runs'])} runs ({sum(r['comparable'] for r in record['runs'])} comparable); see merge.json.\n\n"
+    atomic_write_text(folder / "leaderboard.md", header + render(merged, "markdown") + _apart_markdown(record))
+    atomic_write_text(folder / "leaderboard.csv", render(merged, "csv"))
+    board = json.loads(render(merged, "json"))
+    atomic_write_text(folder / "leaderboard.json", json.dumps({**board, "merge": record}, indent=2, default=str) + "\n")
+    return merged, record
