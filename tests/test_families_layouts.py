@@ -97,6 +97,12 @@ def _clip_openai(sd):
     return out
 
 
+def _siglip_open_clip(sd):
+    # open_clip's SigLIP: the timm model as `visual.trunk`, the text tower beside it
+    return {**_prefixed("visual.trunk.", sd), "text.token_embedding.weight": torch.randn(10, 32), "logit_scale": torch.ones(()),
+            "logit_bias": torch.zeros(())}
+
+
 def _mae(sd):
     decoder = {"mask_token": torch.zeros(1, 1, 32), "decoder_embed.weight": torch.randn(32, 384), "decoder_pred.bias": torch.randn(768)}
     return {"model": {**sd, **decoder}}
@@ -151,6 +157,7 @@ CASES = {
     "dinov3": ("vit_small_patch16_dinov3_qkvb", {"depth": 1}, _dinov3,
                "facebookresearch/dinov3 dinov3/models/vision_transformer.py, layers/attention.py; timm eva.py::checkpoint_filter_fn"),
     "clip": ("vit_base_patch16_clip_224", VIT, _clip_openai, "openai/CLIP clip/model.py; timm vision_transformer.py::_convert_openai_clip"),
+    "siglip": ("vit_base_patch16_siglip_224", VIT, _siglip_open_clip, "mlfoundations/open_clip timm_model.py (TimmModel.trunk)"),
     "mae": ("vit_small_patch16_224", VIT, _mae, "facebookresearch/mae util/misc.py save_model, models_mae.py"),
     "ibot": ("vit_small_patch16_224", VIT, _ibot, "bytedance/ibot main_ibot.py, utils.load_pretrained_weights"),
     "mocov3": ("vit_small_patch16_224", {**VIT, "num_heads": 12}, _mocov3, "facebookresearch/moco-v3 main_moco.py, vits.py"),

@@ -5,7 +5,7 @@ timm-compatible model needs only a registry entry, no code::
       acme-vitb16:
         plugin: timm
         model: vit_base_patch16_224      # any timm ViT name, with or without a weights tag
-        weights: /models/acme_vitb16.pth  # state dict in timm's layout (or DINO/MAE published layouts)
+        weights: /models/acme_vitb16.pth  # timm's layout, or an SSL family's official file (_families.py)
 
 The ViT machinery here is public: the ``dino`` and ``mae`` plugins are this plugin with their own
 default model and choices (:class:`TimmViT`, :func:`vit_params`, :func:`check_vit_params`).
