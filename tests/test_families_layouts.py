@@ -275,6 +275,7 @@ def test_inspect_says_what_is_missing(tmp_path):
     assert code == 1 and "missing: the timm model: width 40" in out
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_torchscript_archive_is_refused_with_the_fix(tmp_path):
     path = tmp_path / "ViT-B-16.pt"  # OpenAI's CLIP release is a torch.jit.save archive
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
