@@ -1,4 +1,6 @@
-"""One leaderboard from several runs (``platform leaderboard --merge RUN... --out DIR``).
+"""One leaderboard from several runs: `platform leaderboard --merge RUN... --out DIR`.
+
+(Named _leaderboard_*: a presentation module, outside every code fingerprint; it reads finished results.)
 
 A keeper who runs the matrix on several machines gets several results.json files. Their cells are
 ranked together only when the runs measured the same thing, as results.json records it (the
