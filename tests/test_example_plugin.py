@@ -52,3 +52,22 @@ def test_example_objects_fulfil_contracts(example_installed):
         "uisbench-example-plugin", params={"backbones/example-gradients": {"size": 64, "patch_size": 16}}
     )
     assert checked == ["backbones/example-gradients", "metrics/example-masks-per-image"]
+
+
+def test_the_examples_own_tests_pass(example_installed, monkeypatch):
+    """The example's tests/ (what a vendor runs with pytest) pass here too, so `make test` runs them."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(EXAMPLE_SRC))
+    path = EXAMPLE_SRC / "tests" / "test_uisbench_example.py"
+    spec = importlib.util.spec_from_file_location("example_plugin_own_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ran = []
+    for name in sorted(n for n in dir(module) if n.startswith("test_")):
+        try:
+            getattr(module, name)()
+            ran.append(name)
+        except pytest.skip.Exception:  # "installed" needs the real distribution, not the faked entry point
+            assert example_installed == "faked", name
+    assert {"test_backbone_honours_the_contract", "test_metric_honours_the_contract"} <= set(ran)
