@@ -1,5 +1,8 @@
 """The official checkpoint layouts of the SSL families, and their conversion to timm's layout.
 
+Private helper of :mod:`uisbench_builtins.timm_vit` (the ``timm`` plugin, whose ``family:`` parameter,
+weights loading and ``platform weights inspect`` answer use it).
+
 Each family publishes its backbone in a layout of its own: wrapper keys (``teacher``,
 ``state_dict``, ``target_encoder`` ...), a sub-network among several (DINO's teacher, MoCo's query
 encoder, I-JEPA's and MSN's target encoder), prefixes (``module.``, ``backbone.``,
@@ -26,7 +29,7 @@ from typing import Any
 
 import uisbench
 
-__all__ = ["Family", "FAMILIES", "family", "weights_dir", "recognise", "backbone_state_dict", "prefix_tokens_of", "check_model", "describe"]
+__all__ = ["Family", "FAMILIES", "family_named", "weights_dir", "recognise", "backbone_state_dict", "prefix_tokens_of", "check_model", "describe"]
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -151,7 +154,7 @@ def weights_dir() -> Path:
     return Path(os.environ.get("UISBENCH_WEIGHTS_DIR") or "~/.cache/uisbench/weights").expanduser()
 
 
-def family(name: str) -> Family:
+def family_named(name: str) -> Family:
     try:
         return FAMILIES[name]
     except KeyError:

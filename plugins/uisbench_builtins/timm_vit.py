@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import uisbench
 
-from . import _families
+from ._families import FAMILIES, backbone_state_dict, check_model, family_named, inspect_entry, recognise, weights_dir
 
 if TYPE_CHECKING:
     import torch
@@ -91,7 +91,7 @@ def vit_params(model_default: Any, model_help: str, model_choices: tuple[str, ..
         P("model", "str", model_default, model_help, choices=model_choices),
         P("weights", "path", None, "local checkpoint (.pth/.bin/.safetensors); official SSL layouts are recognised and unwrapped"),
         P("family", "str", None, "the SSL family whose official file layout `weights` has (null: recognised from the file); "
-          "sets the normalisation and checks the head count", choices=tuple(_families.FAMILIES), nullable=True),
+          "sets the normalisation and checks the head count", choices=tuple(FAMILIES), nullable=True),
         P("pretrained", "bool", True, "false = random initialisation on purpose (recorded in every result)"),
         P("facet", "str", "key", "which features: attention key/query/value of the block, its output token, or a CNN's stage", choices=FACETS),
         # layer: its range is the model's depth, known once timm has built it (the factory checks it)
@@ -123,7 +123,7 @@ def check_vit_params(params: Mapping[str, Any]) -> Iterator[tuple[str | None, st
         if value is not None and len(value) != 3:
             yield name, f"must be three numbers (R, G, B), got {list(value)}"
     yield from _check_facet(str(params.get("model") or ""), params.get("facet"))
-    fam = _families.FAMILIES.get(params.get("family") or "")
+    fam = FAMILIES.get(params.get("family") or "")
     kind = architecture_kind(str(params.get("model") or "")) if fam is not None else None
     if fam is not None and kind is not None and kind != fam.kind:
         yield "family", f"{fam.title} files hold a {fam.kind}, {params.get('model')} is a {kind}; use e.g. model: {fam.model}"
@@ -438,7 +438,7 @@ class TimmViT(uisbench.GridBackbone):
         # for. Resolved before the model is built, so a missing file costs nothing.
         weights_path: Path | None = None
         self.weights_source = "random-init"
-        fam = _families.family(family) if family else None
+        fam = family_named(family) if family else None
         if weights is not None:
             weights_path = Path(os.path.expandvars(str(weights))).expanduser()
             problem = uisbench.io.regular_file_problem(weights_path)  # a FIFO or /dev/zero is refused unopened
@@ -454,10 +454,10 @@ class TimmViT(uisbench.GridBackbone):
             self.weights_source = "file"
         elif pretrained and fam is not None and "." not in model:
             # a family entry with an untagged timm name: the family's official file, from the weights folder
-            weights_path = _families.weights_dir() / fam.official
+            weights_path = weights_dir() / fam.official
             if not weights_path.is_file():
                 raise uisbench.BackboneUnavailable(
-                    f"{fam.title} official file {fam.official} is not in {_families.weights_dir()} ($UISBENCH_WEIGHTS_DIR): get it "
+                    f"{fam.title} official file {fam.official} is not in {weights_dir()} ($UISBENCH_WEIGHTS_DIR): get it "
                     f"from {fam.url} and put it there, or name your copy with `weights: PATH` (model {model})."
                 )
             self.weights_source = "file"
@@ -469,7 +469,7 @@ class TimmViT(uisbench.GridBackbone):
         if weights_path is not None:
             # read first (no code runs: uisbench.weights.read_checkpoint): its family decides the normalisation
             checkpoint = uisbench.weights.read_checkpoint(weights_path)
-            fam = fam or _families.recognise(checkpoint)
+            fam = fam or recognise(checkpoint)
         self.family = fam
 
         net = self._create(timm, model, size, kwargs, where)
@@ -551,10 +551,10 @@ class TimmViT(uisbench.GridBackbone):
 
     def _load_file(self, net: Any, path: Path, checkpoint: Any) -> None:
         if self.family is not None:
-            state_dict, notes = _families.backbone_state_dict(checkpoint, self.family, str(path))
+            state_dict, notes = backbone_state_dict(checkpoint, self.family, str(path))
         else:
             state_dict, notes = uisbench.weights.unwrap_state_dict(checkpoint, str(path))
-        _families.check_model(net, self.family, state_dict, str(path), self.model_name)
+        check_model(net, self.family, state_dict, str(path), self.model_name)
         notes += load_weights(net, state_dict, str(path), self.model_name)
         self.weights = str(path)
         self.weights_sha256 = uisbench.io.file_sha256(path)
@@ -734,5 +734,5 @@ def uisbench_backbones():
     yield vit_spec(
         "timm", "Any timm Vision Transformer by name plus a local weights file or timm's pretrained tag.",
         uisbench.REQUIRED, "timm model name, e.g. vit_base_patch16_224 or vit_small_patch14_reg4_dinov2.lvd142m",
-        inspect_weights=_families.inspect_entry,
+        inspect_weights=inspect_entry,
     )
