@@ -321,3 +321,52 @@ def test_check_grid_params_fits_a_fixed_patch_size():
     assert list(check_grid_params({"size": 128, "patch_size": 8}, patch_size=14)) == []  # the parameter wins
     [(name, message)] = check_grid_params({"size": 224})
     assert name == "patch_size" and "check_grid_params(params, patch_size=N)" in message
+
+
+def test_stability_maps_masks_back():
+    from uisbench.bench._stability import _cut, crop_box, flip_back
+
+    mask = _rect(2, 9, 3, 12)
+    assert (_decode(flip_back([{"segmentation": _rle(mask[:, ::-1])}])[0]["segmentation"]) == mask).all()
+    assert crop_box(20, 30) == (2, 4, 17, 26) and crop_box(20, 30, 1.0) == (0, 0, 20, 30) and crop_box(1, 1) == (0, 0, 1, 1)
+    outside = _rect(0, 2, 0, 30)  # the top two rows: nothing left inside the centre box
+    cut = _cut([{"segmentation": _rle(mask)}, {"segmentation": _rle(outside)}], crop_box(20, 30))
+    assert len(cut) == 1 and (_decode(cut[0]["segmentation"]) == mask[2:17, 4:26]).all()
+
+
+def test_stability_of_unlabelled_photos_and_its_rerun_reproduces_the_stage(own, monkeypatch):
+    """The rows' stability is in the results (not for calibration rows), each value inside [0, 1]
+    and its interval; with the transforms made identities the rerun gives back the stage's own masks
+    exactly (stability 1 on every image): the rerun is the pseudo-mask stage, not an approximation."""
+    from uisbench.bench import _stability
+    from uisbench.bench._report_findings import findings
+    from uisbench.bench._run import open_pipeline
+
+    base, workdir, _, results = own
+    rows = {e["row"]: e for e in results["label_free"]["stability"]}
+    assert set(rows) == {"pixels/kmeans", "pixels/ncut"}  # position and the oracle are calibration rows
+    for entry in rows.values():
+        assert entry["images"] == 3
+        for name in ("flip", "rescale"):
+            lo, hi = entry["ci"][name]
+            assert 0.0 <= lo <= entry[name] <= hi <= 1.0
+    text = " ".join(t for _, t in findings(results))
+    assert "Stability (matched mask IoU" in text and "pixels/kmeans flip" in text
+    monkeypatch.setattr(_stability, "_transform", lambda name, image: image)
+    monkeypatch.setattr(_stability, "flip_back", lambda preds: preds)
+    monkeypatch.setattr(_stability, "CROP", 1.0)
+    host = uisbench.host.load_plugins()
+    registry = uisbench.host.load_registry([str(base / "mine.yaml")], host)
+    pipeline = open_pipeline(host, registry, BenchOptions(backbones=["pixels"], maskers=["kmeans", "ncut"], students=[],
+                                                          metrics=["label-free"], dataset="site", device="cpu", workdir=workdir))
+    try:
+        for masker in ("kmeans", "ncut"):
+            # the row's masks from its cache folder (the key in results.json): a peek recomputes the key,
+            # which moves when a source file changes between the fixture's run and this test
+            cell = next(c for c in results["cells"] if (c["backbone"], c["masker"]) == ("pixels", masker))
+            folder = workdir / "cache" / "pseudo-masks" / cell["pseudo_masks"]["key"]
+            own_masks = {p.stem: json.loads(p.read_text())["predictions"] for p in folder.glob("[0-9]*.json")}
+            values = _stability._row_values(pipeline, "pixels", masker, own_masks)
+            assert {name: sorted(v.values()) for name, v in values.items()} == {"flip": [1.0] * 3, "rescale": [1.0] * 3}
+    finally:
+        pipeline.close()

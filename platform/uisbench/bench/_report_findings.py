@@ -276,8 +276,14 @@ def label_free(view: View) -> list[Finding]:
                          f"{html.escape(top['b'])} {_val(top['value'], top.get('ci'))}")
                 text += f", lowest {html.escape(group[-1]['a'])} vs {html.escape(group[-1]['b'])} {fmt(group[-1]['value'])}." \
                     if len(group) > 1 else "."
+        steady = [e for e in (results.get("label_free") or {}).get("stability") or [] if e.get("flip") is not None]
+        if steady:
+            parts = [f"{html.escape(e['row'])} flip {_val(e['flip'], (e.get('ci') or {}).get('flip'))}, rescale "
+                     f"{_val(e.get('rescale'), (e.get('ci') or {}).get('rescale'))}" for e in steady[:6]]
+            text += (" Stability (matched mask IoU with the masks of the flipped and of the rescaled image, mapped back): "
+                     + "; ".join(parts) + (" …" if len(steady) > 6 else "") + ".")
         text += (" These describe the masks (how many, how much of the image, how sure the masker is, whether two "
-                 "rows find the same objects); they do not say which masks are right.")
+                 "rows find the same objects, whether they survive a flip or a rescale); they do not say which masks are right.")
         out.append(("result", text))
     dataset = results.get("dataset") or {}
     if dataset.get("has_ground_truth") is False:

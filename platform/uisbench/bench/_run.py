@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ._cells import CellWalker
-from ._context import BenchContext, BenchOptions, fit_to_terminal
+from ._context import BenchContext, BenchOptions, WorkdirWriteError, fit_to_terminal, write_failure
 from ._data import BenchData
 from ._label_efficiency import label_efficiency
 from ._outlook import outlook
@@ -99,7 +99,13 @@ def run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
     """Run the bench matrix of ``options``; write results.json, leaderboard.{md,csv} and report.html
     into ``options.workdir`` (rank 0), and return the results with an ``exit_code``."""
     with terminate_as_interrupt():  # a scheduler's SIGTERM: the same clean stop and message as Ctrl-C
-        return _run_bench(host, registry, options)
+        try:
+            return _run_bench(host, registry, options)
+        except (OSError, RuntimeError) as err:  # a full disk outside the stages: results.json, the report
+            reason = write_failure(err)
+            if reason is None:
+                raise
+            raise WorkdirWriteError(Path(options.workdir), reason, err) from None
 
 
 def _run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
@@ -129,8 +135,10 @@ def _run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
             results["label_efficiency"] = efficiency
         if ctx.shard.main and any(plan.entry("metrics", n).spec.name == "label-free" for n in plan.metrics):
             from ._agreement import agreement  # a post-pass over the cached masks of every row: a metric sees one cell
+            from ._stability import stability  # reruns each row on flipped and rescaled val images (cached)
 
             results["label_free"] = agreement(pipeline, cells, walker.evaluator.draws())
+            results["label_free"]["stability"] = stability(pipeline, cells, walker.evaluator.draws())
         outcome = BenchOutcome(results)
         if ctx.shard.main:
             outcome.report_path = write_outputs(pipeline, outcome, report=options.report)
