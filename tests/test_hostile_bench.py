@@ -7,6 +7,7 @@ Each case is built on the fly with the tiny fake plugins of test_bench_fakes.py.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -307,3 +308,48 @@ def test_case1_images_replaced_in_place_are_noticed(tmp_path):
     assert rerun["run"]["computed"]["features"] >= 1 and rerun["run"]["computed"]["pseudo-masks"] >= 1
     fresh = _photos_bench(tmp_path, photos, "fresh")
     assert _values(rerun) == _values(fresh) and _values(rerun) != _values(first)
+
+
+def _limit_file_size(limit: int):
+    def apply():  # in the child, before exec: what `ulimit -f` does (writes past it fail with EFBIG)
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@contextlib.contextmanager
+def _small_tmpfs(where: Path):
+    """A 64 KB tmpfs at ``where`` where this process may mount one (root with CAP_SYS_ADMIN), else skip."""
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here; the file size limit case stands in for a full disk")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+@pytest.mark.parametrize("how", ["ulimit-f", "tmpfs"])
+def test_case6_a_full_disk_is_one_clear_message_naming_the_workdir(tmp_path, how):
+    """A full disk (a 64 KB tmpfs where one can be mounted) or RLIMIT_FSIZE (`ulimit -f`): the run gave
+    raw `[Errno 28] No space left on device` / `[Errno 27] File too large` tracebacks, and failed
+    again while logging the failure."""
+    env = _cli_env(tmp_path)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    with contextlib.ExitStack() as stack:
+        if how == "tmpfs":
+            workdir = stack.enter_context(_small_tmpfs(tmp_path / "small")) / "w"
+            needle, limit = "No space left on device", None
+        else:
+            workdir, needle, limit = tmp_path / "w", "(`ulimit -f`)", _limit_file_size(2048)
+        cmd = [sys.executable, "-m", "uisbench", "bench", "--backbones", "pixels", "--no-report", "--workdir", str(workdir)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, preexec_fn=limit)
+        err = proc.stderr
+        assert proc.returncode == 2, err[-3000:]
+        assert f"cannot write in the work directory {workdir}" in err and needle in err, err[-3000:]
+        assert "free on its file system" in err and "rerun the same command to resume" in err
+        assert "Traceback" not in err and "Errno" not in err
+        assert not list(workdir.rglob("*.tmp")) and not (workdir / "results.json").exists()

@@ -6,7 +6,9 @@ Everything here is cheap to create; torch is imported only where a device or a s
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -18,7 +20,8 @@ from ..errors import BackboneUnavailable, ConfigError, IncompatibleError
 from ._cache import STAGES, Cache
 from ._shard import Shard, detect_shard
 
-__all__ = ["BenchOptions", "BenchContext", "resolve_device", "seed_everything", "short_error", "progress_bar"]
+__all__ = ["BenchOptions", "BenchContext", "WorkdirWriteError", "resolve_device", "seed_everything", "short_error", "progress_bar",
+           "write_failure"]
 
 
 @dataclass
@@ -174,20 +177,89 @@ class BenchContext:
     def log_failure(self, what: str, err: BaseException) -> None:
         """Append ``err``'s traceback to the run's log (the cell's reason points here).
 
+        A failure to write (disk full, quota, file size limit) is no cell's fault and would fail every
+        cell after it, and logging it would fail too: it stops the run with :class:`WorkdirWriteError`.
         The log is opened without following a symbolic link: a link planted in a shared work
         directory must not make the bench append to some other file of the user's.
         """
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        reason = write_failure(err)
+        if reason:
+            raise WorkdirWriteError(self.workdir, reason, err) from None
         try:
-            fd = os.open(self.log_path, flags, 0o644)
-        except OSError:  # ELOOP: a symbolic link stands there; replace it with the log
-            self.log_path.unlink(missing_ok=True)
-            fd = os.open(self.log_path, flags, 0o644)
-        with os.fdopen(fd, "a", encoding="utf-8") as handle:
-            handle.write(f"\n==== {stamp} {what}\n")
-            handle.write("".join(traceback.format_exception(type(err), err, err.__traceback__)))
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+            try:
+                fd = os.open(self.log_path, flags, 0o644)
+            except OSError:  # ELOOP: a symbolic link stands there; replace it with the log
+                self.log_path.unlink(missing_ok=True)
+                fd = os.open(self.log_path, flags, 0o644)
+            with os.fdopen(fd, "a", encoding="utf-8") as handle:
+                handle.write(f"\n==== {stamp} {what}\n")
+                handle.write("".join(traceback.format_exception(type(err), err, err.__traceback__)))
+        except OSError as log_err:
+            reason = write_failure(log_err)
+            if reason:
+                raise WorkdirWriteError(self.workdir, reason, log_err) from None
+            raise
+
+
+#: errno values of a write that failed for want of room: disk full, quota exceeded, file size limit
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+#: how torch.save reports the same (its C++ stream writer loses the errno)
+_TORCH_WRITE = re.compile(r"iostream error|file write failed|PytorchStreamWriter failed")
+
+
+def write_failure(err: BaseException) -> str | None:
+    """Why writing failed, when ``err`` (or an exception it came from) is a write that found no room;
+    else ``None``."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_ROOM:
+            return f"{current.strerror or os.strerror(current.errno)}" + (f" (writing {current.filename})" if current.filename else "")
+        if isinstance(current, RuntimeError) and _TORCH_WRITE.search(str(current)):
+            return f"torch could not write a file ({str(current).strip().splitlines()[0][:120]})"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class WorkdirWriteError(ConfigError):
+    """The work directory has no room left (disk full, quota, ``ulimit -f``): the message names it,
+    says how much is free and what the cache holds, and that a rerun resumes."""
+
+    def __init__(self, workdir: Path, reason: str, err: BaseException | None = None) -> None:
+        import shutil
+
+        try:
+            free = f"{_size(shutil.disk_usage(workdir).free)} free on its file system"
+        except OSError:
+            free = "free space unknown"
+        limit = ""
+        try:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+            if soft != resource.RLIM_INFINITY:
+                limit = f"; this process may not write files over {_size(soft)} (`ulimit -f`)"
+        except (ImportError, OSError, ValueError):
+            pass
+        cache = Path(workdir) / "cache"
+        held = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) if cache.is_dir() else 0
+        super().__init__(
+            f"cannot write in the work directory {workdir}: {reason}. {free}{limit}; the cache holds {_size(held)} so "
+            "far and needs room for the stages still to compute. Free some space or give --workdir on a larger disk. "
+            "Finished stages are kept, nothing half-written: rerun the same command to resume."
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
 
 
 def _expand_force(force: frozenset[str]) -> frozenset[str]:
