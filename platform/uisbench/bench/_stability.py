@@ -90,6 +90,12 @@ def _transform(name: str, image: Any) -> Any:
 
 def _row_values(pipeline: Any, b: str, m: str, own: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
     """``{transform: {image id: matched IoU}}`` of row ``b / m`` (computed: backbone and masker rerun)."""
+    return _backbone_values(pipeline, b, {m: own})[m]
+
+
+def _backbone_values(pipeline: Any, b: str, rows: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """:func:`_row_values` of every masker in ``rows`` (masker -> its masks) on backbone ``b``: the
+    transformed images go through the backbone once per transform, then through each masker."""
     import torch
 
     from ..contracts import FeatureMap, ImageRecord
@@ -97,13 +103,12 @@ def _row_values(pipeline: Any, b: str, m: str, own: dict[str, list[dict[str, Any
 
     ctx, data = pipeline.ctx, pipeline.data
     backbone = pipeline.backbones[b].bind("val")
-    masker = pipeline.masker(m)
     dataset = data.dataset("val")
-    ids = [i for i in data.usable("val") if str(i) in own]
-    out: dict[str, dict[str, float]] = {}
+    ids = [i for i in data.usable("val") if all(str(i) in own for own in rows.values())]
+    out: dict[str, dict[str, dict[str, float]]] = {m: {} for m in rows}
     try:
         for name in TRANSFORMS:
-            values: dict[str, float] = {}
+            values: dict[str, dict[str, float]] = {m: {} for m in rows}
             batches = data.batches("val", ids, lambda image, name=name: backbone.preprocess(_transform(name, image)), ctx.batch_size, 0)
             for batch_ids, pixels in batches:
                 with torch.inference_mode():
@@ -115,22 +120,24 @@ def _row_values(pipeline: Any, b: str, m: str, own: dict[str, list[dict[str, Any
                         top, left, bottom, right = crop_box(record.height, record.width)
                         record = ImageRecord(id=record.id, file=record.file, width=right - left, height=bottom - top)
                     records.append(record)
-                features = FeatureMap(fm.features.float().to(masker.device), list(batch_ids), fm.patch_size, fm.facet, fm.layer,
-                                      None if fm.valid is None else fm.valid.to(masker.device))
-                seed_everything(ctx.seed + batch_ids[0])  # as the pseudo-mask stage seeds the same images
-                with torch.no_grad():
-                    preds = masker.predict(features, records)
-                for i, image_preds in zip(batch_ids, preds, strict=True):
-                    again = [p.to_coco() for p in image_preds]
-                    original = own[str(i)]
-                    if name == "flip":
-                        value = matched_iou(original, flip_back(again))
-                    else:
-                        full = dataset.record(i)
-                        value = matched_iou(_cut(original, crop_box(full.height, full.width)), again)
-                    if value is not None:
-                        values[str(i)] = value
-            out[name] = values
+                for m, own in rows.items():
+                    masker = pipeline.masker(m)
+                    features = FeatureMap(fm.features.float().to(masker.device), list(batch_ids), fm.patch_size, fm.facet, fm.layer,
+                                          None if fm.valid is None else fm.valid.to(masker.device))
+                    seed_everything(ctx.seed + batch_ids[0])  # as the pseudo-mask stage seeds the same images
+                    with torch.no_grad():
+                        preds = masker.predict(features, records)
+                    for i, image_preds in zip(batch_ids, preds, strict=True):
+                        again = [p.to_coco() for p in image_preds]
+                        if name == "flip":
+                            value = matched_iou(own[str(i)], flip_back(again))
+                        else:
+                            full = dataset.record(i)
+                            value = matched_iou(_cut(own[str(i)], crop_box(full.height, full.width)), again)
+                        if value is not None:
+                            values[m][str(i)] = value
+            for m in rows:
+                out[m][name] = values[m]
     finally:
         pipeline.backbones[b].release()
     return out
@@ -142,31 +149,46 @@ def _mean(values: list[float]) -> float | None:
 
 def stability(pipeline: Any, cells: list[dict[str, Any]], draws: list[list[int]]) -> list[dict[str, Any]]:
     """One entry per non-calibration backbone x masker row with ok pseudo-masks: ``{"row", "flip",
-    "rescale", "ci": {...}, "images"}``. A row that cannot be rerun is left out (logged)."""
+    "rescale", "ci": {...}, "images"}``. A backbone whose rows cannot be rerun is left out (logged)."""
     ctx = pipeline.ctx
-    out: list[dict[str, Any]] = []
-    seen: set[tuple[str, str]] = set()
+    todo: dict[str, dict[str, tuple[Any, dict[str, Any]]]] = {}  # backbone -> masker -> (cache path, masks)
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    order: list[tuple[str, str]] = []
     for cell in cells:
         b, m, part = cell.get("backbone"), cell["masker"], cell.get("pseudo_masks") or {}
-        if b is None or (b, m) in seen or cell.get("calibration") or part.get("status") != "ok" or "reported_in" in part:
+        if b is None or (b, m) in order or cell.get("calibration") or part.get("status") != "ok" or "reported_in" in part:
             continue
         if pipeline.plan.is_ensemble(m):
             continue
-        seen.add((b, m))
         try:
-            stage = pipeline.pseudo_masks(b, m, "val")
-            output = pipeline.peek(stage)
+            output = pipeline.peek(pipeline.pseudo_masks(b, m, "val"))
             if output is None:
                 continue
             key = make_key(stage="stability", upstream=output.key, transforms=list(TRANSFORMS), crop=CROP, version=VERSION)
             path = ctx.cache.metric_file(key)
             values = ctx.cache.read(path)
-            if not isinstance(values, dict) or set(values) != set(TRANSFORMS):
-                values = _row_values(pipeline, b, m, output.summary.get("predictions") or {})
-                ctx.cache.write(path, values)
-        except Exception as err:  # stability is extra: a row that cannot be rerun is logged, the run goes on
+        except Exception as err:  # stability is extra: a row whose masks cannot be read is logged, the run goes on
             ctx.log_failure(f"{b} / {m} stability", err)
             continue
+        order.append((b, m))
+        if isinstance(values, dict) and set(values) == set(TRANSFORMS):
+            found[(b, m)] = values
+        else:
+            todo.setdefault(b, {})[m] = (path, output.summary.get("predictions") or {})
+    for b, rows in todo.items():
+        try:
+            computed = _backbone_values(pipeline, b, {m: masks for m, (_, masks) in rows.items()})
+        except Exception as err:  # stability is extra: a backbone that cannot be rerun is logged, the run goes on
+            ctx.log_failure(f"{b} stability", err)
+            continue
+        for m, (path, _) in rows.items():
+            ctx.cache.write(path, computed[m])
+            found[(b, m)] = computed[m]
+    out: list[dict[str, Any]] = []
+    for b, m in order:
+        if (b, m) not in found:
+            continue
+        values = found[(b, m)]
         entry: dict[str, Any] = {"row": f"{b}/{m}", "ci": {}, "images": len(values["flip"])}
         for name in TRANSFORMS:
             per_image = {int(k): float(v) for k, v in values[name].items()}
