@@ -931,3 +931,61 @@ def test_case2_annotations_naming_unlisted_categories_are_a_data_error(tmp_path)
         assert "category id 98: annotation 556" in message and "category id 99: annotation 555" in message
     _edit_json(root, lambda d: [a.pop("category_id") for a in d["annotations"]])  # no category at all: class-agnostic
     assert {g.category for i in (1, 2, 3) for g in coco.build("val", root=str(root)).ground_truth(i)} == {"object"}
+
+
+def _blank_png(path: Path, width: int, height: int) -> Path:
+    """A black RGB PNG of any size, streamed (a 12000 x 12000 one is 0.4 MB on disk, 432 MB decoded)."""
+    compressor, row = zlib.compressobj(1), b"\0" * (1 + 3 * width)
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def huge_png(tmp_path_factory):
+    return _blank_png(tmp_path_factory.mktemp("huge") / "huge.png", 12000, 12000)
+
+
+@pytest.mark.parametrize("limit_mb", [500, 1000])
+def test_case7_an_image_too_big_for_the_memory_left_is_named_without_a_traceback(huge_png, limit_mb):
+    """12000 x 12000 is under the pixel cap; under an address-space limit its decoding (PIL: 576 MB)
+    or its conversion to an array (432 MB more) runs out: a raw MemoryError before."""
+    import subprocess
+    import sys
+
+    image = huge_png
+    code = textwrap.dedent(f"""\
+        import resource, sys
+        import uisbench
+        from uisbench.data import load_rgb
+        resource.setrlimit(resource.RLIMIT_AS, ({limit_mb} << 20, {limit_mb} << 20))
+        try:
+            load_rgb({str(image)!r}, what="image id 7")
+        except uisbench.DataError as err:
+            print(err)
+            sys.exit(3)
+        """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    message = proc.stdout
+    assert f"{image} (image id 7): 12000 x 12000 = 144,000,000 pixels" in message and "ran out of memory" in message
+    assert "max_image_pixels" in message
+
+
+def test_case7_memory_running_out_in_the_transform_names_the_image(tmp_path):
+    from uisbench_builtins import coco
+
+    root = _coco_folder(tmp_path)
+
+    def greedy(image):
+        raise MemoryError  # what a resize of a huge image raises when the memory runs out
+
+    for skip in (False, True):
+        dataset = coco.build("val", root=str(root), skip_bad_images=skip)
+        batches = uisbench.data.iter_batches(dataset, [1, 2], greedy, batch_size=2)
+        if not skip:
+            with pytest.raises(uisbench.DataError, match=r"000001\.png \(image id 1\): 64 x 64 = 4,096 pixels .*ran out of memory"):
+                list(batches)
+        else:
+            assert list(batches) == [] and [s["image_id"] for s in dataset.skipped] == [1, 2]

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "load_rgb",
+    "out_of_memory",
     "image_size",
     "image_files",
     "iter_batches",
@@ -74,8 +75,9 @@ __all__ = [
 
 #: Largest image decoded unless a dataset entry sets ``max_image_pixels``: the size at which PIL
 #: itself refuses to open a file (twice its ``Image.MAX_IMAGE_PIXELS`` warning threshold), e.g.
-#: 13377 x 13377. Decoded to RGB that is 537 MB, and the conversions in :func:`load_rgb` briefly need
-#: about twice that; a 100-megapixel camera frame still fits.
+#: 13377 x 13377. Its memory cost at the peak of :func:`load_rgb`: PIL holds 4 bytes a pixel (683 MiB)
+#: and the RGB array 3 more (512 MiB), about 1.2 GiB, before a backbone's resize makes its own copies;
+#: a 100-megapixel camera frame still fits. An image that runs out of memory is a data error naming it.
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 
 #: PIL formats that are opened (``Image.open(..., formats=...)``); anything else is "not a readable image".
@@ -173,6 +175,18 @@ def _to_rgb_array(img) -> np.ndarray:
     return np.array(img, dtype=np.uint8)
 
 
+def out_of_memory(path: str | os.PathLike[str] | None, tag: str, width: int, height: int) -> str:
+    """The message for an image whose decoding or resizing ran out of memory: which image, how big,
+    what it costs, and the cap that refuses such images before any pixel is decoded."""
+    pixels = int(width) * int(height)
+    return (
+        f"{path}{tag}: {width} x {height} = {pixels:,} pixels ran out of memory while it was decoded or resized "
+        f"(PIL holds {pixels * 4 / 2**20:,.0f} MB for it, its RGB array {pixels * 3 / 2**20:,.0f} MB more, then the "
+        "resize its own copies). Give the process more memory, shrink the image, or set `max_image_pixels` in the "
+        "dataset entry below its size to refuse such images up front (--skip-bad-images then skips them)."
+    )
+
+
 def load_rgb(
     path: str | os.PathLike[str],
     *,
@@ -193,16 +207,24 @@ def load_rgb(
     tag = f" ({what})" if what else ""
     with _open(path, max_pixels=max_pixels, tag=tag) as img:
         try:
-            img.load()
-        except OSError as err:  # "image file is truncated", broken data stream, ...
-            raise DataError(f"{path}{tag}: cannot decode image ({err}); the file is truncated or corrupt.") from err
-        except Exception as err:
-            raise DataError(f"{path}{tag}: cannot decode image ({type(err).__name__}: {err}).") from err
-        try:
-            oriented = ImageOps.exif_transpose(img)
-        except Exception:  # a malformed EXIF block: keep the stored orientation
-            oriented = img
-        arr = _to_rgb_array(oriented if oriented is not None else img)
+            try:
+                img.load()
+            except MemoryError:
+                raise
+            except OSError as err:  # "image file is truncated", broken data stream, ...
+                raise DataError(f"{path}{tag}: cannot decode image ({err}); the file is truncated or corrupt.") from err
+            except Exception as err:
+                raise DataError(f"{path}{tag}: cannot decode image ({type(err).__name__}: {err}).") from err
+            try:
+                oriented = ImageOps.exif_transpose(img)
+            except MemoryError:
+                raise
+            except Exception:  # a malformed EXIF block: keep the stored orientation
+                oriented = img
+            arr = _to_rgb_array(oriented if oriented is not None else img)
+        except MemoryError:
+            width, height = img.size
+            raise DataError(out_of_memory(path, tag, width, height)) from None
     if expected_size is not None:
         width, height = int(expected_size[0]), int(expected_size[1])
         if (arr.shape[1], arr.shape[0]) != (width, height):
@@ -252,9 +274,13 @@ class _Items:
         image_id = self.image_ids[index]
         try:
             image = self.dataset.load_image(image_id)
+            return image_id, self.transform(image), None
         except DataError as err:  # returned, not raised: the main process decides (strict or skip)
             return image_id, None, str(err)
-        return image_id, self.transform(image), None
+        except MemoryError:  # a huge image's resize: name it (a raw MemoryError named nothing)
+            image = None  # let the decoded pixels go before the message is built
+            rec = self.dataset.record(image_id)
+            return image_id, None, out_of_memory(rec.file, f" (image id {image_id})", rec.width, rec.height)
 
 
 def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
