@@ -281,3 +281,12 @@ def test_torchscript_archive_is_refused_with_the_fix(tmp_path):
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
     with pytest.raises(uisbench.DataError, match=r"a TorchScript archive .*\.state_dict\(\) with torch\.save"):
         uisbench.weights.read_checkpoint(path)
+
+
+def test_big_vision_npz_is_refused_with_the_fix(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "webli_en_b16_224.npz"  # big_vision's SigLIP release: NumPy arrays by parameter path
+    np.savez(path, **{"params/img/embedding/kernel": np.zeros((16, 16, 3, 8), np.float32)})
+    with pytest.raises(uisbench.DataError, match=r"a NumPy \.npz archive .* timm/vit_base_patch16_siglip_224\.webli"):
+        uisbench.weights.read_checkpoint(path)

@@ -85,6 +85,12 @@ def read_checkpoint(path: str | Path, param: str = "weights") -> Any:
             f"do{'; it begins like a text file, e.g. an HTML error page' if text else ''}); expected a file written "
             "by torch.save or a '.safetensors' file. Check the path, and re-download the file if it is a damaged copy."
         )
+    if head.startswith(_ZIP_MAGIC) and _zip_names(path) and all(n.endswith(".npy") for n in _zip_names(path)):
+        raise DataError(
+            f"{param} file {path}: a NumPy .npz archive (as big_vision's SigLIP and JAX ViT releases are), not a torch "
+            "checkpoint. Use the same weights converted to a state dict: timm's (e.g. timm/vit_base_patch16_siglip_224.webli) "
+            "or open_clip's."
+        )
     if head.startswith(_ZIP_MAGIC) and _is_torchscript(path):
         raise DataError(
             f"{param} file {path}: a TorchScript archive (as OpenAI's CLIP .pt files are), not a state dict; uisbench does not "
@@ -119,15 +125,20 @@ def read_checkpoint(path: str | Path, param: str = "weights") -> Any:
         ) from None
 
 
-def _is_torchscript(path: Path) -> bool:
-    """A torch.jit.save zip holds its modules' code (``<name>/code/__torch__/...``); torch.save's never does."""
+def _zip_names(path: Path) -> list[str]:
+    """The member names of a zip file; empty when it is damaged (torch.load then says so)."""
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as zf:
-            return any("/code/__torch__/" in name for name in zf.namelist())
+            return zf.namelist()
     except (zipfile.BadZipFile, OSError):
-        return False  # damaged: torch.load says so
+        return []
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A torch.jit.save zip holds its modules' code (``<name>/code/__torch__/...``); torch.save's never does."""
+    return any("/code/__torch__/" in name for name in _zip_names(path))
 
 
 def _refused_globals(path: Path, err: Exception) -> list[str]:
