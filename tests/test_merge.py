@@ -51,8 +51,10 @@ def test_comparable_runs_merge_and_the_newer_cell_wins(two_runs, tmp_path, capsy
     for entry in ranking["rows"] + ranking["calibration"]:
         assert entry["value"] == source[entry["id"]]["value"] and entry["ci"] == source[entry["id"]]["ci"]
     assert len(values) == 2 and values[0] >= values[1]  # AP50mask: higher is better
-    for name in ("results.json", "merge.json", "leaderboard.md", "leaderboard.csv", "leaderboard.json"):
+    for name in ("results.json", "merge.json", "leaderboard.md", "leaderboard.csv", "leaderboard.json", "report.html"):
         assert (tmp_path / "out" / name).is_file(), name
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "pixels-16" in html and "pixels" in html
     assert "Merged from 2 runs (2 comparable)" in (tmp_path / "out" / "leaderboard.md").read_text()
     # the CLI prints the same leaderboard
     assert main(["leaderboard", "--merge", str(root / "a"), str(root / "b"), "--format", "csv"]) == 0

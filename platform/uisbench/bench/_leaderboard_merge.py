@@ -182,7 +182,7 @@ def _apart_markdown(record: dict[str, Any]) -> str:
 
 def write_merged(paths: list[str | Path], out: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Merge ``paths`` into ``out``: results.json (merged, comparable cells), merge.json (the record),
-    leaderboard.md (with the cells kept apart and why), leaderboard.csv and leaderboard.json."""
+    leaderboard.md (with the cells kept apart and why), leaderboard.csv, leaderboard.json, report.html."""
     from ..io import atomic_write_json, atomic_write_text
     from ._results import validate
 
@@ -199,4 +199,15 @@ def write_merged(paths: list[str | Path], out: str | Path) -> tuple[dict[str, An
     atomic_write_text(folder / "leaderboard.csv", render(merged, "csv"))
     board = json.loads(render(merged, "json"))
     atomic_write_text(folder / "leaderboard.json", json.dumps({**board, "merge": record}, indent=2, default=str) + "\n")
+    atomic_write_text(folder / "report.html", _report_page(merged))
     return merged, record
+
+
+def _report_page(merged: dict[str, Any]) -> str:
+    """report.html of the merged results: findings, leaderboard and plots; no gallery (the images
+    were on the machines that ran, not here)."""
+    from ._report_findings import findings
+    from ._report_html import page
+    from ._report_plots import all_plots
+
+    return page(merged, findings(merged), all_plots(merged), None, private=False)
