@@ -444,6 +444,11 @@ def inspect_entry(checkpoint: Any, path: str) -> dict[str, Any] | None:
             kwargs["num_heads"] = heads
         elif heads is None:
             info["note"] = f"attention heads are not in the weights: timm's {std_heads} for width {info['width']} assumed"
+    if fam is not None:
+        info["mean_std"] = f"{list(fam.mean)} / {list(fam.std)} ({fam.title}'s)"
+    else:
+        info["note"] = ("no family recognised: a flat timm-layout state dict (e.g. DINO's backbone-only release); add "
+                        "`family: NAME` for its normalisation, else the timm name's cfg decides (mean/std 0.5 for untagged ViTs)")
     if fam is None:
         params: dict[str, Any] = {"plugin": "timm", "model": model}
         if kwargs:

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     plugin, info = next(((p, i) for p, i in answers if i.get("entry")), answers[0])
     print(f"# {path}")
-    for key in ("family", "top_level_keys", "notes", "kind", "patch_size", "depth", "width", "heads", "cls_token", "registers", "stages", "note"):
+    for key in ("family", "top_level_keys", "notes", "kind", "patch_size", "depth", "width", "heads", "cls_token", "registers", "stages", "mean_std", "note"):
         if key in info and info[key] is not None:
             print(f"# {key}: {info[key]}")
     if not info.get("entry"):
