@@ -989,3 +989,48 @@ def test_case7_memory_running_out_in_the_transform_names_the_image(tmp_path):
                 list(batches)
         else:
             assert list(batches) == [] and [s["image_id"] for s in dataset.skipped] == [1, 2]
+
+
+def _jpeg_bytes(seed: int) -> bytes:
+    from PIL import Image
+
+    y, x = np.mgrid[0:96, 0:96]
+    pixels = np.stack([(x * 2 + seed * 40) % 256, (y * 2) % 256, (x + y) % 256], -1).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _damaged_jpeg(data: bytes) -> bytes:
+    """Overwrite 40 bytes a third into the entropy-coded data (no 0xFF byte written: no marker made)."""
+    out = bytearray(data)
+    sos = out.find(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(out[sos + 2 : sos + 4], "big")
+    at = start + (len(out) - start) // 3
+    out[at : at + 40] = bytes(np.random.default_rng(0).integers(0, 255, 40, dtype=np.uint8))
+    return bytes(out)
+
+
+def test_case3_a_corrupt_jpeg_is_a_data_error_or_a_listed_skip(tmp_path):
+    from PIL import Image
+
+    from uisbench_builtins import images
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k, name in enumerate("abc"):
+        (photos / f"{name}.jpg").write_bytes(_jpeg_bytes(k))
+    clean = _jpeg_bytes(1)
+    (photos / "b.jpg").write_bytes(_damaged_jpeg(clean))
+    # the damage is real, and PIL alone decodes it without a word
+    broken = np.asarray(Image.open(photos / "b.jpg").convert("RGB")).astype(int)
+    good = np.asarray(Image.open(io.BytesIO(clean)).convert("RGB")).astype(int)
+    assert (np.abs(broken - good).max(-1) > 30).mean() > 0.2
+    dataset = images.build("val", root=str(photos))
+    assert (dataset.load_image(1) == np.asarray(Image.open(photos / "a.jpg").convert("RGB"))).all()  # clean ones load
+    with pytest.raises(uisbench.DataError, match=r"b\.jpg \(image id 2\): corrupt JPEG data \(.*\)"):
+        dataset.load_image(2)
+    skipping = images.build("val", root=str(photos), skip_bad_images=True)
+    batches = list(uisbench.data.iter_batches(skipping, [1, 2, 3], lambda a: __import__("torch").zeros(1), batch_size=3))
+    assert batches[0][0] == [1, 3] and [s["image_id"] for s in skipping.skipped] == [2]
+    assert "corrupt JPEG data" in skipping.skipped[0]["reason"]

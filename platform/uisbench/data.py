@@ -39,6 +39,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -175,6 +177,58 @@ def _to_rgb_array(img) -> np.ndarray:
     return np.array(img, dtype=np.uint8)
 
 
+#: libjpeg's warnings that mean damaged pixels (the decoder goes on and fills the rest with guesses).
+#: "extraneous bytes before marker" is left out: junk between segments, the pixels are whole.
+_JPEG_DAMAGE = re.compile(
+    r"premature end of data segment|bad Huffman code|bad arithmetic code|Premature end of JPEG file|"
+    r"found marker 0x[0-9a-f]+ instead of RST|Invalid SOS parameters|Inconsistent progression sequence|"
+    r"Corrupt JPEG data: [^\n]*(?:unknown|bad|invalid)",
+    re.IGNORECASE,
+)
+#: serialises the borrowing of file descriptor 2 by :func:`jpeg_damage`
+_STDERR_LOCK = threading.Lock()
+
+
+def jpeg_damage(data: bytes) -> str | None:
+    """libjpeg's first warning of damaged pixels in a JPEG, or ``None`` (also when no check can run).
+
+    PIL drops libjpeg's warnings, so a JPEG whose entropy-coded data is damaged decodes without a
+    word into wrong pixels. torchvision's decoder (the same libjpeg) prints them on the process's
+    standard error: the file is decoded once more with it while file descriptor 2 points at a
+    temporary file, and what it printed is read back (anything else printed meanwhile is passed on).
+    """
+    try:
+        import torch
+        from torchvision.io import decode_jpeg
+    except ImportError:  # pragma: no cover - torchvision is a dependency; without its decoder, no check
+        return None
+    import tempfile
+    import warnings
+
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(sink.fileno(), 2)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # its deprecation notice
+                    decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            except Exception:  # a JPEG torchvision cannot decode at all: PIL's verdict stands
+                pass
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        sink.seek(0)
+        printed = sink.read().decode("utf-8", "replace")
+    lines = printed.splitlines()
+    damage = [line.strip() for line in lines if _JPEG_DAMAGE.search(line)]
+    others = [line for line in lines if not _JPEG_DAMAGE.search(line) and "Corrupt JPEG data" not in line]
+    if others:
+        sys.stderr.write("\n".join(others) + "\n")
+    return damage[0] if damage else None
+
+
 def out_of_memory(path: str | os.PathLike[str] | None, tag: str, width: int, height: int) -> str:
     """The message for an image whose decoding or resizing ran out of memory: which image, how big,
     what it costs, and the cap that refuses such images before any pixel is decoded."""
@@ -222,6 +276,13 @@ def load_rgb(
             except Exception:  # a malformed EXIF block: keep the stored orientation
                 oriented = img
             arr = _to_rgb_array(oriented if oriented is not None else img)
+            if img.format == "JPEG":
+                damage = jpeg_damage(path.read_bytes())
+                if damage:
+                    raise DataError(
+                        f"{path}{tag}: corrupt JPEG data ({damage}); the decoder fills the damaged part with guesses, "
+                        "so its pixels would be wrong. Re-download or re-export the image."
+                    )
         except MemoryError:
             width, height = img.size
             raise DataError(out_of_memory(path, tag, width, height)) from None
