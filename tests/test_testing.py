@@ -395,3 +395,6 @@ def test_import_uisbench_does_not_load_the_kit():
     code = "import sys, uisbench; print('uisbench.testing' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+    code = "import sys, uisbench.testing; print('torch' in sys.modules, 'numpy' in sys.modules)"  # the kit itself: light too
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
