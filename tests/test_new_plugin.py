@@ -43,6 +43,10 @@ def test_each_kind_is_a_distribution_whose_own_tests_pass(kind, tmp_path, monkey
     assert project["project"]["name"] == f"uisbench-acme-{kind}"
     assert project["project"]["entry-points"]["uisbench"] == {name: module_name}
     assert project["tool"]["setuptools"]["py-modules"] == [module_name]
+    # what a vendor starts from passes a linter as it is (ruff: pyflakes, pycodestyle, isort, bugbear, pyupgrade)
+    lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--isolated", "--no-cache", "--select", "E,F,W,I,B,UP",
+                           "--line-length", "130", "."], capture_output=True, text=True, cwd=out)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
     # the generated tests, run against the generated module in-process
     monkeypatch.syspath_prepend(str(out))
     module = importlib.import_module(module_name)
