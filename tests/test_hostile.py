@@ -81,7 +81,9 @@ def test_no_unsafe_unpickling_in_the_source():
         for path in sorted((REPO_ROOT / tree).rglob("*.py")):
             text = path.read_text(encoding="utf-8")
             where = path.relative_to(REPO_ROOT)
-            offenders += [f"{where}: {needle}" for needle in forbidden if needle in text]
+            # a round trip of an object just made in this process (a picklability check) reads nothing foreign
+            checked = text.replace("pickle.loads(pickle.dumps(", "")
+            offenders += [f"{where}: {needle}" for needle in forbidden if needle in checked]
             for call in re.finditer(r"torch\.load\(", text):
                 depth, end = 1, call.end()
                 while depth and end < len(text):
