@@ -71,10 +71,9 @@ def test_each_kind_is_a_distribution_whose_own_tests_pass(kind, tmp_path, monkey
     capsys.readouterr()
     status = main(["validate", str(out / "registry-snippet.yaml")])
     problems = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  ")]
-    if kind == "student":  # known gap: the shipped finetune entries set Mask R-CNN parameters over every student entry
-        assert problems and all("finetune entry" in p and f"over student entry {name!r}" in p for p in problems), problems
-    else:
-        assert status == 0 and not problems, problems
+    # (a student too: the shipped finetune entries' Mask R-CNN overrides are not held against a plugin
+    # that does not declare them; its few-label stage is skipped, saying so)
+    assert status == 0 and not problems, problems
 
 
 def test_refuses_a_bad_name_and_a_folder_in_use(tmp_path, capsys):

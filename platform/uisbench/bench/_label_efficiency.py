@@ -31,12 +31,24 @@ def _point_metrics(walker: CellWalker, stage: FinetuneStage) -> dict[str, Any]:
     return walker.evaluator.evaluate(scoring)
 
 
+def _foreign_overrides(overrides: dict[str, Any], spec: Any) -> list[str]:
+    """The overrides of a finetune entry that a student plugin does not declare (sorted)."""
+    declared = {p.name for p in getattr(spec, "params", ())}
+    return sorted(k for k in overrides if k not in declared)
+
+
 def finetune_part(walker: CellWalker, b: str, m: str, s: str, student_parts: list[dict[str, Any]]) -> dict[str, Any]:
     """``{"status", "reason", "settings", "budgets", "candidates", "points": [...]}`` of one cell."""
     settings = walker.plan.finetune
     train = walker.pipeline.data.dataset("train")
     if not getattr(train, "has_ground_truth", False):
         reason = f"dataset {walker.pipeline.data.name!r} has no ground truth in its train split: nothing to label"
+        return {"status": "skipped", "reason": reason, "settings": settings.name, "points": []}
+    foreign = _foreign_overrides(settings.student, walker.plan.entry("students", s).spec)
+    if foreign:  # the entry's overrides are written for another student plugin (the shipped ones: maskrcnn)
+        reason = (f"finetune entry {settings.name!r} sets {', '.join(map(repr, foreign))}, which student plugin "
+                  f"{walker.plan.entry('students', s).plugin!r} does not declare; use a finetune entry written for it "
+                  "(its own 'student:' overrides) or --finetune none")
         return {"status": "skipped", "reason": reason, "settings": settings.name, "points": []}
     probe = walker.pipeline.finetune(b, m, s, settings, 0, "random", "baseline")
     candidates = probe.candidates()
