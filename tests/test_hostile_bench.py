@@ -276,11 +276,11 @@ def test_case8_sigterm_and_sighup_say_interrupted_like_ctrl_c(tmp_path, signum):
 
 def _photos_bench(tmp_path, photos, workdir):
     extra = tmp_path / "mine.yaml"
-    extra.write_text(f"version: 1\ndatasets:\n  mine: {{plugin: images, root: {photos}}}\n")
+    extra.write_text(f"version: 1\ndatasets:\n  mine: {{plugin: images, root: {photos}}}\nmetrics:\n  lf: {{plugin: label-free}}\n")
     host = uisbench.host.load_plugins(strict=True)
     registry = uisbench.host.load_registry([str(extra)], host)
     options = BenchOptions(workdir=tmp_path / workdir, dataset="mine", backbones=["pixels"], maskers=["kmeans"], students=[],
-                           metrics=["label-free"], finetune="none", bootstrap=0, device="cpu", report=False)
+                           metrics=["lf"], finetune="none", bootstrap=0, device="cpu", report=False)
     return run_bench(host, registry, options)
 
 
