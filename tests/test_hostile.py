@@ -747,6 +747,7 @@ def test_exit_codes_are_documented_in_help(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "exit codes:" in out and "3    data error" in out and "2    usage or configuration error" in out
+    assert "a work directory without room" in out and "130  interrupted (Ctrl-C, SIGTERM, SIGHUP)" in out
 
 
 # ---------------------------------------------------------------------------------------------

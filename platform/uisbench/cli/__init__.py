@@ -38,9 +38,9 @@ Run `platform COMMAND --help` for the options of a command.
 exit codes:
   0    success
   1    the command ran but reports failures (a bench cell failed, validate found problems)
-  2    usage or configuration error (option, registry, plugin)
+  2    usage or configuration error (option, registry, plugin; a work directory without room)
   3    data error (a dataset, image or weights file is missing, corrupt or refused)
-  130  interrupted; finished work is kept
+  130  interrupted (Ctrl-C, SIGTERM, SIGHUP); finished work is kept
 """
 
 
