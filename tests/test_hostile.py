@@ -1037,3 +1037,12 @@ def test_case3_a_corrupt_jpeg_is_a_data_error_or_a_listed_skip(tmp_path):
     batches = list(uisbench.data.iter_batches(skipping, [1, 2, 3], lambda a: __import__("torch").zeros(1), batch_size=3))
     assert batches[0][0] == [1, 3] and [s["image_id"] for s in skipping.skipped] == [2]
     assert "corrupt JPEG data" in skipping.skipped[0]["reason"]
+
+
+def test_case5_detector_weights_that_are_not_regular_files_are_named_so(host, tiny_synth, tmp_path):
+    fifo = tmp_path / "r50.pth"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        student = host.spec("students", "maskrcnn").build(detector_backbone="resnet18-fpn", detector_weights=str(path))
+        with _deadline(20), pytest.raises(uisbench.ConfigError, match=rf"detector_weights '{path}' is not a regular file"):
+            student._build(tiny_synth, tiny_synth.image_ids()[0])

@@ -268,9 +268,11 @@ def _resnet_fpn(name: str, weights_path: str | None) -> tuple[nn.Module, dict[st
     from pathlib import Path
 
     path = Path(weights_path).expanduser()
-    if not path.is_file():
+    problem = uisbench.io.regular_file_problem(path)  # stat only: a FIFO or a device is never opened
+    if problem:
         raise uisbench.ConfigError(
-            f"detector_weights {str(path)!r} does not exist; give the path of a local ResNet ({name}) state dict "
+            f"detector_weights {str(path)!r} {'does not exist' if problem == 'not found' else problem}; give the path "
+            f"of a local ResNet ({name}) state dict "
             "(e.g. DINO ResNet-50) or leave detector_weights null for a random init."
         )
     state = uisbench.weights.read_checkpoint(path, "detector_weights")  # weights-only: a shared file must not run code
