@@ -206,8 +206,11 @@ def jpeg_damage(data: bytes) -> str | None:
     import warnings
 
     with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
-        sys.stderr.flush()
-        saved = os.dup(2)
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no standard error to borrow (closed): no check
+            return None
         try:
             os.dup2(sink.fileno(), 2)
             try:
