@@ -118,9 +118,10 @@ def separability_plot(view: View, st: Styles) -> str | None:
     left = int(min(260, max(text_width(n, 11) for n in names) + 14))
     values = [v for _, m, u, ci in rows for v in (m, u, *(ci or [])) if v is not None] + [0.5]
     x0 = min(0.4, math.floor(min(values) * 10) / 10)
-    ax = Axes(max(600, left + 360 + 190), 34 + 52 + len(rows) * step + 8, x=(x0, 1.0), y=(0, 1),
-              margin=(34, 190, 52, left), title=title)
-    ax.frame("AUROC, same vs other instance of a class (0.5: cannot tell)", "", yticks=[])
+    ax = Axes(max(600, left + 360 + 190), 34 + 52 + len(rows) * step + 8, x=(x0, 1.02), y=(0, 1),
+              margin=(34, 190, 52, left), title=title)  # 1.02: a perfect score is drawn inside the frame
+    ticks = [round(x0 + 0.1 * k, 1) for k in range(int(round((1.0 - x0) * 10)) + 1)]
+    ax.frame("AUROC, same vs other instance of a class (0.5: cannot tell)", "", xticks=ticks, yticks=[])
     ax.add(f"<line x1='{ax.sx(0.5):.1f}' x2='{ax.sx(0.5):.1f}' y1='{ax.top}' y2='{ax.top + ax.ph:.1f}' stroke='#999' "
            "stroke-dasharray='4 4'/>")
     for k, (r, matched, unmatched, ci) in enumerate(rows):
@@ -139,8 +140,7 @@ def separability_plot(view: View, st: Styles) -> str | None:
         tip = (f"{c['backbone']}: separability_auroc {fmt(matched)} {fmt_ci(ci)} at equal patch distance"
                + (f"; unmatched {fmt(unmatched)}" if unmatched is not None else "") + (" (calibration)" if r.calibration else ""))
         ax.add(marker(ax.sx(matched), y, colour=colour, hollow=r.calibration, tip=tip))
-    legend = [("equal patch distance (headline)", "#444", "circle", False),
-              ("unmatched (proximity-confounded)", "#999", "diamond", True)]
+    legend = [("equal distance (headline)", "#444", "circle", False), ("all pairs (confounded)", "#999", "diamond", True)]
     return ax.render(legend, legend_title="separability_auroc", plot_id="instance-separability")
 
 
