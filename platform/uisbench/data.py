@@ -205,7 +205,11 @@ def jpeg_damage(data: bytes) -> str | None:
     import tempfile
     import warnings
 
-    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+    try:
+        sink_file = tempfile.TemporaryFile()
+    except OSError:  # no room for the temporary file: no check
+        return None
+    with _STDERR_LOCK, sink_file as sink:
         try:
             sys.stderr.flush()
             saved = os.dup(2)
