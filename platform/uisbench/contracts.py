@@ -344,7 +344,7 @@ class Backbone(abc.ABC):
     preprocessing: Preprocessing
     facet: str | None = None
     layer: int | None = None
-    #: True for backbones that read ground truth (oracles). Set from the spec by the engine too.
+    #: True for reference backbones (oracles that read ground truth, controls). Set from the spec by the engine too.
     calibration: bool = False
     device: str = "cpu"
 
