@@ -4,7 +4,7 @@
     python scripts/compare_results.py runs/before/results.json runs/after/results.json [--rtol 0]
 
 Compared: every cell's status and every metric value of every stage (pseudo-masks, student, the
-backbone-level metrics), except the ``cost`` metric's (wall times). Prints the differences and exits 1
+backbone-level metrics, and each few-label point of the finetune stage), except the ``cost`` metric's (wall times). Prints the differences and exits 1
 when any value differs by more than ``--rtol`` (relative) or a cell/metric exists in one file only.
 """
 
@@ -32,6 +32,17 @@ def _values(results: dict[str, Any]) -> dict[tuple[str, ...], Any]:
                 out[(*where, stage, metric, "status")] = result.get("status")
                 for name, value in (result.get("values") or {}).items():
                     out[(*where, stage, metric, name)] = value
+        # the few-label points: one student-stage result per (selection, init, k)
+        finetune = cell.get("finetune") or {}
+        if finetune:
+            out[(*where, "finetune", "status")] = finetune.get("status")
+        for point in finetune.get("points") or []:
+            at = (*where, "finetune", str(point.get("selection")), str(point.get("init")), f"k={point.get('k')}")
+            for metric, result in (point.get("metrics") or {}).items():
+                if metric in TIMING_METRICS:
+                    continue
+                for name, value in (result.get("values") or {}).items():
+                    out[(*at, metric, name)] = value
     for backbone, row in results.get("backbones", {}).items():
         out[(backbone, "status")] = row["status"]
         for metric, result in (row.get("metrics") or {}).items():
