@@ -257,7 +257,10 @@ def test_case8_sigterm_and_sighup_say_interrupted_like_ctrl_c(tmp_path, signum):
     students = {"student": {"plugin": "fake-student", "epochs": 4, "sleep": 0.5}}
     env = _cli_env(tmp_path, students=students)
     cmd = [sys.executable, "-m", "uisbench", "bench", "--backbones", "pixels", "--no-report", "--workdir", str(tmp_path / "w")]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # the signal at its default disposition in the child: under `nohup` (or a CI runner that ignores
+    # SIGHUP) the bench rightly leaves an inherited SIG_IGN alone, and the test would see exit 0
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not list((tmp_path / "w" / "cache" / "student").glob("*/ckpt-0.json")):
