@@ -509,14 +509,7 @@ def test_bench_help_does_not_import_torch():
 
 
 def _env(tmp_path, **registry):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir(exist_ok=True)
-    fakes.install_as_distribution(plugins)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(plugins), env.get("PYTHONPATH", "")])
-    env["UISBENCH_REGISTRY"] = fakes.write_registry(tmp_path / "registry.yaml", **registry)
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return fakes.cli_env(tmp_path, **registry)
 
 
 @pytest.mark.slow

@@ -404,6 +404,19 @@ def write_registry(path, **changes) -> str:
     return str(path)
 
 
+def cli_env(tmp_path, **registry) -> dict[str, str]:
+    """Environment of a ``python -m uisbench`` subprocess: these fakes installed as a distribution on
+    PYTHONPATH, the registry of :func:`write_registry` (with ``registry`` changes), one thread."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir(exist_ok=True)
+    install_as_distribution(plugins)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(plugins), env.get("PYTHONPATH", "")])
+    env["UISBENCH_REGISTRY"] = write_registry(tmp_path / "registry.yaml", **registry)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
 def install_as_distribution(folder) -> None:
     """Make this module loadable through entry points from ``folder`` (put it on PYTHONPATH)."""
     import shutil

@@ -240,14 +240,7 @@ def test_skipped_unreadable_images_still_get_a_report_without_them(tmp_path):
 
 
 def _cli_env(tmp_path, **registry):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir(exist_ok=True)
-    fakes.install_as_distribution(plugins)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(plugins), env.get("PYTHONPATH", "")])
-    env["UISBENCH_REGISTRY"] = fakes.write_registry(tmp_path / "registry.yaml", **registry)
-    env["OMP_NUM_THREADS"] = "1"
-    return env
+    return fakes.cli_env(tmp_path, **registry)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])

@@ -261,7 +261,9 @@ class CellWalker:
         return {"status": part.get("status", ensemble["status"]), "reason": part.get("reason", ensemble["reason"]),
                 **({"key": part["key"]} if "key" in part else {}), "metrics": {}, "reported_in": cell_id(ensemble)}
 
-    def row(self, b: str, cells: list[dict[str, Any]], ensembles: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    def row(self, b: str, cells: list[dict[str, Any]], ensembles: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Backbone ``b``'s cells (into ``cells``) and its ``backbones`` entry; ``ensembles``: every
+        ensemble masker's own row (:meth:`ensemble_row`), which its student cells point at."""
         entry = self.plan.entry("backbones", b)
         started = time.perf_counter()
         calibration = bool(getattr(entry.spec, "calibration", False))
@@ -277,8 +279,6 @@ class CellWalker:
                 continue  # without a student, the ensemble's masks are its own row's alone
             if unavailable is None:
                 if ensemble:
-                    if ensembles is None or m not in ensembles:  # a caller walking one row alone
-                        ensembles = {**(ensembles or {}), m: self.ensemble_row(m)}
                     pm_part = self._ensemble_masks(ensembles[m])
                 else:
                     try:
