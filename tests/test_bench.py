@@ -1,4 +1,4 @@
-"""The bench engine with tiny fake plugins (test_bench_fakes.py): cache keys, statuses and exit
+"""The bench engine with tiny fake plugins (bench_fakes.py): cache keys, statuses and exit
 codes, cached reruns, --force, interruption and resume, schema, leaderboard, torchrun shards."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import bench_fakes as fakes
 import uisbench
 from uisbench.bench import BenchOptions, render_leaderboard, run_bench, validate_results
 
@@ -23,14 +24,6 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
-def _load_fakes():
-    spec = importlib.util.spec_from_file_location("uisbench_bench_test_fakes", HERE / "test_bench_fakes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fakes = _load_fakes()
 
 
 def _setup(tmp_path, **registry_changes):
@@ -437,7 +430,7 @@ def test_results_schema_catches_problems(tmp_path):
 
 
 class _EntryPoint:
-    name, value = "fakes", "uisbench_bench_test_fakes"
+    name, value = "fakes", "bench_fakes"
 
     class dist:  # noqa: N801 - mimics importlib.metadata.Distribution
         metadata = {"Name": "uisbench-fakes"}

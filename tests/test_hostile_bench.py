@@ -2,13 +2,12 @@
 loses the last good results, leftovers of a kill are swept, two benches do not share a folder, and a
 plugin that breaks its contract fails its cell with a message instead of a silent number.
 
-Each case is built on the fly with the tiny fake plugins of test_bench_fakes.py.
+Each case is built on the fly with the tiny fake plugins of bench_fakes.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -19,13 +18,11 @@ from pathlib import Path
 
 import pytest
 
+import bench_fakes as fakes
 import uisbench
 from uisbench.bench import BenchOptions, load_results, run_bench
 
 HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("uisbench_bench_test_fakes", HERE / "test_bench_fakes.py")
-fakes = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fakes)
 
 
 class _NotANumber(uisbench.Metric):

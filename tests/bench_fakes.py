@@ -1,4 +1,4 @@
-"""Tiny fake plugins for the bench-engine tests (imported by test_bench.py; no tests here).
+"""Tiny fake plugins for the bench-engine tests (imported as ``bench_fakes`` by test_bench.py and test_hostile_bench.py: pyproject puts tests/ on pytest's pythonpath).
 
 A 32x32 "shapes" dataset whose instances are 8x8 squares on an 8-pixel grid, so an 8-pixel patch
 grid sees them exactly. ``fake-oracle`` (calibration) gives one channel per instance, so the
