@@ -274,25 +274,6 @@ def test_batched_equals_single_and_deterministic():
         np.testing.assert_allclose(s, s2)
 
 
-@pytest.mark.parametrize("masker", ["ncut", "kmeans"])
-def test_masks_do_not_depend_on_batch_composition(host, masker):
-    """A cached image's masks must not change with batch size, shards or a resumed run."""
-    import torch
-
-    import uisbench
-
-    fs = torch.stack([torch.from_numpy(_load(n)[0]).reshape(-1, 30, 30) for n in SMALL[5:9]])
-    ids = [11, 12, 13, 14]
-    records = [uisbench.ImageRecord(i, None, 60, 60) for i in ids]
-    m = host.spec("maskers", masker).build()
-    whole = m.predict(uisbench.FeatureMap(fs, ids, 16, "key", -1), records)
-    for start, stop in ((0, 1), (1, 3), (3, 4)):
-        part = m.predict(uisbench.FeatureMap(fs[start:stop], ids[start:stop], 16, "key", -1), records[start:stop])
-        for a, b in zip(whole[start:stop], part, strict=True):
-            assert [p.segmentation for p in a] == [p.segmentation for p in b]
-            np.testing.assert_allclose([p.score for p in a], [p.score for p in b], rtol=1e-5)
-
-
 # ---- degenerate inputs ------------------------------------------------------------------------
 
 
@@ -308,33 +289,6 @@ def test_degenerate_inputs(solver):
         m, s = maskcut_patch_masks(f, None, 0.2, 3, solver, return_scores=True)
         assert m.shape == (3,) + f.shape[1:]
         assert np.isfinite(s).all() and ((0 <= s) & (s <= 1)).all()
-
-
-def test_nan_features_raise_data_error_naming_image():
-    import torch
-
-    from uisbench_builtins.ncut import NCutMasker
-
-    f = torch.randn(2, 8, 4, 4)
-    f[1, 3, 2, 2] = float("nan")
-    fm = uisbench.FeatureMap(f, [11, 42], 8, "key", -1)
-    recs = [uisbench.ImageRecord(i, None, 32, 32) for i in (11, 42)]
-    with pytest.raises(uisbench.DataError, match="42"):
-        NCutMasker().predict(fm, recs)
-    from uisbench_builtins.kmeans import KMeansMasker
-
-    with pytest.raises(uisbench.DataError, match="42"):
-        KMeansMasker().predict(fm, recs)
-
-
-def test_bad_config_is_config_error():
-    from uisbench_builtins.kmeans import KMeansMasker
-    from uisbench_builtins.ncut import NCutMasker
-
-    with pytest.raises(uisbench.ConfigError):
-        NCutMasker(solver="lapack")
-    with pytest.raises(uisbench.ConfigError):
-        KMeansMasker(foreground="sky")
 
 
 # ---- k-means --------------------------------------------------------------------------------
@@ -415,39 +369,48 @@ def test_kmeans_finds_blobs_and_spectral_runs():
 # ---- contract -------------------------------------------------------------------------------
 
 
-def _masker_names(ensemble: bool):
+def _masker_names():
     host = uisbench.host.load_plugins(strict=True)
-    return sorted(n for n, spec in host.specs("maskers").items() if spec.ensemble == ensemble)
+    return sorted(host.specs("maskers"))
 
 
-@pytest.mark.parametrize("name", _masker_names(ensemble=False))
-def test_masker_conformance(host, name):
-    """Every registered masker of features keeps the masker contract as uisbench.testing states it
-    (RLE at record size, bbox from the mask, scores in [0, 1], deterministic, batch-independent, padding ignored)."""
-    uisbench.testing.check_masker(host.spec("maskers", name), host=host)
+@pytest.mark.parametrize("name", _masker_names())
+def test_masker_contract(host, name):
+    """Every registered masker keeps the masker contract as uisbench.testing states it, at its defaults
+    (RLE at record size, bbox from the mask, scores in [0, 1], deterministic, the same masks whatever
+    the batch and its order, padding ignored). An ensemble masker is checked on generated member masks."""
+    params = {"members": ["a/ncut", "b/kmeans"]} if host.spec("maskers", name).ensemble else {}
+    uisbench.testing.check_masker(host.spec("maskers", name), params, host=host)
 
 
-@pytest.mark.parametrize("name", _masker_names(ensemble=True))
-def test_ensemble_masker_conformance(host, name):
-    """Every ensemble masker combines member masks into valid, repeatable predictions (uisbench.testing)."""
-    uisbench.testing.check_masker(host.spec("maskers", name), {"members": ["a/ncut", "b/kmeans"]}, host=host)
+def _feature_masker(name):
+    """A masker of features by name, built directly (these tests exercise the classes, not the host)."""
+    from uisbench_builtins.kmeans import KMeansMasker
+    from uisbench_builtins.ncut import NCutMasker
+    from uisbench_builtins.promerge import ProMergeMasker
+    from uisbench_builtins.tokencut import TokenCutMasker
+
+    return {"ncut": NCutMasker, "kmeans": KMeansMasker, "promerge": ProMergeMasker, "tokencut": TokenCutMasker}[name]
 
 
-def test_pad_policy_only_valid_region_enters():
-    """With ``valid``, features in padding are ignored: garbage there changes nothing."""
+@pytest.mark.parametrize("name", ["ncut", "kmeans", "promerge", "tokencut"])
+def test_nan_features_raise_data_error_naming_image(name):
+    """Features with a NaN are refused with a DataError naming the image (not masks made of NaN)."""
     import torch
 
-    from uisbench_builtins.ncut import NCutMasker
+    f = torch.randn(2, 8, 4, 4)
+    f[1, 3, 2, 2] = float("nan")
+    fm = uisbench.FeatureMap(f, [11, 42], 8, "key", -1)
+    recs = [uisbench.ImageRecord(i, None, 32, 32) for i in (11, 42)]
+    with pytest.raises(uisbench.DataError, match="42"):
+        _feature_masker(name)().predict(fm, recs)
 
-    f, _ = _blobs(3, K=2, h=12)
-    feats = torch.from_numpy(f)[None].clone()
-    valid = torch.zeros(1, 12, 12, dtype=torch.bool)
-    valid[0, :, :9] = True
-    rec = [uisbench.ImageRecord(5, None, 40, 30)]
-    a = NCutMasker().predict(uisbench.FeatureMap(feats, [5], 8, "key", -1, valid), rec)[0]
-    feats[0, :, :, 9:] = torch.randn(32, 12, 3) * 100
-    b = NCutMasker().predict(uisbench.FeatureMap(feats, [5], 8, "key", -1, valid), rec)[0]
-    assert [p.segmentation for p in a] == [p.segmentation for p in b]
+
+@pytest.mark.parametrize("name, bad", [("ncut", {"solver": "lapack"}), ("kmeans", {"foreground": "sky"}),
+                                       ("promerge", {"stride": 0}), ("tokencut", {"solver": "lapack"})])
+def test_bad_config_is_config_error(name, bad):
+    with pytest.raises(uisbench.ConfigError):
+        _feature_masker(name)(**bad)
 
 
 @pytest.mark.parametrize("masker", ["ncut", "kmeans"])
