@@ -392,35 +392,11 @@ class Ranks(uisbench.ranks.ProcessRank):
         start = self.rank * base + min(self.rank, extra)
         return range(start, start + base + (self.rank < extra))
 
-    def all_gather(self, obj: Any) -> list[Any]:
-        """``obj`` of every rank, in rank order, on every rank."""
-        if not self.distributed:
-            return [obj]
-        import torch.distributed as dist
-
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj, group=self.control)
-        return out
-
-    def gather(self, obj: Any) -> list[Any] | None:
-        """``obj`` of every rank, in rank order, on rank 0 (``None`` elsewhere)."""
-        if not self.distributed:
-            return [obj]
-        import torch.distributed as dist
-
-        out: list[Any] | None = [None] * self.world if self.main else None
-        dist.gather_object(obj, out, dst=0, group=self.control)
-        return out
-
-    def broadcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        if not self.distributed:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj if self.main else None]
-        dist.broadcast_object_list(box, src=0, group=self.control)
-        return box[0]
+    @property
+    def group(self) -> Any:
+        """The collectives of :class:`uisbench.ranks.ProcessRank` (``all_gather``, ``gather``,
+        ``broadcast``) exchange objects over the gloo ``control`` group under nccl: no device copies."""
+        return self.control
 
     def sum(self, values):
         """The element-wise sum over ranks of a 1-D float64 tensor (on every rank)."""
