@@ -1,4 +1,4 @@
-"""File helpers: crash-safe writing and streamed hashing.
+"""File helpers: crash-safe writing, streamed hashing, and the one JSON fallback (:func:`json_default`).
 
 Writing goes to a temporary file in the same folder, is fsynced, then renamed: a Ctrl-C or a kill at
 any point leaves either the old file or the new one, never half of one. :func:`file_sha256` hashes a
@@ -8,6 +8,7 @@ file of any size in 1 MiB blocks (weights files run to gigabytes).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "read_json",
+    "json_default",
     "file_sha256",
     "regular_file_problem",
 ]
@@ -81,7 +83,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 1) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, default=json_default) + "\n")
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
@@ -129,13 +131,29 @@ def regular_file_problem(path: str | os.PathLike[str]) -> str | None:
     return f"is not a regular file ({kind})"
 
 
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return obj.item()
+def json_default(obj: Any) -> Any:
+    """The ``default=`` of every ``json.dumps`` in uisbench and its built-ins: what JSON cannot hold
+    natively, as JSON, one rule everywhere (cache keys, results.json, checkpoints' provenance)::
+
+        json.dumps(value, default=uisbench.io.json_default)
+
+    - a set or frozenset: its sorted list (a set has no order; sorting makes the text stable)
+    - numpy and torch scalars and arrays (anything with ``tolist``): ``tolist()``, numbers or
+      nested lists; other objects with ``item`` (scalars): ``item()``
+    - a path (``os.PathLike``): its string
+    - a dataclass instance: ``dataclasses.asdict``
+    - anything else: ``TypeError`` naming the type (a silent ``repr`` or ``str`` would put text that
+      changes between runs, such as an address, into a cache key or a result)
+    """
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
     if hasattr(obj, "tolist"):
         return obj.tolist()
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise TypeError(f"{type(obj).__module__}.{type(obj).__qualname__} is not JSON serialisable; "
+                    "convert it to a str, number, list or dict first (rules: uisbench.io.json_default)")

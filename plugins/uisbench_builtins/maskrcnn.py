@@ -219,7 +219,8 @@ class MaskRCNNConfig:
 
 
 def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
+    """``value`` as plain JSON types (the one rule: uisbench.io.json_default)."""
+    return json.loads(json.dumps(value, default=uisbench.io.json_default))
 
 
 def _rng_state(device: str = "cpu") -> dict[str, Any]:

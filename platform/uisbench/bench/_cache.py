@@ -26,25 +26,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_json
+from ..io import atomic_write_json, json_default
 from ..io import file_sha256 as sha256_of_file
 
 STAGES = ("features", "pseudo-masks", "student", "finetune", "metrics")
 
 
 def canonical(obj: Any) -> str:
-    """Stable JSON text of ``obj`` (sorted keys, tuples as lists, paths as strings)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_default)
-
-
-def _default(obj: Any) -> Any:
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
-    return repr(obj)
+    """Stable JSON text of ``obj``: sorted keys, tuples as lists, the rest by :func:`uisbench.io.json_default`."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=json_default)
 
 
 def make_key(**parts: Any) -> str:

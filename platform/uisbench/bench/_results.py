@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..io import file_sha256
+from ..io import file_sha256, json_default
 
 SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
@@ -162,8 +162,8 @@ def build_results(
         "backbones": backbones,
         "cells": cells,
     }
-    # JSON round trip: plain types only (tuples -> lists, paths -> str), what a reader will see.
-    results = json.loads(json.dumps(results, default=_plain))
+    # JSON round trip: plain types only (uisbench.io.json_default), what a reader will see.
+    results = json.loads(json.dumps(results, default=json_default))
     if ctx.private:  # the site's names stay home too: argv, work directory, registry and weights paths
         from ._private import private_argv, redactor_for
 
@@ -179,16 +179,6 @@ def _redacted(skipped: dict[str, Any]) -> dict[str, Any]:
     if file:
         reason = reason.replace(str(file), f"image {skipped.get('image_id')}")
     return {**skipped, "file": None, "reason": reason}
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
-    return str(obj)
 
 
 def load_schema() -> dict[str, Any]:
