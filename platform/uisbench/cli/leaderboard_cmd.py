@@ -20,6 +20,10 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
                    help="merge these work directories or results.json files (the first is the reference) into one "
                         "leaderboard; runs that measured something else are listed apart with the difference")
     p.add_argument("--out", metavar="DIR", help="with --merge: folder for the merged results.json, merge.json and leaderboards")
+    p.add_argument("--rescore", action="store_true",
+                   help="recompute every run's metric values from its saved predictions with the installed dataset and metric "
+                        "plugins and name each value that differs from its results.json (exit 1 when one differs or a run "
+                        "cannot be rescored); the runs: --merge's, else --workdir")
     p.set_defaults(run=run)
 
 
@@ -39,10 +43,19 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(render_leaderboard(results, args.format, args.columns))
         for apart in record["apart"]:
             print(f"not ranked: {apart['id']} from {apart['run']}: {apart['reason']}", file=sys.stderr)
-        return 0
+        return _rescore(args, args.merge)
     results = load_results(args.workdir)
     sys.stdout.write(render_leaderboard(results, args.format, args.columns))
     if args.write:
         atomic_write_text(Path(args.workdir) / "leaderboard.md", render_leaderboard(results, "markdown"))
         atomic_write_text(Path(args.workdir) / "leaderboard.csv", render_leaderboard(results, "csv"))
-    return 0
+    return _rescore(args, [args.workdir])
+
+
+def _rescore(args: argparse.Namespace, runs: list[str]) -> int:
+    """``--rescore`` (bench/_rescore.py): 1 when a value differs or a run cannot be rescored."""
+    if not args.rescore:
+        return 0
+    from ..bench._rescore import rescore_command
+
+    return rescore_command(runs, args.out, args.strict_plugins)
