@@ -587,3 +587,23 @@ def test_sampled_anchors_and_proposals_of_an_image_do_not_depend_on_its_batch():
     assert not torch.equal(other(images[2:])[1][0], neg[2])
     sampler.seeds = None  # no seeds: torchvision's draw from the global generator
     assert sampler(images)[0][0].shape == pos[0].shape and sampler.counts is None
+
+
+def test_the_student_derives_every_seed_one_way_with_todays_values():
+    """derive_seed is the one derivation behind the sampler's and the forward pass's seeds; both keep the
+    values they had as separate sha256 helpers (written out here from hashlib: the reference), so the
+    numbers of earlier runs and their checkpoints stay reproducible."""
+    import hashlib
+
+    from uisbench_builtins import maskrcnn
+    from uisbench_builtins._student_data import derive_seed, sample_seed
+
+    def reference(text: str) -> int:
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+    for seed, r, it, k in ((0, 0, 0, 0), (1234, 2, 17, 3), (2**40 + 7, 1, 999, 15)):
+        assert sample_seed(seed, r, it, k) == reference(f"{seed}/{r}/{it}/{k}/sampler")
+    for seeds in ([5], [reference("a"), 3, 9]):
+        assert maskrcnn._forward_seed(seeds) == reference("/".join(map(str, seeds)) + "/global")
+    assert sample_seed(1234, 2, 17, 3) == derive_seed(1234, 2, 17, 3, "sampler") == 3429459893996180602
+    assert 0 <= derive_seed("x") < 2**63

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Ranks",
+    "derive_seed",
     "sample_seed",
     "split",
     "instance_masks",
@@ -175,11 +176,18 @@ def _identity(x):
     return x
 
 
+def derive_seed(*parts: Any) -> int:
+    """The student's one seed derivation: a 63-bit seed that is a function of ``parts`` alone (their
+    ``str``, joined with ``/``), the same on every rank, platform and Python (sha256, not ``hash()``,
+    which is salted per process). Non-negative and below 2**63: accepted by torch and numpy alike."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 def sample_seed(seed: int, round_index: int, it: int, k: int) -> int:
     """Seed of the detector's random draws (sampled anchors and proposals) for sample ``k`` of
     iteration ``it``: a function of those numbers alone, whichever rank trains the sample."""
-    digest = hashlib.sha256(f"{seed}/{round_index}/{it}/{k}/sampler".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return derive_seed(seed, round_index, it, k, "sampler")
 
 
 class IterationBatches:

@@ -341,8 +341,9 @@ def _read_checkpoint(path: Path, key: str, *, warn: bool = True) -> dict[str, An
 def _forward_seed(sample_seeds: Sequence[int]) -> int:
     """Seed of torch's global generator during a micro-batch's forward (a draw a module makes there,
     such as dropout): a function of its samples' own seeds alone, so an image draws the same on any rank."""
-    digest = hashlib.sha256(("/".join(map(str, sample_seeds)) + "/global").encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    from ._student_data import derive_seed
+
+    return derive_seed(*sample_seeds, "global")
 
 
 _NOT_IN_RUN_KEY = frozenset({"num_workers", "checkpoint_every", "predict_batch_size", "feature_cache_mb"})
