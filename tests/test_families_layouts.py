@@ -20,7 +20,7 @@ import torch
 import yaml
 
 import uisbench
-from test_families import _reference_key
+from test_families import _block_input, _reference_key
 
 SIZE = 64
 PIXELS = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
@@ -109,8 +109,42 @@ def _mae(sd):
 
 
 def _ibot(sd):
-    return {"state_dict": {**_prefixed("backbone.", sd), "backbone.masked_embed": torch.zeros(384),
-                           "head.mlp.0.weight": torch.randn(16, 384), "head.last_layer2.weight_g": torch.ones(1, 16)}}
+    # the released checkpoint_teacher.pth: bytedance/ibot extract_backbone_weights.py keeps the teacher's
+    # `backbone.*` keys with the prefix stripped, under 'state_dict' (analysis/correspondence/
+    # visualize_correspondence.py reads it back with torch.load(...)['state_dict'])
+    return {"state_dict": dict(sd)}
+
+
+def _ibot_full(sd):
+    # bytedance/ibot main_ibot.py save_dict: the teacher (a MultiCropWrapper, not DDP: `backbone.` and
+    # `head.`) is the evaluated network; the DDP student has `module.` and, with masked image modelling
+    # (models/vision_transformer.py), masked_embed
+    student = {**_prefixed("module.backbone.", {**_noise_like(sd), "masked_embed": torch.zeros(1, 384)}),
+               "module.head.mlp.0.weight": torch.randn(16, 384)}
+    teacher = {**_prefixed("backbone.", sd), "head.mlp.0.weight": torch.randn(16, 384), "head.last_layer2.weight_g": torch.ones(1, 16)}
+    return {"student": student, "teacher": teacher, "optimizer": {}, "epoch": 800,
+            "args": argparse.Namespace(arch="vit_small", patch_size=16), "ibot_loss": {"center": torch.zeros(1, 16)}}
+
+
+def _eva02_official(sd):
+    """EVA-02's pre-training checkpoint (baaivision/EVA EVA-02/asuka/modeling_pretrain.py
+    VisionTransformerForMaskedImageModeling, modeling_finetune.py Attention/SwiGLU, rope.py), as
+    run_class_finetuning.py reads it (--model_key model|module): timm eva.py::checkpoint_filter_fn
+    read backwards. Attention: a bias-free ``qkv`` (S) or bias-free ``q_proj``/``k_proj``/``v_proj``
+    (B, L: subln) plus ``q_bias`` and ``v_bias``, no k bias; xformers' SwiGLU ``w12``/``w3`` (S) or the
+    naive ``w1``/``w2``/``ffn_ln``/``w3`` (B, L); the final ``norm`` (timm's fc_norm); the MIM
+    ``mask_token`` and ``lm_head``; the RoPE tables as buffers, shared by every block."""
+    out = {}
+    for k, v in sd.items():
+        k = k.replace("attn.q_proj.bias", "attn.q_bias").replace("attn.v_proj.bias", "attn.v_bias")
+        k = k.replace("mlp.fc1_g", "mlp.w1").replace("mlp.fc1_x", "mlp.w2").replace("mlp.norm", "mlp.ffn_ln")
+        k = k.replace("mlp.fc1", "mlp.w12").replace("mlp.fc2", "mlp.w3").replace("fc_norm.", "norm.")
+        out[k] = v
+    width = sd["cls_token"].shape[-1]
+    rope = {"rope.freqs_cos": torch.randn(16, 32), "rope.freqs_sin": torch.randn(16, 32)}
+    out.update(rope, **_prefixed("blocks.0.attn.", rope))
+    out.update(mask_token=torch.zeros(1, 1, width), **{"lm_head.weight": torch.randn(8, width), "lm_head.bias": torch.zeros(8)})
+    return {"module": out}
 
 
 def _mocov3(sd):
@@ -159,7 +193,12 @@ CASES = {
     "clip": ("vit_base_patch16_clip_224", VIT, _clip_openai, "openai/CLIP clip/model.py; timm vision_transformer.py::_convert_openai_clip"),
     "siglip": ("vit_base_patch16_siglip_224", VIT, _siglip_open_clip, "mlfoundations/open_clip timm_model.py (TimmModel.trunk)"),
     "mae": ("vit_small_patch16_224", VIT, _mae, "facebookresearch/mae util/misc.py save_model, models_mae.py"),
-    "ibot": ("vit_small_patch16_224", VIT, _ibot, "bytedance/ibot main_ibot.py, utils.load_pretrained_weights"),
+    "ibot": ("vit_small_patch16_224", VIT, _ibot, "bytedance/ibot extract_backbone_weights.py"),
+    "ibot:full": ("vit_small_patch16_224", VIT, _ibot_full, "bytedance/ibot main_ibot.py save_dict"),
+    "eva02": ("eva02_small_patch14_224", {"depth": 1, "img_size": 56}, _eva02_official,
+              "baaivision/EVA EVA-02/asuka/modeling_pretrain.py, modeling_finetune.py; timm eva.py::checkpoint_filter_fn"),
+    "eva02:base": ("eva02_base_patch14_224", {"depth": 1, "img_size": 56}, _eva02_official,
+                   "baaivision/EVA EVA-02/asuka/modeling_finetune.py (subln: q_proj/k_proj/v_proj, naive SwiGLU)"),
     "mocov3": ("vit_small_patch16_224", {**VIT, "num_heads": 12}, _mocov3, "facebookresearch/moco-v3 main_moco.py, vits.py"),
     "msn": ("vit_small_patch16_224", VIT, _msn, "facebookresearch/msn src/msn_train.py save_dict"),
     "ijepa": ("vit_small_patch16_224", {**VIT, "class_token": False, "global_pool": "avg", "fc_norm": False}, _ijepa,
@@ -176,7 +215,7 @@ def files(tmp_path_factory):
     out = {}
     for name, (model, kwargs, write, _) in CASES.items():
         src = _source(model, **kwargs)
-        path = d / f"{name}_official.pth"
+        path = d / f"{name.replace(':', '_')}_official.pth"
         torch.save(write({k: v.clone() for k, v in src.state_dict().items()}), path)
         out[name] = (path, src)
     return out
@@ -194,21 +233,22 @@ def _inspect(path) -> tuple[int, str]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_official_file_inspected_validated_and_loaded(host, files, tmp_path, name):
     path, src = files[name]
+    family = name.split(":")[0]  # "ibot:full": another official layout of iBOT
     code, out = _inspect(path)
     assert code == 0, out
     registry_text = yaml.safe_load(out)
     ((entry_name, entry),) = registry_text["backbones"].items()
-    assert entry["family"] == name and entry["weights"] == str(path), out
+    assert entry["family"] == family and entry["weights"] == str(path), out
     mine = tmp_path / "mine.yaml"
     mine.write_text(out)
     reg = uisbench.host.load_registry([str(mine)], host)  # what `platform validate mine.yaml` checks
     params = reg.resolved_params(reg.entry("backbones", entry_name), host)
     params = {k: v for k, v in params.items() if k not in ("plugin", "description")}
     # built at the tiny files' size (64 px, 56 for patch 14): their position embeddings are for it
-    size = 56 if name == "dinov2" else SIZE
+    size = CASES[name][1].get("img_size", SIZE)
     bb = host.spec("backbones", "timm").build(**{**params, "size": size, "precision": "fp32", "resize": "square"})
     prov = bb.provenance()
-    assert prov["family"] == name and prov["pretrained"] is True
+    assert prov["family"] == family and prov["pretrained"] is True
     loaded, expected = bb.model.state_dict(), src.state_dict()
     assert set(loaded) == set(expected)
     for k, v in expected.items():
@@ -245,6 +285,28 @@ def test_dinov3_biases_are_not_dropped_silently(host, files):
     path, _ = files["dinov3"]
     with pytest.raises(uisbench.ConfigError, match=r"DINOv3 attention biases .* use its _qkvb variant"):
         host.spec("backbones", "timm").build(model="vit_small_patch16_dinov3", model_kwargs={"depth": 1}, weights=str(path), size=SIZE)
+
+
+@pytest.mark.parametrize("name", ["eva02", "eva02:base"])
+def test_eva02_key_is_the_official_k_projection_without_bias_before_rope(host, files, name):
+    """EVA-02's official attention (modeling_finetune.py Attention.forward) computes
+    k = F.linear(x, k weight, bias=None) and rotates it with RoPE afterwards: the key facet is that k
+    before the rotation, here computed from the official file's own tensors."""
+    path, src = files[name]
+    official = uisbench.weights.read_checkpoint(path)["module"]
+    width = official["cls_token"].shape[-1]
+    assert not any(k.endswith(("k_bias", "k_proj.bias", "qkv.bias")) for k in official)  # the layout has no k bias
+    w_k = official.get("blocks.0.attn.k_proj.weight")
+    if w_k is None:  # S: one bias-free qkv weight, rows q, k, v
+        w_k = official["blocks.0.attn.qkv.weight"][width : 2 * width]
+    bb = host.spec("backbones", "timm").build(model=CASES[name][0], model_kwargs={"depth": 1}, weights=str(path), size=56,
+                                              precision="fp32", resize="square")
+    pixels = torch.nn.functional.interpolate(PIXELS, size=(56, 56), mode="bilinear")
+    with torch.no_grad():
+        x = src.blocks[0].norm1(_block_input(src, 0, pixels))  # what the attention receives
+        k = torch.nn.functional.linear(x, w_k)[:, 1:]  # one CLS token, then a 4x4 grid
+    expected = k.reshape(2, 4, 4, width).permute(0, 3, 1, 2)
+    torch.testing.assert_close(bb.extract(pixels, [1, 2]).features, expected, atol=1e-5, rtol=0)
 
 
 def test_wrong_prefix_token_count_fails_loudly(host, files):

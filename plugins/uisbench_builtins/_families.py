@@ -52,6 +52,11 @@ class Family:
     wrappers: tuple[str, ...] = ()
     #: key prefix of the backbone inside the (unwrapped) state dict; keys outside it are dropped
     prefix: str = ""
+    #: the prefix under a given wrapper where it differs from ``prefix`` (iBOT: ``teacher`` keys are
+    #: ``backbone.*``, its released ``state_dict`` file has the prefix stripped)
+    wrapper_prefix: Mapping[str, str] = field(default_factory=dict)
+    #: True: the wrapper may be absent, a flat state dict is the backbone itself (EVA-02: ``module``/``model`` or none)
+    flat_ok: bool = False
     #: keys (or key prefixes ending in ``.``) of the backbone that are not part of timm's encoder
     drop: tuple[str, ...] = ()
     mean: tuple[float, float, float] = IMAGENET[0]
@@ -106,8 +111,11 @@ FAMILIES: dict[str, Family] = {
                wrappers=("model",), drop=("mask_token", "decoder_"), heads={768: 12, 1024: 16, 1280: 16},
                pitfall="a training checkpoint holds the decoder and mask_token: dropped, never read as DINOv2"),
         Family("ibot", "iBOT", "checkpoint_teacher.pth", "https://github.com/bytedance/ibot#pre-trained-models (ViT-S/16 checkpoint_teacher.pth)",
-               "vit_small_patch16_224", "bytedance/ibot main_ibot.py (save_dict teacher/student) and utils.load_pretrained_weights (state_dict, backbone.)",
-               wrappers=("state_dict", "teacher"), prefix="backbone.", drop=("masked_embed",), heads={384: 6, 768: 12, 1024: 16}),
+               "vit_small_patch16_224", "bytedance/ibot extract_backbone_weights.py (the released backbone: {'state_dict': teacher backbone, "
+               "'backbone.' stripped}) and main_ibot.py (full checkpoint: student, teacher, optimizer, epoch, args, ibot_loss)",
+               wrappers=("state_dict", "teacher"), prefix="backbone.", wrapper_prefix={"state_dict": ""}, drop=("masked_embed",),
+               heads={384: 6, 768: 12, 1024: 16},
+               pitfall="the teacher is the evaluated network; a student backbone carries masked_embed (dropped)"),
         Family("mocov3", "MoCo v3", "vit-s-300ep.pth.tar", "https://dl.fbaipublicfiles.com/moco-v3/vit-s-300ep/vit-s-300ep.pth.tar",
                "vit_small_patch16_224", "facebookresearch/moco-v3 main_moco.py (state_dict: module.base_encoder., module.momentum_encoder.) and vits.py (vit_small: 12 heads)",
                wrappers=("state_dict",), prefix="module.base_encoder.", heads={384: 12, 768: 12}, model_kwargs={"num_heads": 12},
@@ -132,9 +140,12 @@ FAMILIES: dict[str, Family] = {
                "samvit_base_patch16", "facebookresearch/segment-anything segment_anything/build_sam.py (image_encoder., prompt_encoder., mask_decoder.)",
                heads={768: 12, 1024: 16, 1280: 16}, size=1024, resize="pad", timm_tag="samvit_base_patch16.sa1b",
                pitfall="no prefix token; 14x14 windows with 4 global blocks; 1024 px longest side then padding"),
-        Family("eva02", "EVA-02", "eva02_S_pt_in21k_p14.pt", "https://huggingface.co/Yuxin-CV/EVA-02",
-               "eva02_small_patch14_224", "baaivision/EVA EVA-02 (separate q/v biases, RoPE); timm eva.py::checkpoint_filter_fn",
-               mean=CLIP[0], std=CLIP[1], heads={384: 6, 768: 12, 1024: 16}, size=476, timm_tag="eva02_small_patch14_224.mim_in22k",
+        Family("eva02", "EVA-02", "eva02_S_pt_in21k_p14.pt", "https://huggingface.co/Yuxin-CV/EVA-02/blob/main/eva02/pt/eva02_S_pt_in21k_p14.pt",
+               "eva02_small_patch14_224", "baaivision/EVA EVA-02/asuka/modeling_pretrain.py, modeling_finetune.py (Attention: qkv or "
+               "q_proj/k_proj/v_proj without bias plus q_bias, v_bias; rope.freqs_cos/sin; mask_token, lm_head), run_class_finetuning.py "
+               "(--model_key model|module); timm eva.py::checkpoint_filter_fn",
+               wrappers=("module", "model"), flat_ok=True, mean=CLIP[0], std=CLIP[1], heads={384: 6, 768: 12, 1024: 16}, size=476,
+               timm_tag="eva02_small_patch14_224.mim_in22k",
                pitfall="RoPE: keys are taken before the rotation; separate q/v biases (k has none)"),
         Family("mocov2", "MoCo v2 ResNet-50", "moco_v2_800ep_pretrain.pth.tar",
                "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar",
@@ -176,8 +187,11 @@ def recognise(checkpoint: Any) -> Family | None:
     if "target_encoder" in top:
         return FAMILIES["msn"] if "prototypes" in top else FAMILIES["ijepa"]
     if "teacher" in top and "student" in top:
-        teacher = _keys(checkpoint["teacher"])
-        return FAMILIES["ibot"] if "backbone.masked_embed" in teacher or "module.backbone.masked_embed" in teacher else FAMILIES["dino"]
+        # main_ibot.py's save_dict has ibot_loss where main_dino.py's has dino_loss; iBOT's student
+        # (not its teacher) carries masked_embed
+        student = _keys(checkpoint["student"])
+        ibot = "ibot_loss" in top or "module.backbone.masked_embed" in student or "backbone.masked_embed" in student
+        return FAMILIES["ibot"] if ibot else FAMILIES["dino"]
     if "state_dict" in top and isinstance(checkpoint["state_dict"], Mapping):
         inner = _keys(checkpoint["state_dict"])
         if _any(inner, "module.base_encoder."):
@@ -186,14 +200,21 @@ def recognise(checkpoint: Any) -> Family | None:
             return FAMILIES["mocov2"]
         if "author" in top and _any(inner, "layer1."):
             return FAMILIES["densecl"]
-        if _any(inner, "backbone.") or "masked_embed" in inner:
+        # iBOT's extract_backbone_weights.py writes {'state_dict': backbone} and nothing else (a
+        # student backbone has masked_embed)
+        if "masked_embed" in inner or (top == ["state_dict"] and "cls_token" in inner and "patch_embed.proj.weight" in inner):
             return FAMILIES["ibot"]
+    for wrapper in ("module", "model"):  # EVA-02 (run_class_finetuning.py --model_key model|module); before MAE's `model`
+        if wrapper in top and isinstance(checkpoint[wrapper], Mapping) and _eva02(_keys(checkpoint[wrapper])):
+            return FAMILIES["eva02"]
     if "model" in top and isinstance(checkpoint["model"], Mapping):
         inner = _keys(checkpoint["model"])
         if _any(inner, "decoder_") or ("cls_token" in inner and "blocks.0.attn.qkv.weight" in inner):
             return FAMILIES["mae"]
     if "storage_tokens" in top:
         return FAMILIES["dinov3"]
+    if _eva02(top):
+        return FAMILIES["eva02"]
     if "mask_token" in top and not _any(top, "decoder_"):
         return FAMILIES["dinov2"]
     if _any(top, "decoder_") and "cls_token" in top:
@@ -205,6 +226,13 @@ def recognise(checkpoint: Any) -> Family | None:
     if "visual.class_embedding" in top or "module.visual.class_embedding" in top:
         return FAMILIES["clip"]
     return None
+
+
+def _eva02(keys: list[str]) -> bool:
+    """EVA-02's official keys: q/v biases apart from the projections (BEiT and EVA-01 have those too)
+    plus its RoPE buffers or its SwiGLU's ``w3`` (modeling_finetune.py Attention, SwiGLU; rope.py)."""
+    return (any(k.endswith("attn.q_bias") for k in keys)
+            and any(k.endswith("rope.freqs_cos") or k.endswith("mlp.w3.weight") for k in keys))
 
 
 def backbone_state_dict(checkpoint: Any, fam: Family, source: str) -> tuple[dict[str, Any], list[str]]:
@@ -225,12 +253,15 @@ def backbone_state_dict(checkpoint: Any, fam: Family, source: str) -> tuple[dict
         return _drop(sd, fam, notes + [f"{fam.title}: a flat state dict, taken as the backbone"])
     if fam.wrappers:
         key = next((k for k in fam.wrappers if k in top and isinstance(obj[k], Mapping)), None)
-        if key is None:
+        if key is None and not (fam.flat_ok and _flat(obj)):
             raise uisbench.ConfigError(_mismatch(checkpoint, fam, source, f"no {' or '.join(map(repr, fam.wrappers))} wrapper (top-level keys: {top[:8]})"))
-        obj = obj[key]
-        notes.append(f"{fam.title}: took '{key}'")
+        if key is not None:
+            obj = obj[key]
+            notes.append(f"{fam.title}: took '{key}'")
+    else:
+        key = None
     sd = dict(obj)
-    prefix = fam.prefix
+    prefix = fam.wrapper_prefix.get(key or "", fam.prefix)
     if prefix:
         if not _any(list(sd), prefix) and _any(list(sd), "module." + prefix):
             prefix = "module." + prefix  # e.g. a DDP-wrapped teacher
