@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import uisbench
 
 from ._families import FAMILIES, backbone_state_dict, check_model, family_named, inspect_entry, recognise, weights_dir
+from ._hf_layout import HFFolder, inspect_folder, read_folder
 
 if TYPE_CHECKING:
     import torch
@@ -442,9 +443,11 @@ class TimmViT(uisbench.GridBackbone):
         if weights is not None:
             weights_path = Path(os.path.expandvars(str(weights))).expanduser()
             problem = uisbench.io.regular_file_problem(weights_path)  # a FIFO or /dev/zero is refused unopened
+            if weights_path.is_dir():  # a Hugging Face transformers folder (config.json + model.safetensors): _hf_layout
+                problem = None
             if problem and problem != "not found":
                 raise uisbench.ConfigError(f"{where}: weights file {weights_path} {problem}; fix `weights:` in your registry file.")
-            if not weights_path.is_file():
+            if not weights_path.is_file() and not weights_path.is_dir():
                 if fam is not None:  # an official release named by the registry: not on this machine yet
                     raise uisbench.BackboneUnavailable(
                         f"Backbone {model!r} ({fam.title}): weights file {weights_path} is not on this machine. Get "
@@ -468,8 +471,11 @@ class TimmViT(uisbench.GridBackbone):
         checkpoint = None
         if weights_path is not None:
             # read first (no code runs: uisbench.weights.read_checkpoint): its family decides the normalisation
-            checkpoint = uisbench.weights.read_checkpoint(weights_path)
-            fam = fam or recognise(checkpoint)
+            if weights_path.is_dir():
+                checkpoint = read_folder(weights_path, fam, where)  # its config.json names the family
+            else:
+                checkpoint = uisbench.weights.read_checkpoint(weights_path)
+            fam = fam or getattr(checkpoint, "family", None) or recognise(checkpoint)
         self.family = fam
 
         net = self._create(timm, model, size, kwargs, where)
@@ -550,14 +556,16 @@ class TimmViT(uisbench.GridBackbone):
             raise uisbench.ConfigError(f"{where}: timm.create_model rejected the arguments ({err}); check model_kwargs.") from err
 
     def _load_file(self, net: Any, path: Path, checkpoint: Any) -> None:
-        if self.family is not None:
+        if isinstance(checkpoint, HFFolder):  # converted to timm's layout; net checked against its config.json
+            state_dict, notes = checkpoint.fit(net, self.model_name)
+        elif self.family is not None:
             state_dict, notes = backbone_state_dict(checkpoint, self.family, str(path))
         else:
             state_dict, notes = uisbench.weights.unwrap_state_dict(checkpoint, str(path))
         check_model(net, self.family, state_dict, str(path), self.model_name)
         notes += load_weights(net, state_dict, str(path), self.model_name)
         self.weights = str(path)
-        self.weights_sha256 = uisbench.io.file_sha256(path)
+        self.weights_sha256 = checkpoint.sha256() if isinstance(checkpoint, HFFolder) else uisbench.io.file_sha256(path)
         self.load_notes = notes
 
     # -- contract ---------------------------------------------------------------------------------
@@ -734,5 +742,12 @@ def uisbench_backbones():
     yield vit_spec(
         "timm", "Any timm Vision Transformer by name plus a local weights file or timm's pretrained tag.",
         uisbench.REQUIRED, "timm model name, e.g. vit_base_patch16_224 or vit_small_patch14_reg4_dinov2.lvd142m",
-        inspect_weights=inspect_entry,
+        inspect_weights=_inspect_weights,
     )
+
+
+def _inspect_weights(checkpoint: Any, path: str) -> dict[str, Any] | None:
+    """``platform weights inspect``: a folder (``checkpoint`` None) is a transformers one, a file an official layout."""
+    if checkpoint is None:
+        return inspect_folder(path) if Path(path).is_dir() else None
+    return inspect_entry(checkpoint, path)

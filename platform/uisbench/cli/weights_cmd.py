@@ -6,6 +6,8 @@ plugin knows the official files of DINO, DINOv2/v3, MAE, iBOT, MoCo v2/v3, MSN, 
 SigLIP, SAM, EVA-02 and DenseCL) say what they recognise: the family, the wrapper keys and prefixes,
 patch size, depth, width, heads and registers, and the entry; the output is a registry file to
 save and pass with ``--registry``. Without an entry it says what is missing (exit status 1).
+A folder (a Hugging Face transformers export: ``config.json`` + ``model.safetensors``) is not read
+here: the plugins get ``checkpoint=None`` and the path, and the ``timm`` plugin reads its config.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p = subparsers.add_parser("weights", parents=[common], help="inspect a weights file: its layout and the entry that loads it")
     sub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
     inspect = sub.add_parser("inspect", parents=[common], help="read a checkpoint (no code runs) and print the registry entry that loads it")
-    inspect.add_argument("file", help="a .pth/.pt/.pth.tar/.bin/.safetensors checkpoint")
+    inspect.add_argument("file", help="a .pth/.pt/.pth.tar/.bin/.safetensors checkpoint, or a transformers folder (config.json + model.safetensors)")
     inspect.add_argument("--name", help="entry name (default: from the family and the file name)")
     p.set_defaults(run=run)
 
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from ..weights import read_checkpoint
 
     path = Path(args.file).expanduser()
-    checkpoint = read_checkpoint(path, param="file")  # a DataError (exit 3) for unreadable or unsafe files
+    # a DataError (exit 3) for unreadable or unsafe files; a folder is left to the plugins that know folder layouts
+    checkpoint = None if path.is_dir() else read_checkpoint(path, param="file")
     host = load_plugins(strict=args.strict_plugins)
     answers = []
     for plugin, spec in sorted(host.specs("backbones").items()):
