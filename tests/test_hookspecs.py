@@ -109,3 +109,27 @@ def test_builtins_use_only_public_names_of_uisbench_and_of_each_other():
                 elif (name or "").startswith("_"):
                     problems.append(f"{where} imports private name {name} of plugin {sibling}")
     assert problems == []
+
+
+def test_version_lives_in_a_leaf_module_that_agrees_with_pyproject():
+    """One version number: uisbench/_version.py (imports nothing), the facade re-exports it, every module
+    that needs it imports the leaf (not the facade, which pulls in ``api``), and pyproject.toml states
+    the same number."""
+    import ast
+    import re
+
+    from helpers import REPO_ROOT
+    from uisbench import _version
+
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    project = pyproject.split("[project]", 1)[1].split("\n[", 1)[0]
+    assert re.search(r'^version = "([^"]+)"', project, re.M).group(1) == _version.__version__ == uisbench.__version__
+    leaf = ast.parse((REPO_ROOT / "platform/uisbench/_version.py").read_text(encoding="utf-8"))
+    assert not [n for n in ast.walk(leaf) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    readers = []
+    for path in sorted((REPO_ROOT / "platform/uisbench").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and any(a.name == "__version__" for a in node.names):
+                readers.append(path.relative_to(REPO_ROOT).as_posix())
+                assert (node.module or "").endswith("_version"), f"{path}: import __version__ from uisbench._version"
+    assert "platform/uisbench/__init__.py" in readers and len(readers) >= 4, readers

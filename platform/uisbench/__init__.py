@@ -27,6 +27,7 @@ from __future__ import annotations
 import pluggy
 
 from . import data, grid, host, io, masks, ranks, spectral, weights
+from ._version import __version__
 from .api import Results, evaluate
 from .contracts import (
     Backbone,
@@ -56,8 +57,6 @@ from .errors import (
 from .grid import GridBackbone, GridMasker
 from .io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .types import REQUIRED, BackboneSpec, DatasetSpec, MaskerSpec, MetricSpec, Param, StudentSpec, complete_params
-
-__version__ = "0.1.0"
 
 #: Marker for plugin hook implementations: ``@uisbench.hookimpl``.
 hookimpl = pluggy.HookimplMarker("uisbench")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..errors import BackboneUnavailable, ConfigError
 from ..registry import ensemble_members
 from ..types import REQUIRED

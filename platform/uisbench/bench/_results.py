@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..io import file_sha256, json_default
 
 SCHEMA_PATH = Path(__file__).with_name("results.schema.json")

@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConfigError, DataError, UisbenchError
 
 #: Sub-command modules, in help order. A new sub-command is one new module plus its name here.
