@@ -10,20 +10,31 @@ state dict in the layouts DINO, MAE, Lightning, DDP and torch.compile write. Exa
     state_dict, notes = uisbench.weights.unwrap_state_dict(checkpoint, str(path))
     model.load_state_dict(state_dict)
 
-torch and safetensors are imported inside the functions: importing this module is free.
+NumPy ``.npz`` archives (big_vision's SigLIP and the JAX ViT releases) are read by :func:`read_npz`
+(or ``read_checkpoint(path, npz=True)``): never unpickled, every member's header checked before any
+array is materialised, and handed over as an :class:`NpzArchive` of shapes for a loader that knows
+the layout (the ``timm`` plugin gives it to timm's own big_vision loader).
+
+torch, numpy and safetensors are imported inside the functions: importing this module is free.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError
 
-__all__ = ["WRAPPER_KEYS", "read_checkpoint", "unwrap_state_dict"]
+__all__ = ["WRAPPER_KEYS", "NpzArchive", "NpzArray", "read_checkpoint", "read_npz", "unwrap_state_dict"]
+
+#: Bounds on a .npz archive, checked from its zip directory and member headers before any array is
+#: read: SigLIP so400m's two towers are ~2,000 arrays and ~4.5 GB.
+NPZ_MAX_MEMBERS = 100_000
+NPZ_MAX_BYTES = 64 * 2**30
 
 #: Keys under which published checkpoints wrap their state dict, in the order we look for them:
 #: DINO's full checkpoints hold ``teacher`` (the network DINO evaluates) and ``student``; MAE's hold
@@ -35,8 +46,11 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 
 
-def read_checkpoint(path: str | Path, param: str = "weights") -> Any:
+def read_checkpoint(path: str | Path, param: str = "weights", *, npz: bool = False) -> Any:
     """Load a ``.safetensors`` file or a ``torch.save`` file with torch's weights-only unpickler.
+
+    ``npz=True``: a NumPy ``.npz`` archive is returned as an :class:`NpzArchive` (:func:`read_npz`)
+    for a caller that loads that layout; by default it is refused with the fix.
 
     Weights files are downloaded and shared, so nothing in one may run code: only tensors and plain
     containers are rebuilt, plus ``argparse.Namespace`` (DINO's full checkpoints store their
@@ -86,10 +100,13 @@ def read_checkpoint(path: str | Path, param: str = "weights") -> Any:
             "by torch.save or a '.safetensors' file. Check the path, and re-download the file if it is a damaged copy."
         )
     if head.startswith(_ZIP_MAGIC) and _zip_names(path) and all(n.endswith(".npy") for n in _zip_names(path)):
+        if npz:
+            return read_npz(path, param)
         raise DataError(
             f"{param} file {path}: a NumPy .npz archive (as big_vision's SigLIP and JAX ViT releases are), not a torch "
-            "checkpoint. Use the same weights converted to a state dict: timm's (e.g. timm/vit_base_patch16_siglip_224.webli) "
-            "or open_clip's."
+            "checkpoint; this plugin reads torch files only. The `timm` backbone plugin reads it (`plugin: timm`, "
+            "`platform weights inspect` prints the entry), or use the same weights as a state dict (e.g. "
+            "timm/vit_base_patch16_siglip_224.webli)."
         )
     if head.startswith(_ZIP_MAGIC) and _is_torchscript(path):
         raise DataError(
@@ -123,6 +140,116 @@ def read_checkpoint(path: str | Path, param: str = "weights") -> Any:
             f"{param} file {path}: damaged torch checkpoint ({_torch_reason(err)}); it is truncated or corrupt: "
             "re-download it."
         ) from None
+
+
+@dataclass(frozen=True)
+class NpzArray:
+    """One array of a .npz archive as its header describes it (nothing read): shape and dtype."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        import numpy as np
+
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+class NpzArchive(Mapping[str, NpzArray]):
+    """A checked NumPy ``.npz`` archive: its arrays by name (``np.savez`` keys, e.g. big_vision's
+    ``params/img/embedding/kernel``) with shapes and dtypes, read from the headers alone.
+
+    It is a mapping of :class:`NpzArray` so layout code reads shapes as from a state dict; the
+    arrays themselves are loaded by whoever knows the layout, from :attr:`path`, with
+    ``numpy.load(path, allow_pickle=False)``, or one at a time with :meth:`array`.
+    """
+
+    def __init__(self, path: Path, arrays: Mapping[str, NpzArray]):
+        self.path = Path(path)
+        self._arrays = dict(arrays)
+
+    def __getitem__(self, name: str) -> NpzArray:
+        return self._arrays[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._arrays)
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    def array(self, name: str) -> Any:
+        """One array, as numpy reads it (never unpickled)."""
+        import numpy as np
+
+        with np.load(self.path, allow_pickle=False) as archive:
+            return archive[name]
+
+    def __repr__(self) -> str:
+        return f"NpzArchive({str(self.path)!r}, {len(self)} arrays)"
+
+
+def read_npz(path: str | Path, param: str = "weights") -> NpzArchive:
+    """Check a NumPy ``.npz`` archive without materialising an array and describe its arrays.
+
+    From the zip directory and each member's ``.npy`` header only: at most :data:`NPZ_MAX_MEMBERS`
+    members, every one a ``.npy`` array of a plain numeric dtype (an object array would need
+    unpickling: refused), its header's shape times item size equal to the bytes the member holds,
+    and :data:`NPZ_MAX_BYTES` in all. A :class:`DataError` names the file and what is wrong.
+    """
+    import zipfile
+
+    import numpy as np
+
+    from .io import regular_file_problem
+
+    path = Path(path)
+    problem = regular_file_problem(path)
+    if problem:
+        raise DataError(f"{param} file {path} {problem}; set `{param}:` to a checkpoint file.")
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataError(f"{param} file {path}: not a readable .npz archive ({err}); re-download it.") from None
+    arrays: dict[str, NpzArray] = {}
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > NPZ_MAX_MEMBERS:
+            raise DataError(f"{param} file {path}: {len(infos)} members, more than the {NPZ_MAX_MEMBERS} a weights archive may have.")
+        total = sum(i.file_size for i in infos)
+        if total > NPZ_MAX_BYTES:
+            raise DataError(f"{param} file {path}: {total / 2**30:.1f} GiB uncompressed, more than {NPZ_MAX_BYTES / 2**30:.0f} GiB.")
+        for info in infos:
+            if not info.filename.endswith(".npy"):
+                raise DataError(f"{param} file {path}: member {info.filename!r} is not a .npy array; not a .npz weights archive.")
+            name = info.filename[: -len(".npy")]
+            try:
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                    else:  # (3, 0) only adds utf-8 field names of structured dtypes: not weights
+                        raise ValueError(f"unsupported .npy format version {version}")
+                    header = fh.tell()
+            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+                raise DataError(f"{param} file {path}: member {name!r} has no readable .npy header ({err}); re-download it.") from None
+            if dtype.hasobject or dtype.kind not in "biuf":
+                raise DataError(
+                    f"{param} file {path}: array {name!r} has dtype {dtype} (Python objects or non-numeric), which "
+                    "weights never have and numpy could only read by unpickling; uisbench refuses it."
+                )
+            entry = NpzArray(tuple(int(d) for d in shape), dtype.str)
+            if entry.nbytes != info.file_size - header:
+                raise DataError(
+                    f"{param} file {path}: array {name!r} declares {entry.shape} {dtype} ({entry.nbytes} bytes) but the "
+                    f"member holds {info.file_size - header}; the archive is damaged: re-download it."
+                )
+            arrays[name] = entry
+    if not arrays:
+        raise DataError(f"{param} file {path}: an empty .npz archive; re-download it.")
+    return NpzArchive(path, arrays)
 
 
 def _zip_names(path: Path) -> list[str]:
