@@ -70,19 +70,24 @@ def test_list_datasets_shows_builtins_and_presets(capsys):
     assert "synth-instances" in text and "presets: coco-val2017, coco20k, lvis-val" in text and "images" in text
 
 
-def test_registry_entries_match_the_plugin_presets(host, registry):
-    """The registry spells the presets out (so `platform list` shows real values): they must agree."""
-    for entry_name, plugin, preset in [
-        ("synth-instances-large", "synth-instances", "large"),
-        ("coco-val2017", "coco", "coco-val2017"),
-        ("coco20k", "coco", "coco20k"),
-        ("lvis-val", "coco", "lvis-val"),
-    ]:
-        entry = registry.entry("datasets", entry_name)
+def test_presets_are_stated_once_in_the_plugins_and_named_by_the_registry(host, registry):
+    """A preset's values live in its plugin (``PRESETS``) alone: the shipped registry names it with
+    ``preset:`` and spells none of its values again, and what the entry resolves to (what `platform list`
+    shows and the factory builds) is the plugin default overlaid with the preset."""
+    named = {}
+    for name, entry in registry.entries["datasets"].items():
+        spec = host.spec("datasets", entry.plugin)
+        for preset, values in spec.presets.items():
+            spelt = [k for k, v in values.items() if k in entry.params and entry.params[k] == v and k != "preset"]
+            assert not spelt, f"registry.yaml: {name} repeats {spelt} of {entry.plugin}'s preset {preset!r}; write `preset: {preset}`"
+        if entry.params.get("preset"):
+            named[name] = (entry.plugin, entry.params["preset"])
+    assert named == {"synth-instances-large": ("synth-instances", "large"), "coco-val2017": ("coco", "coco-val2017"),
+                     "coco20k": ("coco", "coco20k"), "lvis-val": ("coco", "lvis-val")}
+    for name, (plugin, preset) in named.items():
         spec = host.spec("datasets", plugin)
-        assert entry.plugin == plugin
-        for key, value in spec.presets[preset].items():
-            assert entry.params.get(key, spec.param(key).default) == value, (entry_name, key)
+        resolved = registry.resolved_params(registry.entry("datasets", name), host)
+        assert resolved == {**spec.defaults(), **spec.presets[preset], "preset": preset}, name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -245,9 +245,15 @@ class Registry:
         return list(self.entries[kind])
 
     def resolved_params(self, entry: Entry, host: PluginHost) -> dict[str, Any]:
-        """The entry's parameters with the plugin's defaults filled in."""
+        """The entry's parameters with the plugin's defaults filled in, and its ``preset:`` (if the
+        plugin has presets) expanded as the plugin's own factory expands it: what ``platform list`` shows."""
         spec = host.spec(entry.kind, entry.plugin)
-        return {**spec.defaults(), **entry.params}
+        params = {**spec.defaults(), **entry.params}
+        if getattr(spec, "presets", None):
+            from .data import apply_preset
+
+            params = apply_preset(entry.plugin, spec.presets, spec.defaults(), params)
+        return params
 
     def build(self, kind: str, name: str, host: PluginHost, **extra: Any) -> Any:
         """Instantiate the object of entry ``name`` (``extra`` goes to the factory, e.g. ``split``)."""
