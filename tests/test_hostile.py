@@ -887,7 +887,8 @@ def test_case9_validate_refuses_what_the_cli_cannot_select(tmp_path, capsys, tex
         ("--limit", "-1", "an integer >= 1"),
         ("--bootstrap", "100000000", "an integer >= 0 and <= 10000"),
         ("--bootstrap", "-1", "an integer >= 0 and <= 10000"),
-        ("--seeds", "0", "an integer >= 1"),
+        ("--repeats", "0", "an integer >= 1"),
+        ("--seeds", "0", "an integer >= 1"),  # the deprecated name of --repeats
         ("--batch-size", "two", "an integer >= 1"),
     ],
 )
@@ -899,6 +900,25 @@ def test_case10_bench_options_out_of_range_are_usage_errors(tmp_path, capsys, op
     assert info.value.code == EXIT_USAGE == 2
     err = capsys.readouterr().err
     assert f"argument {option}: must be {needle} (got {value})" in err and not (tmp_path / "w").exists()
+
+
+def test_repeats_is_the_number_of_repeats_and_seeds_its_deprecated_alias(capsys, monkeypatch):
+    """--seed is the bench seed, --repeats how many times the stochastic stages run; the old --seeds still
+    sets the repeats, and says on stderr that it is deprecated and which option to use."""
+    from uisbench.cli import bench_cmd
+
+    seen = []
+    monkeypatch.setattr(bench_cmd, "run", lambda args: seen.append((args.seed, args.repeats)) or 0)
+    assert main(["bench", "--backbones", "pixels", "--seed", "7", "--repeats", "3"]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert main(["bench", "--backbones", "pixels", "--seeds", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "--seeds is deprecated" in err and "use --repeats 2" in err
+    assert seen == [(7, 3), (None, 2)]
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert "--repeats N" in out and "--seeds" not in out
 
 
 def test_case10_python_callers_get_the_same_ranges(tmp_path):

@@ -130,7 +130,7 @@ def _check_ranges(options: BenchOptions, seeds: int, bootstrap: int) -> None:
             ("--batch-size (batch_size)", options.batch_size, options.batch_size >= 1, ">= 1"),
             ("--workers (num_workers)", options.num_workers, options.num_workers is None or options.num_workers >= 0, ">= 0"),
             ("--limit (limit)", options.limit, options.limit is None or options.limit >= 1, ">= 1"),
-            ("--seeds (seeds)", seeds, seeds >= 1, ">= 1"),
+            ("--repeats (seeds)", seeds, seeds >= 1, ">= 1"),
             ("--bootstrap (bootstrap)", bootstrap, 0 <= bootstrap <= MAX_BOOTSTRAP, f">= 0 and <= {MAX_BOOTSTRAP}"),
         )
         if not ok

@@ -38,6 +38,18 @@ def _integer(low: int, high: int | None = None):
     return parse
 
 
+class _DeprecatedAlias(argparse.Action):
+    """An option kept under an old name: it sets its new option's value and says the new name on stderr."""
+
+    NEW = {"--seeds": "--repeats"}
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        new = self.NEW[option_string]
+        print(f"platform bench: warning: {option_string} is deprecated and will be removed; use {new} {values} "
+              f"(the number of repeats; --seed is the bench seed)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def add_parser(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
         "bench",
@@ -63,9 +75,11 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable images (listed in results.json) instead of failing")
     p.add_argument("--limit", type=_integer(1), metavar="N", help="use only the first N images of each split (smoke runs)")
     p.add_argument("--seed", type=int, help="bench seed (default: the registry's bench seed)")
-    p.add_argument("--seeds", type=_integer(1), metavar="N",
-                   help="repeat the stochastic stages (k-means init, student training) with N seeds; values are means ± std "
-                   "(default: the registry's bench seeds, 1)")
+    p.add_argument("--repeats", type=_integer(1), metavar="N",
+                   help="run the stochastic stages (k-means init, student training) N times, each masker's and student's "
+                   "own seed shifted by 0..N-1; values are means ± std (default: the registry's bench seeds, 1)")
+    # The old name of --repeats: one letter away from --seed, which means something else.
+    p.add_argument("--seeds", dest="repeats", type=_integer(1), action=_DeprecatedAlias, help=argparse.SUPPRESS)
     p.add_argument("--bootstrap", type=_integer(0, MAX_BOOTSTRAP), metavar="B",
                    help=f"bootstrap resamples of the images per 95%% confidence interval, 0 to {MAX_BOOTSTRAP}; 0: none (default: the registry's, 200)")
     p.add_argument("--rank-by", metavar="[STAGE.]METRIC.VALUE",
@@ -99,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         skip_bad_images=args.skip_bad_images,
         limit=args.limit,
         seed=args.seed,
-        seeds=args.seeds,
+        seeds=args.repeats,
         bootstrap=args.bootstrap,
         rank_by=args.rank_by,
         finetune=args.finetune,
