@@ -155,10 +155,21 @@ def test_cache_files_are_untrusted_input(run_dir, tmp_path, monkeypatch):
 
 
 def test_student_predictions_over_seeds_are_rescored(tmp_path):
-    """The student stage (its own summary.json), two seeds combined as the bench combines them."""
+    """The student stage (its own summary.json), two seeds combined as the bench combines them; a row
+    that names another row's saved predictions (and copies its values) is refused."""
     host = uisbench.host.load_plugins(plugins=[("fakes", fakes)], load_entry_points=False, strict=True)
     registry = uisbench.host.load_registry([fakes.write_registry(tmp_path / "registry.yaml")], host, include_default=False)
-    run_bench(host, registry, BenchOptions(workdir=tmp_path / "w", backbones=["oracle"], seeds=2, bootstrap=20, report=False))
+    run_bench(host, registry, BenchOptions(workdir=tmp_path / "w", backbones=["oracle", "pixels"], seeds=2, bootstrap=20, report=False))
+    borrowed = _copy(tmp_path / "w", tmp_path, "borrowed")
+
+    def borrow(results):
+        oracle, pixels = (next(c for c in results["cells"] if c["backbone"] == b) for b in ("oracle", "pixels"))
+        pixels["pseudo_masks"] = oracle["pseudo_masks"]
+
+    _edit(borrowed, borrow)
+    found = rescore_run(borrowed, host)
+    assert found["status"] == "cannot rescore" and found["differences"] == []  # the values do follow from the predictions
+    assert "is named by cells of different backbones (oracle/groups/student, pixels/groups/student)" in found["reason"]
     other = _copy(tmp_path / "w", tmp_path)
     found = rescore_run(other, host)
     assert found["status"] == "accepted", found

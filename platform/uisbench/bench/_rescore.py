@@ -17,6 +17,11 @@ does not depend on thread or rank count; the tolerance only absorbs the last bit
 summation order between machines (~1e-12), while a hand edit of a reported (3-decimal) value is
 1e-3 or more.
 
+What it proves: each value follows from the saved predictions and the keeper's ground truth, by the
+keeper's metric code. Not that the predictions came from the backbone a row names (that takes
+rerunning the vendor's plugin: ``platform bench``); it does refuse one saved output named by rows of
+different backbones (another row's predictions claimed for this one).
+
 Not checked (listed, never silently accepted): metrics that read features or measured cost (the
 features are not trusted input and times are not reproducible), few-label curves, label-free
 agreement and stability, ``≈`` marks. A run whose predictions cannot be read is *cannot rescore*.
@@ -209,6 +214,17 @@ def _checkable(host: Any, results: dict[str, Any], name: str) -> str | None:
     return None
 
 
+def _backbone_identity(results: dict[str, Any], name: Any) -> str:
+    """A cell's backbone entry as results.json records it (plugin, version, parameters); ``-`` for an
+    ensemble's own row, which has none."""
+    import json
+
+    entry = (results.get("backbones") or {}).get(name) if name else None
+    if not isinstance(entry, dict):
+        return "-" if not name else f"unrecorded {name}"
+    return json.dumps({k: entry.get(k) for k in ("plugin", "version", "params")}, sort_keys=True, default=str)
+
+
 def _compare(found: dict[str, Any], where: str, name: str, submitted: dict[str, Any], recomputed: dict[str, Any]) -> int:
     """Add each differing value and interval bound of one metric result to ``found``; the number compared."""
     compared = 0
@@ -257,6 +273,9 @@ def rescore_run(path: str | Path, host: Any) -> dict[str, Any]:
         return found
     recomputed: dict[tuple[str, str, str], dict[str, Any]] = {}  # (cell id, stage, metric) -> result
     done: dict[tuple[str, str, tuple[Any, ...]], dict[str, Any]] = {}  # every student of a row shares its masks
+    # (stage, key) -> {backbone entry as recorded -> the cells}: one saved output named by two rows of
+    # different backbones is one row's predictions claimed for another
+    named: dict[tuple[str, str], dict[str, set[str]]] = {}
     skipped: dict[str, str] = {}
     for cell in results.get("cells") or []:
         cid = cell_id(cell)
@@ -273,6 +292,9 @@ def rescore_run(path: str | Path, host: Any) -> dict[str, Any]:
                     continue
                 where = f"{cid} {stage}"
                 keys = part.get("keys") or [part.get("key")]  # one per seed where the stage repeats
+                backbone = _backbone_identity(results, cell.get("backbone"))
+                for k in keys:
+                    named.setdefault((stage, str(k)), {}).setdefault(backbone, set()).add(cid)
                 memo = (name, stage, tuple(map(str, keys)))
                 if memo not in done:
                     try:
@@ -284,6 +306,11 @@ def rescore_run(path: str | Path, host: Any) -> dict[str, Any]:
                 result = done[memo]
                 recomputed[(cid, stage, name)] = result
                 found["checked"] += _compare(found, where, name, submitted, result)
+    for (stage, key), owners in sorted(named.items()):
+        if len(owners) > 1:
+            cells = sorted(c for ids in owners.values() for c in ids)
+            found["problems"].append(f"{stage} key {key} is named by cells of different backbones ({', '.join(cells)}): "
+                                     "one row's saved predictions cannot stand for another's")
     ranking = results.get("ranking") or {}
     for group in ("rows", "calibration"):  # the leaderboard's own copy of the ranking value
         for row in ranking.get(group) or []:
