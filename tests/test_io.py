@@ -37,3 +37,31 @@ def test_files_follow_the_umask_not_mkstemp(tmp_path):
         os.umask(old)
     mode = stat.S_IMODE((tmp_path / "leaderboard.md").stat().st_mode)
     assert mode == 0o644
+
+
+def test_json_default_is_one_documented_rule():
+    """uisbench.io.json_default: sets sorted, numpy/torch scalars and arrays as numbers and lists, paths as
+    strings, dataclasses as dicts; anything else a TypeError naming its type (no repr or str that could
+    differ between runs), the rule of cache keys, results.json, atomic_write_json and the student's provenance."""
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from uisbench.io import json_default
+
+    @dataclasses.dataclass
+    class Point:
+        x: int
+        where: Path
+
+    value = {"s": {3, 1, 2}, "f": frozenset({"b", "a"}), "n": np.float32(0.5), "i": np.int64(7), "a": np.arange(3),
+             "t": torch.tensor([[1.5, 2.0]]), "t0": torch.tensor(4), "p": Path("/x/y"), "d": Point(1, Path("z"))}
+    assert json.loads(json.dumps(value, default=json_default)) == {
+        "s": [1, 2, 3], "f": ["a", "b"], "n": 0.5, "i": 7, "a": [0, 1, 2], "t": [[1.5, 2.0]], "t0": 4, "p": "/x/y",
+        "d": {"x": 1, "where": "z"}}
+    for unknown in (object(), torch.float32, b"bytes"):
+        with pytest.raises(TypeError, match=type(unknown).__qualname__):
+            json.dumps({"k": unknown}, default=json_default)
