@@ -29,7 +29,8 @@ from typing import Any
 
 import uisbench
 
-__all__ = ["Family", "FAMILIES", "family_named", "weights_dir", "recognise", "backbone_state_dict", "prefix_tokens_of", "check_model", "describe"]
+__all__ = ["Family", "FAMILIES", "family_named", "weights_dir", "recognise", "backbone_state_dict", "prefix_tokens_of", "check_model", "describe",
+           "load_npz"]
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -132,10 +133,13 @@ FAMILIES: dict[str, Family] = {
                "vit_base_patch16_clip_224", "mlfoundations/open_clip (visual.* / visual.trunk.*); timm vision_transformer.py::_convert_openai_clip",
                mean=CLIP[0], std=CLIP[1], heads={768: 12, 1024: 16}, size=224, timm_tag="vit_base_patch16_clip_224.openai",
                pitfall="patch tokens are weakly trained (only CLS meets the text); OpenAI's .pt is TorchScript: use open_clip's state dict"),
-        Family("siglip", "SigLIP", "open_clip_pytorch_model.bin", "https://huggingface.co/timm/ViT-B-16-SigLIP",
-               "vit_base_patch16_siglip_224", "google-research/big_vision (.npz) / open_clip timm trunk (visual.trunk.*)",
+        Family("siglip", "SigLIP", "webli_en_b16_224_63724782.npz",
+               "https://storage.googleapis.com/big_vision/siglip/webli_en_b16_224_63724782.npz",
+               "vit_base_patch16_siglip_224", "google-research/big_vision big_vision/models/vit.py (embedding, pos_embedding, "
+               "Transformer/encoderblock_N, MAPHead_0; no cls) under two_towers.py's 'img' (params/img/...), read by timm "
+               "vision_transformer.py::_load_weights; or open_clip's timm trunk (visual.trunk.*)",
                mean=HALF[0], std=HALF[1], heads={768: 12}, size=224, timm_tag="vit_base_patch16_siglip_224.webli",
-               pitfall="no CLS token (MAP head); mean/std 0.5"),
+               pitfall="no CLS token (MAP head); mean/std 0.5; big_vision's release is a .npz (read without unpickling)"),
         Family("sam", "SAM image encoder", "sam_vit_b_01ec64.pth", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
                "samvit_base_patch16", "facebookresearch/segment-anything segment_anything/build_sam.py (image_encoder., prompt_encoder., mask_decoder.)",
                heads={768: 12, 1024: 16, 1280: 16}, size=1024, resize="pad", timm_tag="samvit_base_patch16.sa1b",
@@ -183,6 +187,8 @@ def _any(keys: list[str], prefix: str) -> bool:
 def recognise(checkpoint: Any) -> Family | None:
     """The family whose official layout ``checkpoint`` has, from its keys; ``None`` for a flat timm
     (or DINO backbone-only, which is the same) state dict and for layouts nobody here knows."""
+    if isinstance(checkpoint, uisbench.weights.NpzArchive):
+        return _npz_family(checkpoint)
     top = _keys(checkpoint)
     if "target_encoder" in top:
         return FAMILIES["msn"] if "prototypes" in top else FAMILIES["ijepa"]
@@ -357,6 +363,8 @@ def describe(checkpoint: Any) -> dict[str, Any]:
     """What ``platform weights inspect`` prints: family, wrappers, prefixes and the architecture read
     from the weights' shapes (patch size, depth, width, heads where the family says, registers)."""
     fam = recognise(checkpoint)
+    if isinstance(checkpoint, uisbench.weights.NpzArchive):
+        return _describe_npz(checkpoint, fam)
     top = _keys(checkpoint)
     info: dict[str, Any] = {"family": fam.name if fam else None, "top_level_keys": top[:12]}
     try:
@@ -494,3 +502,159 @@ def inspect_entry(checkpoint: Any, path: str) -> dict[str, Any] | None:
     params["size"] = max(stride, round(size / stride) * stride)  # the release's size, a multiple of this file's patch
     info["entry"] = params
     return info
+
+
+# ---------------------------------------------------------------------------------------------
+# big_vision / JAX ViT .npz archives (SigLIP's official release)
+# ---------------------------------------------------------------------------------------------
+
+#: where timm's ``vision_transformer._load_weights`` finds a ViT in an .npz, in its order: the
+#: ``embedding/kernel`` anchor under each prefix (big_vision's two-tower SigLIP: ``params/img/``)
+_NPZ_PREFIXES = ("opt/target/", "params/", "params/img/", "")
+
+
+def _npz_prefix(keys: Mapping[str, Any]) -> str | None:
+    return next((p for p in _NPZ_PREFIXES if f"{p}embedding/kernel" in keys), None)
+
+
+def _npz_family(archive: Mapping[str, Any]) -> Family | None:
+    """SigLIP: big_vision's image tower under ``params/img/`` with a MAP head and no ``cls``
+    (vit.py ``pool_type="map"``); other JAX ViTs (AugReg's ``cls`` + ``Transformer/...``): no family."""
+    if "params/img/embedding/kernel" in archive and "params/img/MAPHead_0/probe" in archive and "params/img/cls" not in archive:
+        return FAMILIES["siglip"]
+    return None
+
+
+def _describe_npz(archive: Mapping[str, Any], fam: Family | None) -> dict[str, Any]:
+    """The architecture of a big_vision/JAX ViT from the arrays' shapes (no array read): flax's
+    Conv kernel is (p, p, 3, width), an attention kernel (width, heads, head_dim); scanned
+    checkpoints (``Transformer/encoderblock/...``) stack the blocks on a leading axis."""
+    import re
+
+    groups = sorted({"/".join(k.split("/")[:2]) + ("/" if k.count("/") > 1 else "") for k in archive})
+    info: dict[str, Any] = {"family": fam.name if fam else None, "top_level_keys": groups[:12]}
+    prefix = _npz_prefix(archive)
+    if prefix is None:
+        info["problem"] = ("a .npz archive without an `embedding/kernel` array: not a big_vision/JAX ViT (the layouts timm's "
+                           "vision_transformer._load_weights reads)")
+        return info
+    p, _, _, width = archive[f"{prefix}embedding/kernel"].shape
+    scanned = f"{prefix}Transformer/encoderblock/LayerNorm_0/scale" in archive
+    if scanned:
+        depth = int(archive[f"{prefix}Transformer/encoderblock/LayerNorm_0/scale"].shape[0])
+        block0 = f"{prefix}Transformer/encoderblock/"
+    else:
+        depth = len({int(m.group(1)) for k in archive if (m := re.match(re.escape(prefix) + r"Transformer/encoderblock_(\d+)/", k))})
+        block0 = f"{prefix}Transformer/encoderblock_0/"
+    query = next((k for k in archive if k.startswith(block0) and re.fullmatch(r"MultiHeadDotProductAttention_\d/query/kernel", k[len(block0):])), None)
+    heads = int(archive[query].shape[-2]) if query else None
+    left = [g for g in groups if not g.startswith(prefix)]  # SigLIP: the text tower params/txt/, params/t, params/b
+    notes = [f"big_vision/JAX .npz: took '{prefix}'" + (f" (the image tower), left out {', '.join(left)}" if left else "")]
+    if f"{prefix}head/kernel" in archive or f"{prefix}pre_logits/kernel" in archive:
+        notes.append("the projection head is left out (features only)")
+    info.update(notes=notes, npz_prefix=prefix, kind="transformer", patch_size=int(p), depth=depth, width=int(width),
+                cls_token=f"{prefix}cls" in archive, registers=0, heads=heads, map_head=f"{prefix}MAPHead_0/probe" in archive)
+    info["model"] = _vit_name(info, fam)
+    return info
+
+
+class _ReadLog:
+    """A read-only file that notes where each read starts. Opening a zip member reads its local
+    header (``zipfile.sizeFileHeader`` bytes at the member's ``header_offset``) first, so the members
+    numpy opened while timm loaded are known exactly, without wrapping numpy or timm."""
+
+    def __init__(self, path: Path):
+        import io
+
+        self._fh = io.FileIO(path, "rb")
+        self.name = str(path)
+        self.reads: set[tuple[int, int]] = set()
+
+    def read(self, size: int = -1) -> bytes:
+        self.reads.add((self._fh.tell(), size))
+        return self._fh.read(size)
+
+    def __getattr__(self, name: str) -> Any:  # seek, tell, seekable, close ...
+        return getattr(self._fh, name)
+
+    def __repr__(self) -> str:
+        return repr(self.name)
+
+
+def load_npz(net: Any, archive: Any, fam: Family | None, source: str, model_name: str) -> list[str]:
+    """Load a big_vision/JAX ViT ``.npz`` into timm model ``net`` with timm's own loader
+    (``VisionTransformer.load_pretrained`` = ``vision_transformer._load_weights``: flax kernels
+    transposed, attention heads flattened, position embeddings resampled), strictly:
+
+    - the file's width, depth, heads, patch size, CLS token and MAP head are checked against the
+      model first (timm's loader would leave extra blocks unread and flatten any head split);
+    - every parameter of the model is set by the file (they are NaN before the load);
+    - every array of the image tower is read by timm, bar the projection head (the zip members
+      numpy opened are logged at the file level: :class:`_ReadLog`).
+
+    numpy reads the archive with ``allow_pickle=False`` (timm's ``_load_npz_checkpoint``); the
+    archive was checked member by member before (:func:`uisbench.weights.read_npz`).
+    """
+    import zipfile
+
+    import torch
+
+    if not hasattr(net, "load_pretrained") or not hasattr(net, "blocks") or not hasattr(net, "attn_pool"):
+        raise uisbench.ConfigError(
+            f"weights file {source}: a big_vision/JAX ViT .npz loads into a timm VisionTransformer (e.g. model: "
+            f"vit_base_patch16_siglip_224), not {model_name!r}."
+        )
+    found = recognise(archive)
+    if fam is not None and found is not fam:
+        raise uisbench.ConfigError(_mismatch(archive, fam, source, "it is a .npz archive of big_vision/JAX arrays"))
+    info = _describe_npz(archive, found)
+    if "problem" in info:
+        raise uisbench.ConfigError(f"weights file {source}: {info['problem']}.")
+    prefix = info["npz_prefix"]
+    ps = net.patch_embed.patch_size
+    have = {"width": int(net.embed_dim), "depth": len(net.blocks), "heads": int(net.blocks[0].attn.num_heads),
+            "patch_size": int(ps[0] if isinstance(ps, (tuple, list)) else ps), "cls_token": net.cls_token is not None,
+            "map_head": net.attn_pool is not None}
+    wrong = [f"{k} {info[k]} in the file, {v} in the model" for k, v in have.items() if info.get(k) is not None and info[k] != v]
+    if wrong:
+        raise uisbench.ConfigError(
+            f"weights file {source} does not fit timm model {model_name!r}: {'; '.join(wrong)}. "
+            f"`platform weights inspect {source}` prints the entry that fits (model {info.get('model')!r}, depth {info['depth']}, "
+            f"{info['heads']} heads)."
+        )
+    with torch.no_grad():
+        for param in net.parameters():
+            param.fill_(float("nan"))  # what the file leaves unset stays NaN
+    log = _ReadLog(archive.path)
+    try:
+        with torch.no_grad():
+            net.load_pretrained(log, prefix=prefix)
+    except KeyError as err:
+        missing = str(err.args[0]).removesuffix(" is not a file in the archive")  # numpy's NpzFile message
+        raise uisbench.ConfigError(
+            f"weights file {source}: the array {missing!r} that timm's big_vision loader reads for {model_name!r} is not in "
+            "the archive; check that `model:` names the architecture it was trained with."
+        ) from None
+    except (RuntimeError, ValueError) as err:
+        raise uisbench.ConfigError(
+            f"weights file {source}: timm's vision_transformer._load_weights could not load it into {model_name!r} ({err}); "
+            "check `model:` and `model_kwargs:`."
+        ) from None
+    finally:
+        log.close()
+    with zipfile.ZipFile(archive.path) as zf:
+        at = {i.header_offset: i.filename[: -len(".npy")] for i in zf.infolist()}
+    read = {at[pos] for pos, size in log.reads if size == zipfile.sizeFileHeader and pos in at}
+    unset = [k for k, v in net.state_dict().items() if v.is_floating_point() and bool(torch.isnan(v).any())]
+    head = {f"{prefix}{h}/{w}" for h in ("head", "pre_logits") for w in ("kernel", "bias")}
+    unread = sorted(k for k in archive if k.startswith(prefix) and k not in read and k not in head)
+    if unset or unread:
+        parts = [f"weights file {source} does not fit timm model {model_name!r}:"]
+        if unset:
+            parts.append(f"not set by the file: {', '.join(unset[:12])}{' ...' if len(unset) > 12 else ''};")
+        if unread:
+            parts.append(f"arrays timm's loader did not read: {', '.join(unread[:12])}{' ...' if len(unread) > 12 else ''};")
+        parts.append("check that `model:` (and `model_kwargs:`) name the architecture this archive was trained with.")
+        raise uisbench.ConfigError(" ".join(parts))
+    return list(info["notes"]) + [f"loaded by timm's vision_transformer._load_weights: {len(read)} arrays, every array of '{prefix}' "
+                                  "but the projection head"]

@@ -474,7 +474,7 @@ class TimmViT(uisbench.GridBackbone):
             if weights_path.is_dir():
                 checkpoint = read_folder(weights_path, fam, where)  # its config.json names the family
             else:
-                checkpoint = uisbench.weights.read_checkpoint(weights_path)
+                checkpoint = uisbench.weights.read_checkpoint(weights_path, npz=True)  # a .npz: its arrays' shapes (load_npz)
             fam = fam or getattr(checkpoint, "family", None) or recognise(checkpoint)
         self.family = fam
 
@@ -556,6 +556,12 @@ class TimmViT(uisbench.GridBackbone):
             raise uisbench.ConfigError(f"{where}: timm.create_model rejected the arguments ({err}); check model_kwargs.") from err
 
     def _load_file(self, net: Any, path: Path, checkpoint: Any) -> None:
+        if isinstance(checkpoint, uisbench.weights.NpzArchive):  # big_vision/JAX: timm's own .npz loader, strictly
+            from ._families import load_npz
+
+            self.load_notes = load_npz(net, checkpoint, self.family, str(path), self.model_name)
+            self.weights, self.weights_sha256 = str(path), uisbench.io.file_sha256(path)
+            return
         if isinstance(checkpoint, HFFolder):  # converted to timm's layout; net checked against its config.json
             state_dict, notes = checkpoint.fit(net, self.model_name)
         elif self.family is not None:

@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
     p = subparsers.add_parser("weights", parents=[common], help="inspect a weights file: its layout and the entry that loads it")
     sub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
     inspect = sub.add_parser("inspect", parents=[common], help="read a checkpoint (no code runs) and print the registry entry that loads it")
-    inspect.add_argument("file", help="a .pth/.pt/.pth.tar/.bin/.safetensors checkpoint, or a transformers folder (config.json + model.safetensors)")
+    inspect.add_argument("file", help="a .pth/.pt/.pth.tar/.bin/.safetensors/.npz checkpoint, or a transformers folder (config.json + model.safetensors)")
     inspect.add_argument("--name", help="entry name (default: from the family and the file name)")
     p.set_defaults(run=run)
 
@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction, common: argparse.Argument
 def _entry_name(info: dict, path: Path, name: str | None) -> str:
     if name:
         return name
-    stem = re.sub(r"\.(pth|pt|bin|tar|safetensors)$", "", path.name.lower())
+    stem = re.sub(r"\.(pth|pt|bin|tar|safetensors|npz)$", "", path.name.lower())
     stem = re.sub(r"\.(pth|pt)$", "", stem)
     base = f"{info.get('family')}-{stem}" if info.get("family") else stem
     return re.sub(r"[^a-z0-9._-]+", "-", base).strip("-._") or "my-backbone"
@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
     path = Path(args.file).expanduser()
     # a DataError (exit 3) for unreadable or unsafe files; a folder is left to the plugins that know folder layouts
-    checkpoint = None if path.is_dir() else read_checkpoint(path, param="file")
+    # a .npz (big_vision's SigLIP, JAX ViTs): an NpzArchive of the arrays' shapes, checked without unpickling
+    checkpoint = None if path.is_dir() else read_checkpoint(path, param="file", npz=True)
     host = load_plugins(strict=args.strict_plugins)
     answers = []
     for plugin, spec in sorted(host.specs("backbones").items()):
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     plugin, info = next(((p, i) for p, i in answers if i.get("entry")), answers[0])
     print(f"# {path}")
-    for key in ("family", "top_level_keys", "notes", "kind", "patch_size", "depth", "width", "heads", "cls_token", "registers", "stages", "mean_std", "note"):
+    for key in ("family", "top_level_keys", "notes", "kind", "patch_size", "depth", "width", "heads", "cls_token", "registers", "map_head", "stages", "mean_std", "note"):
         if key in info and info[key] is not None:
             print(f"# {key}: {info[key]}")
     if not info.get("entry"):
