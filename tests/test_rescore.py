@@ -143,10 +143,15 @@ def test_cache_files_are_untrusted_input(run_dir, tmp_path, monkeypatch):
     # a malformed prediction, predictions of other images, a file over the size bound
     other = _copy(run_dir, tmp_path, "bad")
     data = json.loads(_summary(other).read_text())
-    first = next(iter(data["predictions"]))
+    first = next(k for k, v in data["predictions"].items() if v)
+    good = data["predictions"][first][0]
     data["predictions"][first] = [{"image_id": int(first), "score": 1.0}]
     _summary(other).write_text(json.dumps(data))
-    assert "is malformed (KeyError" in rescore_run(other, host)["reason"]
+    assert "is malformed (ValueError: not a COCO result" in rescore_run(other, host)["reason"]
+    huge = {**good, "segmentation": {**good["segmentation"], "size": [100000, 100000]}}  # decoded: 10 GB
+    data["predictions"][first] = [huge]
+    _summary(other).write_text(json.dumps(data))
+    assert "not a compressed RLE of the image's size [128, 128] (size [100000, 100000])" in rescore_run(other, host)["reason"]
     data["predictions"]["999"] = data["predictions"].pop(first)
     _summary(other).write_text(json.dumps(data))
     assert "other images than the keeper's split (not in the split: ['999']" in rescore_run(other, host)["reason"]

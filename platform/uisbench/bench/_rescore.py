@@ -86,27 +86,46 @@ def _read_json(workdir: Path, relative: str) -> Any:
         raise _CannotRescore(f"{relative} is not readable JSON ({type(err).__name__})") from None
 
 
-def _predictions(workdir: Path, stage: str, key: Any, ids: list[int], all_ids_digest: str) -> dict[str, list[Any]]:
-    """The saved predictions of one stage output ``key``, as ``{str(image id): [Prediction]}``, checked."""
+def _prediction(item: Any, image_id: str, size: list[int]) -> Any:
+    """One saved prediction as a :class:`~uisbench.Prediction`, refused unless it is a COCO result of
+    this image at its size: a mask of another size would be decoded at that size (a hostile
+    ``[100000, 100000]`` is 10 GB), so the size is checked before any metric sees it."""
     from ..contracts import Prediction
 
+    if not isinstance(item, dict) or not isinstance(item.get("segmentation"), dict):
+        raise ValueError("not a COCO result with an RLE segmentation")
+    rle = item["segmentation"]
+    if rle.get("size") != size or not isinstance(rle.get("counts"), str):
+        raise ValueError(f"its mask is not a compressed RLE of the image's size {size} (size {str(rle.get('size'))[:40]})")
+    prediction = Prediction.from_coco(item)
+    scalars = [*prediction.bbox, prediction.score]
+    if str(prediction.image_id) != image_id or len(prediction.bbox) != 4 or not all(math.isfinite(v) for v in scalars):
+        raise ValueError("its image_id, bbox or score is not this image's or not finite")
+    return prediction
+
+
+def _predictions(workdir: Path, stage: str, key: Any, keeper: _Keeper) -> dict[str, list[Any]]:
+    """The saved predictions of one stage output ``key``, as ``{str(image id): [Prediction]}``, checked."""
     if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise _CannotRescore(f"its {stage} cache key {str(key)[:40]!r} is not 24 hex digits; refused")
-    relative = (f"cache/pseudo-masks/{key}/summary-{all_ids_digest}.json" if stage == "pseudo-masks"
+    relative = (f"cache/pseudo-masks/{key}/summary-{keeper.all_ids_digest}.json" if stage == "pseudo-masks"
                 else f"cache/student/{key}/summary.json")
     summary = _read_json(workdir, relative)
     if not isinstance(summary, dict) or summary.get("key") != key or not isinstance(summary.get("predictions"), dict):
         raise _CannotRescore(f"{relative} is not a {stage} summary of key {key}")
     raw = summary["predictions"]
-    wanted = {str(i) for i in ids}
+    wanted = {str(i) for i in keeper.ids}
     if set(raw) != wanted:
         extra, missing = sorted(set(raw) - wanted)[:3], sorted(wanted - set(raw))[:3]
         raise _CannotRescore(f"{relative} holds predictions of other images than the keeper's split "
                              f"(not in the split: {extra}, missing: {missing})")
     out: dict[str, list[Any]] = {}
     for image_id, items in raw.items():
+        record = keeper.dataset.record(int(image_id))
         try:
-            out[image_id] = [Prediction.from_coco(p) for p in items]
+            if not isinstance(items, list):
+                raise TypeError("not a list of predictions")
+            out[image_id] = [_prediction(p, image_id, [record.height, record.width]) for p in items]
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise _CannotRescore(f"{relative}: a prediction of image {image_id} is malformed ({type(err).__name__}: {err})") from None
     return out
@@ -298,7 +317,7 @@ def rescore_run(path: str | Path, host: Any) -> dict[str, Any]:
                 memo = (name, stage, tuple(map(str, keys)))
                 if memo not in done:
                     try:
-                        done[memo] = combine_repeats([keeper.score(name, _predictions(workdir, stage, k, keeper.ids, keeper.all_ids_digest))
+                        done[memo] = combine_repeats([keeper.score(name, _predictions(workdir, stage, k, keeper))
                                                       for k in keys])
                     except _CannotRescore as err:
                         found["problems"].append(f"{where} metric {name}: {err}")
