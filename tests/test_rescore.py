@@ -64,6 +64,7 @@ def test_an_honest_run_from_another_machine_is_accepted_unchanged(run_dir, tmp_p
     assert main(["leaderboard", "--merge", str(run_dir), str(other), "--rescore", "--out", str(out), "--format", "csv"]) == 0
     err = capsys.readouterr().err
     assert err.count(": accepted (") == 2, err
+    assert f"rescore {other}: not checked: metric cost: reads cost" in err  # what was not recomputed is said
     assert [r["status"] for r in json.loads((out / "rescore.json").read_text())["runs"]] == ["accepted", "accepted"]
     assert (other / "results.json").read_bytes() == before  # rescoring writes nothing into a submitted run
 

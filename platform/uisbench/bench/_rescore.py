@@ -360,16 +360,20 @@ def _fmt(value: Any) -> str:
 
 
 def rescore_lines(found: dict[str, Any]) -> list[str]:
-    """What the CLI prints of one run's rescore, one line per finding."""
+    """What the CLI prints of one run's rescore, one line per finding, then what was not checked."""
     run = found["run"]
     if found["status"] == "accepted":
-        return [f"rescore {run}: accepted ({found['checked']} values recomputed, equal within {TOLERANCE:g} relative)"]
-    if found["status"] == "cannot rescore":
+        lines = [f"rescore {run}: accepted ({found['checked']} values recomputed, equal within {TOLERANCE:g} relative)"]
+    elif found["status"] == "cannot rescore":
         lines = [f"rescore {run}: cannot rescore: {found['reason']}"]
-        return lines + [f"rescore {run}: cannot rescore {p}" for p in found["problems"][1:]]
-    lines = [f"rescore {run}: DIFFERS {d['where']} metric {d['metric']} {d['value']}: submitted {_fmt(d['submitted'])}, "
-             f"recomputed {_fmt(d['recomputed'])}" for d in found["differences"]]
-    return lines + [f"rescore {run}: cannot rescore {p}" for p in found["problems"]]
+        lines += [f"rescore {run}: cannot rescore {p}" for p in found["problems"][1:]]
+    else:
+        lines = [f"rescore {run}: DIFFERS {d['where']} metric {d['metric']} {d['value']}: submitted {_fmt(d['submitted'])}, "
+                 f"recomputed {_fmt(d['recomputed'])}" for d in found["differences"]]
+        lines += [f"rescore {run}: cannot rescore {p}" for p in found["problems"]]
+    if found["not_checked"]:
+        lines.append(f"rescore {run}: not checked: {'; '.join(found['not_checked'])}")
+    return lines
 
 
 def rescore_command(paths: list[str], out: str | None, strict_plugins: bool | None = None) -> int:
