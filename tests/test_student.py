@@ -310,11 +310,17 @@ def test_killed_run_resumes_to_the_same_weights(host, synth, tmp_path):
 def test_resume_key_ignores_how_but_not_what_is_computed(host, synth):
     synth = synth[0]
     pseudo = _gt_masks(synth)
-    key = _student(host, PixelBackbone())._run_key(synth, pseudo, 0)
+    from uisbench_builtins._maskrcnn_checkpoint import run_key
+
+    def key_of(seed=0, **params):
+        student = _student(host, PixelBackbone(), **params)
+        return run_key(student.config, student.backbone, synth, pseudo, seed)
+
+    key = key_of()
     for how in ({"num_workers": 2}, {"checkpoint_every": 7}, {"predict_batch_size": 3}):
-        assert _student(host, PixelBackbone(), **how)._run_key(synth, pseudo, 0) == key, how
-    assert _student(host, PixelBackbone(), lr=0.5)._run_key(synth, pseudo, 0) != key
-    assert _student(host, PixelBackbone())._run_key(synth, pseudo, 1) != key
+        assert key_of(**how) == key, how
+    assert key_of(lr=0.5) != key
+    assert key_of(seed=1) != key
 
 
 def test_feature_cache_computes_frozen_features_once_without_changing_training(host, synth, tmp_path):
@@ -516,6 +522,53 @@ def test_config_is_one_typed_validated_record(host):
     assert config.round_droploss(0) is True and config.round_droploss(1) is False
 
 
+def _annotation_problems(config_cls, params) -> list[str]:
+    """Where a config field's annotation (or default) disagrees with its Param's type (or default)."""
+    import dataclasses
+    import typing
+
+    python = {"int": int, "float": float, "str": str, "bool": bool, "path": str}
+    hints = typing.get_type_hints(config_cls)
+    problems = []
+    for f, p in zip(dataclasses.fields(config_cls), params, strict=True):
+        hint, args = hints[f.name], typing.get_args(hints[f.name])
+        nullable = type(None) in args
+        base = next(a for a in args if a is not type(None)) if nullable else hint
+        if p.type.startswith("list["):
+            fits = typing.get_origin(base) is tuple and set(typing.get_args(base)) <= {python[p.type[5:-1]], Ellipsis}
+        else:
+            fits = base is python[p.type]
+        default = tuple(p.default) if isinstance(p.default, list) else p.default
+        if f.name != p.name or not fits or nullable != (p.nullable or p.default is None) or f.default != default:
+            problems.append(f"{f.name}: {hint} = {f.default!r} vs Param {p.name} {p.type} = {p.default!r}")
+    return problems
+
+
+def test_parameters_are_declared_once_in_the_typed_config(host):
+    """PARAMS (the spec's declaration) is made from MaskRCNNConfig's fields, so names, order and
+    defaults cannot drift apart; what still could, a field's annotation against its Param's type, is
+    checked for every field here (and the check itself catches a drifted field)."""
+    import dataclasses
+
+    from uisbench_builtins._maskrcnn_config import _param
+    from uisbench_builtins.maskrcnn import PARAMS, MaskRCNNConfig
+
+    assert host.spec("students", "maskrcnn").params == PARAMS
+    assert _annotation_problems(MaskRCNNConfig, PARAMS) == []
+    assert [f.metadata["param"][1] for f in dataclasses.fields(MaskRCNNConfig)] == [p.default for p in PARAMS]
+
+    @dataclasses.dataclass(frozen=True)
+    class Drifted:
+        lr: int = _param("float", 0.01, "an int field for a float parameter")
+        sizes: tuple[float, ...] = _param("list[int]", [8], "floats for a list of ints")
+        iterations: int = _param("int", None, "a null default the annotation does not admit", nullable=True)
+        weights: str | None = _param("path", None, "fits")
+
+    drifted = tuple(uisbench.Param(f.name, t, d, h, **o) for f in dataclasses.fields(Drifted)
+                    for t, d, h, o in [f.metadata["param"]])
+    assert [p.split(":")[0] for p in _annotation_problems(Drifted, drifted)] == ["lr", "sizes", "iterations"]
+
+
 @pytest.mark.parametrize(
     "params,needles,combination",
     [
@@ -595,7 +648,7 @@ def test_the_student_derives_every_seed_one_way_with_todays_values():
     numbers of earlier runs and their checkpoints stay reproducible."""
     import hashlib
 
-    from uisbench_builtins import maskrcnn
+    from uisbench_builtins._maskrcnn_training import _forward_seed
     from uisbench_builtins._student_data import derive_seed, sample_seed
 
     def reference(text: str) -> int:
@@ -604,6 +657,6 @@ def test_the_student_derives_every_seed_one_way_with_todays_values():
     for seed, r, it, k in ((0, 0, 0, 0), (1234, 2, 17, 3), (2**40 + 7, 1, 999, 15)):
         assert sample_seed(seed, r, it, k) == reference(f"{seed}/{r}/{it}/{k}/sampler")
     for seeds in ([5], [reference("a"), 3, 9]):
-        assert maskrcnn._forward_seed(seeds) == reference("/".join(map(str, seeds)) + "/global")
+        assert _forward_seed(seeds) == reference("/".join(map(str, seeds)) + "/global")
     assert sample_seed(1234, 2, 17, 3) == derive_seed(1234, 2, 17, 3, "sampler") == 3429459893996180602
     assert 0 <= derive_seed("x") < 2**63
