@@ -372,11 +372,12 @@ def test_a_step_backpropagates_each_image_to_the_gradient_of_the_whole_batch():
     assert student._per_image
     data = IterationBatches(train, masks, sorted(masks), backbone=student.backbone, batch_size=3, seed=SEED, round_index=0,
                             iterations=1, hflip=True, copy_paste_rate=1.0, copy_paste_scale=(0.3, 1.0))
-    detector = student._detector(training=True)
+    training = student._training(train, None, "", SEED, Ranks(), {})
+    detector = training.detector()
     student.model.train()
     params = [q for q in student.model.parameters() if q.requires_grad]
     flat = torch.zeros(1 + sum(q.numel() for q in params), dtype=torch.float64)
-    value = student._step(detector, iter([data[0]]), params, flat, Ranks(), 0, 0)
+    value = training.step(detector, iter([data[0]]), params, flat, 0, 0)
     per_image = [q.grad.clone() for q in params]
     for q in params:
         q.grad = None
