@@ -167,3 +167,20 @@ def test_npz_of_another_family_or_with_objects_is_refused(host, small, tmp_path)
     np.savez(objects, **{"params/img/embedding/kernel": np.array([{"code": 1}], dtype=object)})
     with pytest.raises(uisbench.DataError, match=r"dtype object .* unpickling; uisbench refuses it"):
         uisbench.weights.read_checkpoint(objects, npz=True)
+
+
+def test_so400m_and_scanned_layouts_are_read_from_headers_alone(tmp_path):
+    """SigLIP So400m/14 (width 1152, 27 blocks, 16 heads) as big_vision saves scanned encoders
+    (vit.py ``scan=True``: one ``Transformer/encoderblock/...`` array per parameter, blocks stacked on
+    axis 0): the entry names timm's so400m model; only the arrays' headers are looked at."""
+    from uisbench_builtins._families import inspect_entry
+
+    A = uisbench.weights.NpzArray  # noqa: N806
+    img, blk = "params/img/", "params/img/Transformer/encoderblock/"
+    heads = {f"{blk}LayerNorm_0/scale": A((27, 1152), "<f4"),
+             f"{blk}MultiHeadDotProductAttention_0/query/kernel": A((27, 1152, 16, 72), "<f4"),
+             f"{img}embedding/kernel": A((14, 14, 3, 1152), "<f4"), f"{img}MAPHead_0/probe": A((1, 1, 1152), "<f4"),
+             "params/txt/Embed_0/embedding": A((10, 1152), "<f4")}
+    info = inspect_entry(uisbench.weights.NpzArchive(tmp_path / "webli_en_so400m_224_57633886.npz", heads), "so400m.npz")
+    assert info["family"] == "siglip" and (info["depth"], info["width"], info["heads"], info["patch_size"]) == (27, 1152, 16, 14)
+    assert info["entry"]["model"] == "vit_so400m_patch14_siglip_224" and "model_kwargs" not in info["entry"], info

@@ -422,7 +422,8 @@ def _architecture(sd: Mapping[str, Any], fam: Family | None) -> dict[str, Any]:
 
 
 #: timm ViT size names by width, their depth and head count in timm
-_SIZES = {384: ("small", 12, 6), 768: ("base", 12, 12), 1024: ("large", 24, 16), 1280: ("huge", 32, 16), 1536: ("giant", 40, 24)}
+_SIZES = {384: ("small", 12, 6), 768: ("base", 12, 12), 1024: ("large", 24, 16), 1280: ("huge", 32, 16), 1536: ("giant", 40, 24),
+          1152: ("so400m", 27, 16)}  # SigLIP's shape-optimised ViT only
 
 
 def _vit_name(a: Mapping[str, Any], fam: Family | None) -> str | None:
@@ -430,6 +431,8 @@ def _vit_name(a: Mapping[str, Any], fam: Family | None) -> str | None:
     if size is None:
         return None
     size_name = size[0]
+    if size_name == "so400m" and (fam is None or fam.name != "siglip"):
+        return None
     p = a.get("patch_size")
     name = fam.name if fam else None
     if name == "dinov2":
