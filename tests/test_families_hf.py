@@ -124,6 +124,9 @@ def _entry(host, tmp_path, folder):
     assert code == 0, out
     mine = tmp_path / "mine.yaml"
     mine.write_text(out)
+    from uisbench.cli import main
+
+    assert main(["validate", str(mine)]) == 0  # the folder is a valid `weights:` path
     reg = uisbench.host.load_registry([str(mine)], host)
     ((entry_name, entry),) = yaml.safe_load(out)["backbones"].items()
     params = reg.resolved_params(reg.entry("backbones", entry_name), host)
@@ -222,8 +225,10 @@ def test_missing_files_and_wrong_family_fail_with_the_fix(host, folders, tmp_pat
     code, out = _inspect(folder)
     assert code == 1 and "# missing:" in out and "no model.safetensors" in out
     (folder / "config.json").unlink()
-    with pytest.raises(uisbench.ConfigError, match=r"config\.json not found; a transformers folder holds config\.json and model\.safetensors"):
+    with pytest.raises(uisbench.ConfigError, match=r"is not a regular file \(a folder\) \(a Hugging Face transformers folder holds config\.json and model\.safetensors\)"):
         timm_bb.build(**{**params, "size": 64})
+    code, out = _inspect(folder)
+    assert code == 1 and "config.json not found; a transformers folder holds config.json and model.safetensors" in out
 
 
 def test_unknown_keys_are_refused_not_dropped(host, folders, tmp_path):

@@ -381,6 +381,8 @@ def _check_paths(spec: PluginSpec, entry: Entry, lines: Mapping[str, int], probl
         problem = regular_file_problem(path)
         if entry.kind == "datasets" and problem and path.is_dir():
             problem = None
+        if problem and path.is_dir() and (path / "config.json").is_file():
+            problem = None  # a Hugging Face transformers folder (config.json + weights): the timm plugin reads it
         if problem:
             line = lines.get(param.name, entry.line)
             problems.append(f"{entry.source}:{line}: {entry.kind[:-1]} entry {entry.name!r}: parameter {param.name!r}: {path} {problem}.")

@@ -481,7 +481,8 @@ def inspect_folder(path: str | Path) -> dict[str, Any]:
     """``platform weights inspect FOLDER``: what the folder holds and the registry entry that loads it
     (the keys of :func:`uisbench_builtins._families.inspect_entry`'s answer)."""
     path = Path(path)
-    info: dict[str, Any] = {"family": None, "top_level_keys": ["config.json"]}
+    files = sorted(p.name for p in path.iterdir())[:12] if path.is_dir() else []
+    info: dict[str, Any] = {"family": None, "top_level_keys": files}  # a folder's "top level": its files
     try:
         folder = read_folder(path)
         info["family"] = folder.family.name

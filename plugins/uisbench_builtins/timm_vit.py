@@ -5,7 +5,8 @@ timm-compatible model needs only a registry entry, no code::
       acme-vitb16:
         plugin: timm
         model: vit_base_patch16_224      # any timm ViT name, with or without a weights tag
-        weights: /models/acme_vitb16.pth  # timm's layout, or an SSL family's official file (_families.py)
+        weights: /models/acme_vitb16.pth  # timm's layout, an SSL family's official file (_families.py),
+                                          # or a Hugging Face transformers folder (_hf_layout.py)
 
 The ViT machinery here is public: the ``dino`` and ``mae`` plugins are this plugin with their own
 default model and choices (:class:`TimmViT`, :func:`vit_params`, :func:`check_vit_params`).
@@ -443,11 +444,11 @@ class TimmViT(uisbench.GridBackbone):
         if weights is not None:
             weights_path = Path(os.path.expandvars(str(weights))).expanduser()
             problem = uisbench.io.regular_file_problem(weights_path)  # a FIFO or /dev/zero is refused unopened
-            if weights_path.is_dir():  # a Hugging Face transformers folder (config.json + model.safetensors): _hf_layout
-                problem = None
-            if problem and problem != "not found":
-                raise uisbench.ConfigError(f"{where}: weights file {weights_path} {problem}; fix `weights:` in your registry file.")
-            if not weights_path.is_file() and not weights_path.is_dir():
+            hf_folder = weights_path.is_dir() and (weights_path / "config.json").is_file()  # transformers' layout: _hf_layout
+            if problem and problem != "not found" and not hf_folder:
+                hint = " (a Hugging Face transformers folder holds config.json and model.safetensors)" if weights_path.is_dir() else ""
+                raise uisbench.ConfigError(f"{where}: weights file {weights_path} {problem}{hint}; fix `weights:` in your registry file.")
+            if not weights_path.is_file() and not hf_folder:
                 if fam is not None:  # an official release named by the registry: not on this machine yet
                     raise uisbench.BackboneUnavailable(
                         f"Backbone {model!r} ({fam.title}): weights file {weights_path} is not on this machine. Get "
@@ -471,7 +472,7 @@ class TimmViT(uisbench.GridBackbone):
         checkpoint = None
         if weights_path is not None:
             # read first (no code runs: uisbench.weights.read_checkpoint): its family decides the normalisation
-            if weights_path.is_dir():
+            if weights_path.is_dir():  # checked above: it holds config.json
                 checkpoint = read_folder(weights_path, fam, where)  # its config.json names the family
             else:
                 checkpoint = uisbench.weights.read_checkpoint(weights_path, npz=True)  # a .npz: its arrays' shapes (load_npz)
