@@ -1,6 +1,6 @@
 """Benchmark: does storing features as float16 (or bfloat16) change MaskCut's graph and masks?
 
-The bench caches backbone features (``platform/uisbench/bench/_features.py``; float32 since this
+The bench caches backbone features (``platform/uisbench/bench/stages/features.py``; float32 since this
 benchmark found that float16 changes masks of the token facet) and the ``ncut`` masker then thresholds the cosine similarity of the L2-normalised features at ``tau`` (0.2 at patch 16,
 0.15 at patch 8). This script measures what the storage costs on real photographs:
 

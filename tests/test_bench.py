@@ -173,7 +173,7 @@ def test_code_fingerprints_leave_out_the_report_and_nothing_that_computes_import
         return real(module, path, stamp)
 
     monkeypatch.setattr(_code, "_file_info", recording)
-    for module in ("uisbench.bench._features", "uisbench.bench._masks", "uisbench.bench._student", "uisbench.bench._evaluate"):
+    for module in ("uisbench.bench.stages.features", "uisbench.bench.stages.masks", "uisbench.bench.stages.student", "uisbench.bench.stages.evaluate"):
         visited.clear()
         _code.code_fingerprint(module)
         assert {"uisbench", "uisbench.contracts", "uisbench.spectral", "uisbench.bench._stage"} <= set(visited), module
@@ -193,7 +193,34 @@ def test_code_fingerprints_leave_out_the_report_and_nothing_that_computes_import
                 targets = [base] + [f"{base}.{a.name}" for a in node.names]
             if any(_code._presentation(t) for t in targets) and not _code._presentation(name):
                 importers.add(name)
-    assert importers == {"uisbench.__main__", "uisbench.bench", "uisbench.bench._run"}
+    # _leaderboard_merge reads finished results and moves into bench/report/ next (then it leaves this set)
+    assert importers == {"uisbench.__main__", "uisbench.bench", "uisbench.bench._run", "uisbench.bench._leaderboard_merge"}
+
+
+def test_code_fingerprint_leaves_out_the_report_folder_not_the_stages_folder(tmp_path, monkeypatch):
+    """The exclusion is a folder, not a list of names: a module added to ``bench/report/`` (and imported
+    there) leaves a stage's fingerprint as it was, the same change in ``bench/stages/`` changes it.
+    Run on a copy of the package so the tree under test is never written."""
+    import shutil
+
+    from uisbench.bench import _code
+
+    copy = tmp_path / "uisbench"
+    shutil.copytree(Path(uisbench.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(_code, "_roots", lambda top: (copy,) if top == "uisbench" else ())
+    stage = "uisbench.bench.stages.features"
+    before = _code.code_fingerprint(stage)
+    assert before == _code.code_fingerprint(stage)
+
+    def add_module(room: str, importer: str) -> None:
+        (copy / "bench" / room / "added.py").write_text("ADDED = 1\n")
+        with (copy / "bench" / room / importer).open("a") as f:
+            f.write("\nfrom .added import ADDED  # noqa: E402\n")
+
+    add_module("report", "leaderboard.py")  # imported by bench/__init__, which every stage's walk reaches
+    assert _code.code_fingerprint(stage) == before
+    add_module("stages", "masks.py")  # the pipeline imports every stage
+    assert _code.code_fingerprint(stage) != before
 
 
 def test_bench_ranks_oracle_first_and_rerun_computes_nothing(tmp_path):
@@ -277,7 +304,7 @@ def test_statuses_unavailable_skipped_failed_and_exit_code(tmp_path):
 def test_cells_that_did_not_run_for_one_reason_share_one_short_line():
     """make bench's four calibration x student cells were four lines cut mid-word; now one line names
     them and the reason follows, cut at a word, within 120 columns."""
-    from uisbench.bench._leaderboard import _first_sentence, _not_scored
+    from uisbench.bench.report.leaderboard import _first_sentence, _not_scored
 
     reason = ("maskrcnn with detector_backbone 'frozen-ssl' cannot use calibration backbone OracleBackbone: it reads the "
               "evaluation ground truth, so a student built on it would see the answers. Score them at the pseudo-mask stage.")
@@ -699,7 +726,7 @@ def test_intervals_seeds_and_ties_within_noise(tmp_path):
 
 
 def test_within_noise_is_a_paired_bootstrap_difference():
-    from uisbench.bench._uncertainty import rank_rows
+    from uisbench.bench.stats.uncertainty import rank_rows
 
     shared = [0.1 * (i % 7) for i in range(100)]  # image noise both rows share (paired draws)
     rows = [

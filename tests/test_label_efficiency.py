@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from uisbench.bench._finetune import choose_subset, labels_saved, resolve_budgets
+from uisbench.bench.stages.finetune import choose_subset, labels_saved, resolve_budgets
 
 
 def test_budgets_resolve_counts_and_percentages():

@@ -86,7 +86,7 @@ def test_label_free_values_and_resamples_match_numpy():
 
 
 def test_matched_iou_is_the_best_one_to_one_matching():
-    from uisbench.bench._agreement import matched_iou
+    from uisbench.bench.stats.agreement import matched_iou
 
     rng = np.random.default_rng(3)
     for _ in range(20):
@@ -177,7 +177,7 @@ def test_unlabelled_photos_get_label_free_measures_and_agreement(own):
 
 
 def test_summary_says_what_was_measured_and_gives_the_labelling_route(own):
-    from uisbench.bench._report_findings import findings
+    from uisbench.bench.report.findings import findings
 
     _, workdir, _, results = own
     text = " ".join(t for _, t in findings(results))
@@ -324,7 +324,7 @@ def test_check_grid_params_fits_a_fixed_patch_size():
 
 
 def test_stability_maps_masks_back():
-    from uisbench.bench._stability import _cut, crop_box, flip_back
+    from uisbench.bench.stats.stability import _cut, crop_box, flip_back
 
     mask = _rect(2, 9, 3, 12)
     assert (_decode(flip_back([{"segmentation": _rle(mask[:, ::-1])}])[0]["segmentation"]) == mask).all()
@@ -338,9 +338,9 @@ def test_stability_of_unlabelled_photos_and_its_rerun_reproduces_the_stage(own, 
     """The rows' stability is in the results (not for calibration rows), each value inside [0, 1]
     and its interval; with the transforms made identities the rerun gives back the stage's own masks
     exactly (stability 1 on every image): the rerun is the pseudo-mask stage, not an approximation."""
-    from uisbench.bench import _stability
-    from uisbench.bench._report_findings import findings
     from uisbench.bench._run import open_pipeline
+    from uisbench.bench.report.findings import findings
+    from uisbench.bench.stats import stability as _stability
 
     base, workdir, _, results = own
     rows = {e["row"]: e for e in results["label_free"]["stability"]}

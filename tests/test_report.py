@@ -15,11 +15,11 @@ import pytest
 
 import uisbench
 from uisbench.bench import BenchOptions, run_bench
-from uisbench.bench._report import write_outputs, write_report
-from uisbench.bench._report_findings import findings
-from uisbench.bench._report_html import page
-from uisbench.bench._report_plots import all_plots
 from uisbench.bench._run import open_pipeline
+from uisbench.bench.report.findings import findings
+from uisbench.bench.report.outputs import write_outputs, write_report
+from uisbench.bench.report.page import page
+from uisbench.bench.report.plots import all_plots
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK = REPO / "scripts" / "report_check.py"
@@ -121,7 +121,7 @@ def test_report_page_top_to_bottom(run):
 def test_instance_panel_shows_separability_matched_by_distance(run):
     """The instance-awareness picture's second panel places each backbone at its distance-matched
     separability_auroc (the headline) and marks the proximity-confounded unmatched value apart."""
-    from uisbench.bench._report_data import fmt
+    from uisbench.bench.report.data import fmt
 
     workdir, host, registry, results = run
     svg = (workdir / "report" / "instance-separability.svg").read_text()
@@ -258,7 +258,7 @@ def test_gallery_stays_small_for_large_images():
     import numpy as np
 
     from uisbench import masks
-    from uisbench.bench._report_gallery import image_uri, layer
+    from uisbench.bench.report.gallery import image_uri, layer
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:480, :640]
@@ -279,7 +279,7 @@ def test_write_outputs_passes_the_private_setting(run, tmp_path, monkeypatch):
     def fake(pipeline, res, n, *, private=False):
         seen["private"] = private
 
-    import uisbench.bench._report as report
+    import uisbench.bench.report.outputs as report
 
     monkeypatch.setattr(report, "write_report", fake)
 
@@ -331,7 +331,7 @@ def _ranked_results(pretrained_a=False, ranked=True):
 
 def test_random_init_rows_are_marked_in_the_summary_table_and_page():
     from uisbench.bench import render_leaderboard
-    from uisbench.bench._leaderboard import NOT_PRETRAINED_NOTE
+    from uisbench.bench.report.leaderboard import NOT_PRETRAINED_NOTE
 
     results = _ranked_results()
     text = " ".join(t for _, t in findings(results))
@@ -363,7 +363,7 @@ def test_an_unranked_run_says_so_and_ranks_rows_as_the_terminal_does():
 def test_axis_labels_stay_inside_the_picture():
     """The cost plot's x label (unit, stages, hardware) was cut at the left edge: every label line
     now lies inside the SVG, wrapped onto two lines when one does not fit."""
-    from uisbench.bench._svg import LABEL_SIZE, Axes, text_width
+    from uisbench.bench.report.svg import LABEL_SIZE, Axes, text_width
 
     for label in ("images / s, features + pseudo-masks, log scale (Intel(R) Xeon(R) Processor (2 cores))",
                   "images / s, features, log scale (NVIDIA H100 80GB HBM3)", "k"):

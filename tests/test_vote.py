@@ -195,7 +195,7 @@ def test_three_backbones_and_a_vote_of_two_give_one_ensemble_row(tmp_path, monke
     ranking, the leaderboard table and the report's summary; with a student, each backbone's student
     on the ensemble's masks is its own labelled row, ranked by its student values only."""
     from uisbench.bench import render_leaderboard, validate_results
-    from uisbench.bench._report_findings import findings
+    from uisbench.bench.report.findings import findings
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = tmp_path / "r.yaml"

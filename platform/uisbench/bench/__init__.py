@@ -16,8 +16,8 @@ from typing import Any
 
 from ._cache import STAGES
 from ._context import BenchOptions
-from ._leaderboard import FORMATS
 from ._run import BenchOutcome, run_bench
+from .report.leaderboard import FORMATS
 
 __all__ = ["BenchOptions", "BenchOutcome", "run_bench", "dry_run", "render_leaderboard", "validate_results", "load_results", "FORMATS", "STAGES"]
 
@@ -25,7 +25,7 @@ __all__ = ["BenchOptions", "BenchOutcome", "run_bench", "dry_run", "render_leade
 def render_leaderboard(results: dict[str, Any], fmt: str = "table", columns: str | list[str] | None = None) -> str:
     """The leaderboard of a results dict as text (``table``, ``markdown``, ``json`` or ``csv``);
     ``columns`` for the table: ``None`` (fits 120 characters), ``"all"`` or a list of column names."""
-    from ._leaderboard import render
+    from .report.leaderboard import render
 
     return render(results, fmt, columns)
 

@@ -1,5 +1,5 @@
 """Walking the matrix: every cell (backbone x masker x student) through its stages and metrics, each
-stochastic part repeated per seed (``--seeds``) and its metric results combined (``_uncertainty``).
+stochastic part repeated per seed (``--seeds``) and its metric results combined (``uncertainty``).
 
 The walk yields the ``cells`` and ``backbones`` parts of results.json, plus each metric result's
 bootstrap draws (kept out of results.json; the ranking pairs them across cells).
@@ -12,13 +12,13 @@ from typing import Any
 
 from ._context import TERMINAL_WIDTH, shorten
 from ._cost import combine_parts, with_member_time
-from ._evaluate import MetricEvaluator, Scoring
-from ._features import backbone_provenance
-from ._label_efficiency import finetune_part
 from ._pipeline import Pipeline
 from ._sources import ENSEMBLE_ROW, cell_label, masks_from
 from ._stage import StageError
-from ._uncertainty import combine_repeats
+from .stages.evaluate import MetricEvaluator, Scoring
+from .stages.features import backbone_provenance
+from .stats.label_efficiency import finetune_part
+from .stats.uncertainty import combine_repeats
 
 __all__ = ["CellWalker", "cell_id", "draws_key"]
 
@@ -97,7 +97,7 @@ class CellWalker:
 
     def __init__(self, pipeline: Pipeline, rank_by: tuple[str | None, ...] = (None, None, None)) -> None:
         self.pipeline = pipeline
-        #: ``(stage, metric, value)`` of ``--rank-by`` (``_ranking.parse_rank_by``): what progress lines show
+        #: ``(stage, metric, value)`` of ``--rank-by`` (``ranking.parse_rank_by``): what progress lines show
         self.rank_by = rank_by
         self.ctx = pipeline.ctx
         self.plan = pipeline.plan

@@ -11,9 +11,11 @@ stage built on it change. Modules without a source file (built into the interpre
 interactively) are named instead of hashed.
 
 The walk reaches the whole package (every module imports ``uisbench``, whose ``__init__`` imports
-the rest), so the modules that only *present* finished results (the report, the leaderboard table,
-the command line: :data:`PRESENTATION`) are left out: editing the report must not recompute a day
-of features. Nothing a stage computes may import them (``tests/test_bench.py`` checks it).
+the rest), so the two folders that only *present* finished results are left out: ``bench/report/``
+(the report, the leaderboard table) and ``cli/`` (the command line), :data:`PRESENTATION`. Editing
+the report must not recompute a day of features; a module added to either folder is left out
+without touching this file. Nothing a stage computes may import them (``tests/test_bench.py``
+checks it).
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ from typing import Any
 
 __all__ = ["PRESENTATION", "code_fingerprint", "factory_fingerprint"]
 
-#: module-name prefixes that format results and never compute them: not part of any fingerprint
-PRESENTATION = ("uisbench.bench._report", "uisbench.bench._svg", "uisbench.bench._leaderboard", "uisbench.cli")
+#: the packages (folders ``bench/report/``, ``cli/``) that format results and never compute them:
+#: no module in them is part of any fingerprint
+PRESENTATION = ("uisbench.bench.report", "uisbench.cli")
 
 
 def _presentation(module: str) -> bool:
-    """``module`` is one of :data:`PRESENTATION`, a submodule or a ``_report_*`` sibling."""
-    return any(module == p or module.startswith((p + ".", p + "_")) for p in PRESENTATION)
+    """``module`` is one of the :data:`PRESENTATION` packages or a module inside one (its folder)."""
+    return any(module == p or module.startswith(p + ".") for p in PRESENTATION)
 
 
 @functools.lru_cache(maxsize=256)

@@ -25,8 +25,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._leaderboard import _cell_id, render
-from ._ranking import _result
+from .report.leaderboard import _cell_id, render
+from .stats.ranking import _result
 
 __all__ = ["basis", "compare", "merge_runs", "write_merged"]
 
@@ -206,8 +206,8 @@ def write_merged(paths: list[str | Path], out: str | Path) -> tuple[dict[str, An
 def _report_page(merged: dict[str, Any]) -> str:
     """report.html of the merged results: findings, leaderboard and plots; no gallery (the images
     were on the machines that ran, not here)."""
-    from ._report_findings import findings
-    from ._report_html import page
-    from ._report_plots import all_plots
+    from .report.findings import findings
+    from .report.page import page
+    from .report.plots import all_plots
 
     return page(merged, findings(merged), all_plots(merged), None, private=False)

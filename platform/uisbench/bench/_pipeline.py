@@ -15,13 +15,13 @@ from typing import Any
 
 from ._context import BenchContext
 from ._data import BenchData
-from ._ensemble import EnsembleMasksStage
-from ._features import FeaturesStage
-from ._finetune import FinetuneStage
-from ._masks import MasksStage, PseudoMasksStage
 from ._plan import BackboneHandle, Plan
 from ._stage import Stage, StageOutput, StageRunner
-from ._student import StudentStage
+from .stages.ensemble import EnsembleMasksStage
+from .stages.features import FeaturesStage
+from .stages.finetune import FinetuneStage
+from .stages.masks import MasksStage, PseudoMasksStage
+from .stages.student import StudentStage
 
 __all__ = ["Pipeline"]
 

@@ -25,15 +25,15 @@ from ..errors import ConfigError
 from ._cells import CellWalker
 from ._context import BenchContext, BenchOptions, WorkdirWriteError, fit_to_terminal, write_failure
 from ._data import BenchData
-from ._label_efficiency import label_efficiency
 from ._outlook import outlook
 from ._pipeline import Pipeline
 from ._plan import make_plan
 from ._private import private_argv
-from ._ranking import build_ranking, parse_rank_by, resolve_rank_by
 from ._shard import check_shared_workdir
 from ._signals import terminate_as_interrupt
 from ._workdir import WorkdirLock, check_workdir, remove_stale_temporaries
+from .stats.label_efficiency import label_efficiency
+from .stats.ranking import build_ranking, parse_rank_by, resolve_rank_by
 
 __all__ = ["run_bench", "open_pipeline", "BenchOutcome"]
 
@@ -109,8 +109,8 @@ def run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
 
 
 def _run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
-    from ._report import write_outputs
     from ._results import build_results
+    from .report.outputs import write_outputs
 
     started_wall = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -134,8 +134,10 @@ def _run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
         if efficiency is not None:
             results["label_efficiency"] = efficiency
         if ctx.shard.main and any(plan.entry("metrics", n).spec.name == "label-free" for n in plan.metrics):
-            from ._agreement import agreement  # a post-pass over the cached masks of every row: a metric sees one cell
-            from ._stability import stability  # reruns each row on flipped and rescaled val images (cached)
+            # agreement: a post-pass over the cached masks of every row (a metric sees one cell);
+            # stability: reruns each row on flipped and rescaled val images (cached)
+            from .stats.agreement import agreement
+            from .stats.stability import stability
 
             results["label_free"] = agreement(pipeline, cells, walker.evaluator.draws())
             results["label_free"]["stability"] = stability(pipeline, cells, walker.evaluator.draws())

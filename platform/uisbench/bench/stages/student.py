@@ -16,16 +16,16 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..contracts import Prediction
-from ..io import atomic_write_json
-from ._cache import ids_digest
-from ._context import seed_everything, short_error
-from ._cost import Meter
-from ._stage import Stage
+from ...contracts import Prediction
+from ...io import atomic_write_json
+from .._cache import ids_digest
+from .._context import seed_everything, short_error
+from .._cost import Meter
+from .._stage import Stage
 
 if TYPE_CHECKING:
-    from ._masks import MasksStage
-    from ._pipeline import Pipeline
+    from .._pipeline import Pipeline
+    from .masks import MasksStage
 
 __all__ = ["StudentStage", "train_and_predict"]
 

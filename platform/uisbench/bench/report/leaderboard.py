@@ -11,8 +11,8 @@ import io
 import json
 from typing import Any
 
-from ._context import TERMINAL_WIDTH, fit_to_terminal, shorten
-from ._sources import ENSEMBLE_ROW, backbone_label, masks_label
+from .._context import TERMINAL_WIDTH, fit_to_terminal, shorten
+from .._sources import ENSEMBLE_ROW, backbone_label, masks_label
 
 FORMATS = ("table", "markdown", "json", "csv")
 
@@ -261,7 +261,7 @@ def _render_markdown(board: dict[str, Any]) -> str:
 
 
 def _choose_columns(board: dict[str, Any], requested: str | list[str] | None) -> list[str]:
-    from ..errors import UnknownNameError
+    from ...errors import UnknownNameError
 
     ids = ["rank", "backbone", "masker"] + (["student"] if "student" in board["columns"] else [])
     if requested == "all":

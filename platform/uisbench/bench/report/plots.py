@@ -1,4 +1,4 @@
-"""The report's four pictures, per backbone x masker, as inline SVG (``_svg.Axes``):
+"""The report's four pictures, per backbone x masker, as inline SVG (``svg.Axes``):
 
 1. instance awareness: recall on instances alone of their class vs with a same-class sibling, the
    diagonal drawn; beside it, per backbone, the feature separability AUROC at equal patch distance
@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._report_data import View, fmt, fmt_ci, fmt_rate, images_per_s, interval, label, number
-from ._sources import row_key
-from ._svg import PALETTE, SHAPES, Axes, empty, esc, marker, nice_ticks, text_width
+from .._sources import row_key
+from .data import View, fmt, fmt_ci, fmt_rate, images_per_s, interval, label, number
+from .svg import PALETTE, SHAPES, Axes, empty, esc, marker, nice_ticks, text_width
 
 #: cost axes of plot 2: (id, timings stages run one after the other, words)
 COSTS = [

@@ -1,5 +1,5 @@
 """The report of a run: ``report.html`` (one self-contained page: summary, leaderboard, plots,
-gallery; built by ``_report_html``) and the files under ``report/``, plus :func:`write_outputs`,
+gallery; built by ``page``) and the files under ``report/``, plus :func:`write_outputs`,
 which writes every file of a finished run."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ._leaderboard import render
+from ...io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .leaderboard import render
 
 # ---------------------------------------------------------------------------------------------
 # report/leaderboard.png: the ranking value per scored cell, for slides (the page draws SVG)
@@ -26,7 +26,7 @@ def bar_chart(results: dict[str, Any]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ._report_data import View, interval, label, number
+    from .data import View, interval, label, number
 
     view = View(results)
     stages = [("pseudo-masks", "#4c78a8"), ("student", "#f58518")]
@@ -71,29 +71,29 @@ _VOLATILE_RUN = ("started", "seconds", "computed", "built", "argv")
 def _report_key(results: dict[str, Any], image_ids: list[int], private: bool) -> str:
     """What the page shows: the results less what changes on every cached rerun, the images, the
     privacy setting and the report's own code (an edited report renders again)."""
-    from ._cache import make_key
+    from .._cache import make_key
 
     cells = [{k: v for k, v in c.items() if k != "seconds"} for c in results.get("cells") or []]
     rest = {k: v for k, v in results.items() if k not in ("cells", "created", "run")}
     run = {k: v for k, v in (results.get("run") or {}).items() if k not in _VOLATILE_RUN}
     here = Path(__file__).parent
-    code = [(p.name, p.read_bytes()) for p in sorted(here.glob("_report*.py")) + [here / "_svg.py", here / "report.js", here / "report.css"]]
+    code = [(p.name, p.read_bytes()) for p in sorted(here.glob("*.py")) + [here / "report.js", here / "report.css"]]
     return make_key(cells=cells, rest=rest, run=run, images=image_ids, private=private, version=4,
                     code=hashlib.sha256(repr(code).encode()).hexdigest())
 
 
 def write_report(pipeline: Any, results: dict[str, Any], n_images: int = 4, *, private: bool = False) -> Path:
-    """``report.html``: one self-contained page (see ``_report_html``), plus under ``report/`` the
+    """``report.html``: one self-contained page (see ``page``), plus under ``report/`` the
     plots as SVG, ``leaderboard.png`` and (unless ``private``) ``image-<id>.png`` per gallery image.
 
     ``private``: no image pixels, thumbnails or image file paths anywhere in the page or under
     ``report/`` (ids only): no gallery, and image PNGs an earlier run left in ``report/`` are removed.
     Skipped when nothing it shows changed since the last rendering (fast cached reruns).
     """
-    from ._report_findings import findings
-    from ._report_gallery import composite, gallery
-    from ._report_html import page
-    from ._report_plots import all_plots
+    from .findings import findings
+    from .gallery import composite, gallery
+    from .page import page
+    from .plots import all_plots
 
     workdir = pipeline.ctx.workdir
     out_dir = workdir / "report"
@@ -107,7 +107,7 @@ def write_report(pipeline: Any, results: dict[str, Any], n_images: int = 4, *, p
     plots = all_plots(results)
     shown = None if private else gallery(pipeline, results, n_images)
     if private:
-        from ._report_html import private_gallery_page
+        from .page import private_gallery_page
 
         atomic_write_text(private_page, private_gallery_page(results, gallery(pipeline, results, n_images)))
     atomic_write_text(html_path, page(results, findings(results), plots, shown, private=private))
@@ -131,7 +131,7 @@ def write_outputs(pipeline: Any, results: dict[str, Any], *, report: bool = True
     """results.json (the old one kept as results.previous.json if it had cells that are no longer
     ``ok``), leaderboard.md, leaderboard.csv and (optionally) report.html in the workdir; returns the
     report's path, or ``None`` when it was not written."""
-    from ._workdir import keep_previous_results
+    from .._workdir import keep_previous_results
 
     ctx = pipeline.ctx
     workdir = ctx.workdir

@@ -1,5 +1,5 @@
 """What the leaderboard ranks by, and the ranking itself: rows in order, each value's confidence
-interval, and which rows are within noise of the row above (``_uncertainty.rank_rows``).
+interval, and which rows are within noise of the row above (``uncertainty.rank_rows``).
 
 The ranking value is the registry's ``bench: rank_by:`` (``--rank-by``): ``METRIC.VALUE`` or
 ``STAGE.METRIC.VALUE``, e.g. ``coco.AP50mask`` or ``pseudo-masks.count-error.count_mae``; any metric
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConfigError
-from ._cells import cell_id, draws_key
-from ._uncertainty import rank_rows
+from ...errors import ConfigError
+from .._cells import cell_id, draws_key
+from .uncertainty import rank_rows
 
 __all__ = ["parse_rank_by", "resolve_rank_by", "build_ranking"]
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..contracts import FeatureMap, Prediction
-from ._context import progress_bar, seed_everything
-from ._cost import Meter, combine_ranks
-from ._stage import CacheDamaged, Stage, StageOutput
+from ...contracts import FeatureMap, Prediction
+from .._context import progress_bar, seed_everything
+from .._cost import Meter, combine_ranks
+from .._stage import CacheDamaged, Stage, StageOutput
 
 if TYPE_CHECKING:
-    from ._features import FeaturesStage
-    from ._pipeline import Pipeline
+    from .._pipeline import Pipeline
+    from .features import FeaturesStage
 
 __all__ = ["MasksStage", "PseudoMasksStage"]
 

@@ -18,14 +18,14 @@ import math
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..contracts import Prediction
-from ..errors import ConfigError, IncompatibleError
-from ..io import atomic_write_json
-from ._stage import Stage
-from ._student import train_and_predict
+from ...contracts import Prediction
+from ...errors import ConfigError, IncompatibleError
+from ...io import atomic_write_json
+from .._stage import Stage
+from .student import train_and_predict
 
 if TYPE_CHECKING:
-    from ._pipeline import Pipeline
+    from .._pipeline import Pipeline
 
 __all__ = ["FinetuneStage", "resolve_budgets", "choose_subset", "labels_saved", "INITS"]
 

@@ -4,7 +4,7 @@ results.json ``label_free.stability``.
 For each backbone x masker row (not the calibration rows: an oracle's features come from the ground
 truth, not from the pixels), every val image is transformed, run through the row's backbone and
 masker again, and the masks are mapped back and matched one to one with the row's own pseudo-masks
-(``_agreement.matched_iou``):
+(``agreement.matched_iou``):
 
 - ``flip``: the image mirrored left-right; its masks mirrored back; compared on the whole image.
 - ``rescale``: the centre ``3/4 x 3/4`` of the image, which the backbone's preprocessing scales up
@@ -24,9 +24,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._agreement import matched_iou
-from ._cache import make_key
-from ._uncertainty import interval
+from .._cache import make_key
+from .agreement import matched_iou
+from .uncertainty import interval
 
 __all__ = ["TRANSFORMS", "CROP", "stability", "flip_back", "crop_box"]
 
@@ -98,8 +98,8 @@ def _backbone_values(pipeline: Any, b: str, rows: dict[str, dict[str, list[dict[
     transformed images go through the backbone once per transform, then through each masker."""
     import torch
 
-    from ..contracts import FeatureMap, ImageRecord
-    from ._context import seed_everything
+    from ...contracts import FeatureMap, ImageRecord
+    from .._context import seed_everything
 
     ctx, data = pipeline.ctx, pipeline.data
     backbone = pipeline.backbones[b].bind("val")

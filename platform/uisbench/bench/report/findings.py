@@ -11,8 +11,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from ._report_data import Ranked, View, fmt, fmt_ci, interval, label, number
-from ._sources import is_ensemble_row, masks_label, row_key
+from .._sources import is_ensemble_row, masks_label, row_key
+from .data import Ranked, View, fmt, fmt_ci, interval, label, number
 
 Finding = tuple[str, str]
 

@@ -12,17 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..contracts import EvalSample, Prediction
-from ._cache import ids_digest, make_key
-from ._code import code_fingerprint
-from ._context import short_error
-from ._cost import to_stage_cost
-from ._stage import CacheDamaged, StageError
-from ._uncertainty import bootstrap_draws, with_intervals
+from ...contracts import EvalSample, Prediction
+from .._cache import ids_digest, make_key
+from .._code import code_fingerprint
+from .._context import short_error
+from .._cost import to_stage_cost
+from .._stage import CacheDamaged, StageError
+from ..stats.uncertainty import bootstrap_draws, with_intervals
 
 if TYPE_CHECKING:
-    from ._features import FeaturesStage
-    from ._pipeline import Pipeline
+    from .._pipeline import Pipeline
+    from .features import FeaturesStage
 
 __all__ = ["Scoring", "MetricEvaluator"]
 
@@ -207,7 +207,7 @@ class MetricEvaluator:
         for image_id in self.ctx.shard.mine(data.usable("val")):
             feats, preprocessing = None, None
             if need_feats:
-                from ..contracts import Preprocessing
+                from ...contracts import Preprocessing
 
                 loaded = scoring.features.load(features_key, image_id)  # type: ignore[union-attr]
                 feats = _valid_region(loaded["features"].float(), loaded["valid"])
@@ -261,7 +261,7 @@ class MetricEvaluator:
 
 def _valid_region(features: Any, valid: Any) -> Any:
     """Crop ``(C, h, w)`` features to the bounding box of valid patches (pad-resized backbones)."""
-    from ..contracts import FeatureMap
+    from ...contracts import FeatureMap
 
     one = FeatureMap(features[None], [0], 1, valid=None if valid is None else valid[None])
     return one.crop(0)

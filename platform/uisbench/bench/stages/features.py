@@ -6,13 +6,13 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ..io import atomic_path
-from ._context import progress_bar, seed_everything, short_error
-from ._cost import Meter, combine_ranks
-from ._stage import CacheDamaged, Stage, StageError, StageOutput
+from ...io import atomic_path
+from .._context import progress_bar, seed_everything, short_error
+from .._cost import Meter, combine_ranks
+from .._stage import CacheDamaged, Stage, StageError, StageOutput
 
 if TYPE_CHECKING:
-    from ._pipeline import Pipeline
+    from .._pipeline import Pipeline
 
 __all__ = ["FeaturesStage", "backbone_provenance"]
 

@@ -14,7 +14,7 @@ import base64
 import io
 from typing import Any
 
-from ._sources import row_key
+from .._sources import row_key
 
 #: fill colours of the masks (tab10), drawn in order of decreasing area so small masks stay on top
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194),
@@ -72,7 +72,7 @@ def layer(rles: list[dict[str, Any]], height: int, width: int) -> str | None:
     """A transparent PNG (data URI) of ``rles`` painted over an ``height x width`` image."""
     import numpy as np
 
-    from .. import masks as mask_utils
+    from ... import masks as mask_utils
 
     masks = []
     for rle in rles:

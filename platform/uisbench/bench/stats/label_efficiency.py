@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._evaluate import Scoring
-from ._finetune import INITS, FinetuneStage, labels_saved, resolve_budgets
-from ._sources import masks_label
-from ._stage import StageError
-from ._uncertainty import combine_repeats
+from .._sources import masks_label
+from .._stage import StageError
+from ..stages.evaluate import Scoring
+from ..stages.finetune import INITS, FinetuneStage, labels_saved, resolve_budgets
+from .uncertainty import combine_repeats
 
 if TYPE_CHECKING:
-    from ._cells import CellWalker
+    from .._cells import CellWalker
 
 __all__ = ["finetune_part", "label_efficiency"]
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ._sources import ENSEMBLE_ROW, cell_label
+from .._sources import ENSEMBLE_ROW, cell_label
 
 #: results.json's part of a cell per stage name
 PARTS = {"pseudo-masks": "pseudo_masks", "student": "student_stage"}

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..contracts import Prediction
-from ._masks import MasksStage
-from ._stage import Stage
+from ...contracts import Prediction
+from .._stage import Stage
+from .masks import MasksStage
 
 if TYPE_CHECKING:
-    from ._pipeline import Pipeline
+    from .._pipeline import Pipeline
 
 __all__ = ["EnsembleMasksStage"]
 

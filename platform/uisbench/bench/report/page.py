@@ -18,8 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ._leaderboard import headline_columns, leaderboard
-from ._report_data import (
+from .._sources import backbone_label, is_ensemble_row, masks_label, row_key
+from .data import (
     PARTS,
     SHORT,
     Ranked,
@@ -34,7 +34,7 @@ from ._report_data import (
     result,
     spread,
 )
-from ._sources import backbone_label, is_ensemble_row, masks_label, row_key
+from .leaderboard import headline_columns, leaderboard
 
 ASSETS = Path(__file__).parent
 _e = html.escape

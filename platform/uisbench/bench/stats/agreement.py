@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._uncertainty import interval
+from .uncertainty import interval
 
 __all__ = ["matched_iou", "agreement"]
 
