@@ -14,6 +14,10 @@ file holds), and timm's own checkpoint filter of the model then renames what dif
 registers and SwiGLU, DINOv3 storage tokens and biases, OpenAI/open_clip CLIP, SAM): the plugin's
 :func:`~uisbench_builtins.timm_vit.load_weights`.
 
+big_vision's ``.npz`` (SigLIP's release) is never unpickled: :func:`uisbench.weights.read_npz` checks
+it from its headers, :func:`load_npz` hands it to timm's own big_vision loader and checks that every
+parameter was set and every array read.
+
 The layouts were read from the official training code (cited per family in ``source``) and from
 timm's converters (``timm/models/vision_transformer.py::checkpoint_filter_fn``, ``eva.py``,
 ``vision_transformer_sam.py``). Nothing here imports torch at module level.
