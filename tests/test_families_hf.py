@@ -240,3 +240,34 @@ def test_unknown_keys_are_refused_not_dropped(host, folders, tmp_path):
     save_file({**sd, "encoder.layer.0.attention.attention.extra_gate.weight": torch.zeros(2)}, str(folder / "model.safetensors"))
     with pytest.raises(uisbench.ConfigError, match=r"1 weights of an unknown layout \(encoder\.layer\.0\.attention\.attention\.extra_gate\.weight\)"):
         host.spec("backbones", "timm").build(**{**params, "size": 64})
+
+
+def test_sharded_and_bin_folders_load_the_same_weights(host, folders, tmp_path):
+    """``model.safetensors.index.json`` + shards (large models), and ``pytorch_model.bin`` (older
+    exports, read with the weights-only unpickler) give the same model as ``model.safetensors``."""
+    from safetensors.torch import load_file, save_file
+
+    _, params = _entry(host, tmp_path, folders["clip"][0])
+    build = host.spec("backbones", "timm").build
+    reference = build(**{**params, "size": 64, "precision": "fp32"}).model.state_dict()
+    sd = load_file(str(folders["clip"][0] / "model.safetensors"))
+    keys = sorted(sd)
+    sharded = _copy(folders, "clip", tmp_path)
+    (sharded / "model.safetensors").unlink()
+    halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    for name, part in halves.items():
+        save_file({k: sd[k] for k in part}, str(sharded / name))
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: n for n, part in halves.items() for k in part}}))
+    binary = tmp_path / "clip_bin"
+    shutil.copytree(sharded, binary)
+    for name in [*halves, "model.safetensors.index.json"]:
+        (binary / name).unlink()
+    torch.save(sd, binary / "pytorch_model.bin")
+    for folder in (sharded, binary):
+        loaded = build(**{**params, "weights": str(folder), "size": 64, "precision": "fp32"}).model.state_dict()
+        assert set(loaded) == set(reference)
+        for k, v in reference.items():
+            torch.testing.assert_close(loaded[k], v, atol=0, rtol=0, msg=f"{folder.name}: {k}")
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../elsewhere.safetensors"}}))
+    with pytest.raises(uisbench.ConfigError, match=r"model\.safetensors\.index\.json names no valid shard files"):
+        build(**{**params, "weights": str(sharded), "size": 64})

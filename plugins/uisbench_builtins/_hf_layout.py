@@ -86,13 +86,16 @@ def _json(path: Path, what: str) -> Any:
 
 
 def _field(cfg: Mapping[str, Any], defaults: Mapping[str, Any], name: str, kind: type, lo: float, hi: float, source: Path) -> Any:
+    """``cfg[name]`` (transformers' default when left out), of ``kind`` within ``[lo, hi]`` (strings: any)."""
     value = cfg.get(name, defaults.get(name))
-    ok = isinstance(value, kind) and not isinstance(value, bool) and lo <= value <= hi if kind is not str else isinstance(value, str)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value, ok = float(value), lo <= value <= hi
-    if not ok:
-        raise uisbench.ConfigError(f"{source}: `{name}` is {value!r}; expected {kind.__name__} in [{lo}, {hi}]. Fix config.json.")
-    return value
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise uisbench.ConfigError(f"{source}: `{name}` is {value!r}; expected a string. Fix config.json.")
+    number = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    if not (number and lo <= value <= hi):
+        raise uisbench.ConfigError(f"{source}: `{name}` is {value!r}; expected {kind.__name__} in [{lo:g}, {hi:g}]. Fix config.json.")
+    return kind(value)
 
 
 @dataclass
@@ -211,14 +214,15 @@ def read_folder(path: str | Path, family: Family | None = None, where: str = "")
     swiglu = bool(vision.get("use_swiglu_ffn", False))
     hf_sd, files = _read_weights(path, what)
     sd, notes = _convert(hf_sd, fam_name, swiglu, path)
-    hidden = sd.get("patch_embed.proj.weight")
-    if hidden is not None:
-        width = int(hidden.shape[0])
-        declared = vision.get("hidden_size")
-        if declared is not None and declared != width:
-            raise uisbench.ConfigError(f"{source}: hidden_size {declared} but the weights are {width} wide; the folder is mixed up, re-download it.")
-        if width % heads:
-            raise uisbench.ConfigError(f"{source}: num_attention_heads {heads} does not divide the width {width}; fix config.json.")
+    absent = [k for k in ("patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight") if k not in sd]
+    if absent:
+        raise uisbench.ConfigError(f"{what}: the weights lack {', '.join(absent)} (timm's names); not a whole {fam.title} vision model, re-download it.")
+    width = int(sd["patch_embed.proj.weight"].shape[0])
+    declared = vision.get("hidden_size")
+    if declared is not None and declared != width:
+        raise uisbench.ConfigError(f"{source}: hidden_size {declared} but the weights are {width} wide; the folder is mixed up, re-download it.")
+    if width % heads:
+        raise uisbench.ConfigError(f"{source}: num_attention_heads {heads} does not divide the width {width}; fix config.json.")
     folder = HFFolder(path, model_type, fam, heads, "silu" if swiglu else _ACTS[act_name], float(eps), sd, notes, files)
     depth = folder.structure()["depth"]
     declared_depth = vision.get("num_hidden_layers")
