@@ -198,9 +198,10 @@ def test_code_fingerprints_leave_out_the_report_and_nothing_that_computes_import
 
 
 def test_code_fingerprint_leaves_out_the_report_folder_not_the_stages_folder(tmp_path, monkeypatch):
-    """The exclusion is a folder, not a list of names: a module added to ``bench/report/`` (and imported
-    there) leaves a stage's fingerprint as it was, the same change in ``bench/stages/`` changes it.
-    Run on a copy of the package so the tree under test is never written."""
+    """The exclusion is a folder, not a list of names: a module new to ``bench/report/`` is outside
+    every fingerprint (editing it changes nothing, even for a module outside the folder that imports
+    it), while the same module in ``bench/stages/`` is inside. Run on a copy of the package so the
+    tree under test is never written."""
     import shutil
 
     from uisbench.bench import _code
@@ -208,19 +209,22 @@ def test_code_fingerprint_leaves_out_the_report_folder_not_the_stages_folder(tmp
     copy = tmp_path / "uisbench"
     shutil.copytree(Path(uisbench.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(_code, "_roots", lambda top: (copy,) if top == "uisbench" else ())
-    stage = "uisbench.bench.stages.features"
-    before = _code.code_fingerprint(stage)
-    assert before == _code.code_fingerprint(stage)
+    for room in ("report", "stages"):
+        (copy / "bench" / room / "added.py").write_text("X = 1\n")
+    (copy / "bench" / "_uses_both.py").write_text("from .report.added import X\nfrom .stages.added import X as Y\n")
+    stage, user = "uisbench.bench.stages.features", "uisbench.bench._uses_both"
+    before = {m: _code.code_fingerprint(m) for m in (stage, user)}
+    assert before == {m: _code.code_fingerprint(m) for m in (stage, user)}
 
-    def add_module(room: str, importer: str) -> None:
-        (copy / "bench" / room / "added.py").write_text("ADDED = 1\n")
-        with (copy / "bench" / room / importer).open("a") as f:
-            f.write("\nfrom .added import ADDED  # noqa: E402\n")
-
-    add_module("report", "leaderboard.py")  # imported by bench/__init__, which every stage's walk reaches
-    assert _code.code_fingerprint(stage) == before
-    add_module("stages", "masks.py")  # the pipeline imports every stage
-    assert _code.code_fingerprint(stage) != before
+    (copy / "bench" / "report" / "added.py").write_text("X = 2\n")
+    with (copy / "bench" / "report" / "leaderboard.py").open("a") as f:  # bench/__init__ imports it; every stage's walk reaches that
+        f.write("\nfrom .added import X  # noqa: E402\n")
+    assert {m: _code.code_fingerprint(m) for m in (stage, user)} == before
+    (copy / "bench" / "stages" / "added.py").write_text("X = 2\n")
+    assert _code.code_fingerprint(user) != before[user]
+    with (copy / "bench" / "stages" / "masks.py").open("a") as f:  # the pipeline imports every stage
+        f.write("\n# edited\n")
+    assert _code.code_fingerprint(stage) != before[stage]
 
 
 def test_bench_ranks_oracle_first_and_rerun_computes_nothing(tmp_path):
