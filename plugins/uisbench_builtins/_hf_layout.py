@@ -352,7 +352,9 @@ def _convert(hf_sd: dict[str, Any], fam: str, swiglu: bool, source: Path) -> tup
             d = int(hf["head.probe"].shape[-1])
             out["attn_pool.latent"] = hf.pop("head.probe")
             for kind in ("weight", "bias"):
-                w = hf.pop(f"head.attention.in_proj_{kind}")
+                w = hf.pop(f"head.attention.in_proj_{kind}", None)
+                if w is None:
+                    raise uisbench.ConfigError(f"weights folder {source}: SigLIP's head has no attention.in_proj_{kind}; re-download it.")
                 out[f"attn_pool.q.{kind}"], out[f"attn_pool.kv.{kind}"] = w[:d], w[d:]
             _move(out, hf, [("head.attention.out_proj", "attn_pool.proj"), ("head.layernorm", "attn_pool.norm"), ("head.mlp", "attn_pool.mlp")])
     if hf:
@@ -375,6 +377,8 @@ def _act_name(module: Any) -> str | None:
     import torch
     from timm.layers import get_act_layer
 
+    if not isinstance(module, torch.nn.Module):
+        return None
     x = torch.linspace(-5, 5, 101)
     with torch.no_grad():
         y = module(x)
@@ -391,21 +395,23 @@ def _structure(net: Any) -> dict[str, Any]:
     if not hasattr(net, "blocks") or not hasattr(net, "patch_embed"):
         return {}
     blk = net.blocks[0]
-    ps = net.patch_embed.patch_size
-    qkv = getattr(blk.attn, "qkv", None)
+    ps = getattr(net.patch_embed, "patch_size", None)
+    attn, mlp = getattr(blk, "attn", None), getattr(blk, "mlp", None)
+    qkv = getattr(attn, "qkv", None)
+    fc1 = getattr(mlp, "fc1", None)  # other timm ViTs (EVA's SwiGLU ...) differ here: reported, never a crash
     return {
-        "embed_dim": int(net.embed_dim),
+        "embed_dim": getattr(net, "embed_dim", None),
         "depth": len(net.blocks),
-        "num_heads": int(blk.attn.num_heads),
-        "patch_size": int(ps[0] if isinstance(ps, (tuple, list)) else ps),
-        "mlp_hidden": int(blk.mlp.fc1.out_features),
+        "num_heads": getattr(attn, "num_heads", None),
+        "patch_size": int(ps[0] if isinstance(ps, (tuple, list)) else ps) if ps is not None else None,
+        "mlp_hidden": fc1.out_features if isinstance(fc1, torch.nn.Linear) else None,
         "reg_tokens": int(getattr(net, "num_reg_tokens", 0) or 0),
         "class_token": getattr(net, "cls_token", None) is not None,
         "layer_scale": not isinstance(getattr(blk, "ls1", torch.nn.Identity()), torch.nn.Identity),
         "qkv_bias": isinstance(qkv, torch.nn.Linear) and qkv.bias is not None,
         "pre_norm": not isinstance(getattr(net, "norm_pre", torch.nn.Identity()), torch.nn.Identity),
         "map_head": getattr(net, "attn_pool", None) is not None,
-        "act": _act_name(blk.mlp.act),
+        "act": _act_name(getattr(mlp, "act", None)),
     }
 
 
@@ -439,7 +445,10 @@ def _base_name(folder: HFFolder, s: Mapping[str, Any]) -> str:
         gap = "" if s["map_head"] else "_gap"
         candidates = [n for n in sorted(timm.list_models(f"vit_{size}_patch{p}_siglip{gap}_*")) if re.fullmatch(rf"vit_{size}_patch{p}_siglip{gap}_\d+", n)]
         candidates += [f"vit_base_patch16_siglip{gap}_224"]
-    return next(n for n in candidates if timm.is_model(n))
+    name = next((n for n in candidates if timm.is_model(n)), None)
+    if name is None:
+        raise uisbench.ConfigError(f"weights folder {folder.path}: this timm has none of {', '.join(candidates)}; upgrade timm.")
+    return name
 
 
 def _meta_model(name: str, kwargs: Mapping[str, Any]) -> Any:
