@@ -304,7 +304,11 @@ def test_killed_run_resumes_to_the_same_weights(host, synth, tmp_path):
     other.on_checkpoint = lambda r, it: (_ for _ in ()).throw(_Stop())
     with pytest.warns(UserWarning, match="another run"), pytest.raises(_Stop):
         other.fit(train, masks, workdir=tmp_path / "killed", seed=4)
-    assert torch.load(tmp_path / "killed" / "maskrcnn-checkpoint.pt", weights_only=True)["iteration"] == 1
+    saved = torch.load(tmp_path / "killed" / "maskrcnn-checkpoint.pt", weights_only=True)
+    assert saved["iteration"] == 1
+    # the file's layout is what checkpoints of earlier versions hold (format 2): they keep resuming
+    assert list(saved) == ["format", "key", "round", "iteration", "model", "optimizer", "scheduler", "rng", "history"]
+    assert saved["format"] == 2 and list(saved["rng"]) == ["torch", "numpy", "python"]
 
 
 def test_resume_key_ignores_how_but_not_what_is_computed(host, synth):
