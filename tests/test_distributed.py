@@ -175,8 +175,9 @@ class _Failing:
 
 def _worker(argv: list[str]) -> None:
     """``torchrun ... test_distributed.py OUT JOB...``; each JOB is ``check:DIR``, ``train:DIR``,
-    ``default:DIR`` (:func:`_bench_default`), ``fail:DIR`` (rank 1's images become unreadable after
-    the first step) or ``kill:DIR`` (train, and at the checkpoint of iteration KILL_AT rank 0
+    ``default:DIR`` (:func:`_bench_default`), ``collectives:-`` (each verb of the bench's shard and
+    of the student's ranks, :class:`uisbench.ranks.ProcessRank`), ``fail:DIR`` (rank 1's images
+    become unreadable after the first step) or ``kill:DIR`` (train, and at the checkpoint of iteration KILL_AT rank 0
     SIGKILLs rank 1, which ends the job). Job
     ``n``'s result goes to ``OUT.<n>.rank<r>`` as soon as it is done."""
     import torch
@@ -199,6 +200,13 @@ def _worker(argv: list[str]) -> None:
             check_shared_workdir(shard, Path(folder))  # one folder for all: passes
         elif kind == "default":
             result = _bench_default(Path(folder))
+        elif kind == "collectives":
+            from uisbench_builtins._student_data import Ranks
+
+            result = {}
+            for name, ranks in (("shard", shard), ("ranks", Ranks.current("cpu"))):
+                ranks.barrier()
+                result[name] = (ranks.all_gather(10 + ranks.rank), ranks.gather(20 + ranks.rank), ranks.broadcast(30 + ranks.rank))
         elif kind == "fail":  # rank 1 cannot read an image at iteration 1: every rank must stop, none hang
             student = student_factory()
             broken = _Failing(train, shard.rank == 1)
@@ -211,7 +219,7 @@ def _worker(argv: list[str]) -> None:
         else:
             student = student_factory()
             if kind == "kill":
-                pids = shard.gather(os.getpid())
+                pids = shard.all_gather(os.getpid())  # every rank runs the callback below
 
                 def kill(r, it, pids=pids):
                     if (r, it) == (0, KILL_AT):
@@ -281,12 +289,12 @@ def runs(tmp_path_factory):
     first, (check, two, _) = _torchrun(tmp, "first", f"check:{tmp / 'check'}", f"train:{tmp / 'two'}", f"kill:{tmp / 'killed'}")
     assert check[0] is not None and two[0] is not None and two[1] is not None, first.stderr[-4000:]
     left = torch.load(tmp / "killed" / "maskrcnn-checkpoint.pt", weights_only=True)
-    second, (resumed, from_one, failed) = _torchrun(
-        tmp, "second", f"train:{tmp / 'killed'}", f"train:{tmp / 'from-one'}", f"fail:{tmp / 'failed'}"
+    second, (resumed, from_one, failed, collectives) = _torchrun(
+        tmp, "second", f"train:{tmp / 'killed'}", f"train:{tmp / 'from-one'}", f"fail:{tmp / 'failed'}", "collectives:-"
     )
     assert second.returncode == 0, second.stderr[-4000:]
     return {"tmp": tmp, "one": one, "check": check, "two": two, "killed": first.returncode, "left": left,
-            "resumed": resumed, "from_one": from_one, "failed": failed, "build": (student, train, val, masks)}
+            "resumed": resumed, "from_one": from_one, "failed": failed, "collectives": collectives, "build": (student, train, val, masks)}
 
 
 def test_two_ranks_train_what_one_process_trains(runs):
@@ -339,6 +347,15 @@ def test_two_ranks_resume_a_one_process_checkpoint(runs):
     assert _max_diff(resumed["weights"], one["weights"]) <= WEIGHT_ATOL
     tail = [x for x in one["losses"] if (x[0], x[1]) >= (0, KILL_AT)]
     assert max(abs(a[2] - b[2]) for a, b in zip(tail, resumed["losses"], strict=True)) <= LOSS_ATOL
+
+
+def test_one_meaning_per_collective_verb_for_the_bench_and_the_student(runs):
+    """uisbench.ranks.ProcessRank on 2 real ranks: all_gather gives every rank the list, gather only rank 0
+    (None on rank 1), broadcast rank 0's value; the bench's shard and the student's ranks alike."""
+    rank0, rank1 = runs["collectives"]
+    for name in ("shard", "ranks"):
+        assert rank0[name] == ([10, 11], [20, 21], 30), name
+        assert rank1[name] == ([10, 11], None, 30), name
 
 
 def test_a_rank_that_fails_stops_every_rank(runs):
@@ -500,6 +517,10 @@ def test_the_bench_and_the_student_share_one_notion_of_rank():
             assert shard.mine(items) == ranks.mine(items) == items[rank::world]
             assert shard.main == ranks.main == (rank == 0) and shard.distributed == ranks.distributed == (world > 1)
     assert sorted(sum((Shard(rank=r, world=3).mine(items) for r in range(3)), [])) == items
+    # the collectives are written once, in uisbench.ranks.ProcessRank (one meaning per verb)
+    for cls in (Shard, Ranks):
+        assert not {"barrier", "all_gather", "gather", "broadcast"} & set(vars(cls)), cls
+    assert Shard().all_gather(5) == Shard().gather(5) == [5] and Ranks().broadcast(6) == 6
 
 
 if __name__ == "__main__":

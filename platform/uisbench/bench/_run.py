@@ -127,7 +127,7 @@ def _run_bench(host: Any, registry: Any, options: BenchOptions) -> BenchOutcome:
         cells, backbones = walker.walk()
         rank_by = resolve_rank_by(rank_by_text, plan.metrics, cells)
         ranking = build_ranking(cells, walker.draws, rank_by, ctx.bootstrap, ctx.seeds)
-        computed = ctx.shard.gather(dict(ctx.computed))
+        computed = ctx.shard.all_gather(dict(ctx.computed))
         total = {k: sum(c[k] for c in computed) for k in ctx.computed}
         results = build_results(pipeline, host, registry, cells, backbones, ranking, total, started_wall, time.perf_counter() - t0)
         efficiency = label_efficiency(cells, ranking)

@@ -4,7 +4,7 @@ Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set, ``WORLD_SIZE > 1
 initialised (gloo on CPU, nccl on CUDA). Per-image stages split the work by *chunks* of the image
 list (``chunks[rank::world]``), so every batch has the same composition as in a one-process run and
 results are identical. Everything a rank computes lands in per-image cache files on the shared work
-directory; metric states travel with ``all_gather_object``. Whole stages with ``all_ranks`` (the
+directory; metric states travel with ``all_gather``. Whole stages with ``all_ranks`` (the
 student) compute on every rank, e.g. distributed training. Without torchrun every method is trivial.
 
 The ranks share one work directory: on several nodes it must be on a file system that every node
@@ -21,7 +21,6 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..errors import ConfigError
 from ..ranks import ProcessRank
@@ -34,31 +33,8 @@ class Shard(ProcessRank):
     local_rank: int = 0
     initialised_here: bool = False
 
-    def barrier(self) -> None:
-        if self.distributed:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def gather(self, obj: Any) -> list[Any]:
-        """``obj`` of every rank, in rank order (every rank gets the list)."""
-        if not self.distributed:
-            return [obj]
-        import torch.distributed as dist
-
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def broadcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        if not self.distributed:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj if self.main else None]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+    # barrier, all_gather (every rank gets the list), gather (rank 0 only) and broadcast come from
+    # uisbench.ranks.ProcessRank, over the default process group: one meaning per verb, bench and plugins alike.
 
     def close(self) -> None:
         if self.initialised_here:
@@ -129,7 +105,7 @@ def check_shared_workdir(shard: Shard, workdir: Path, *, timeout_s: float = SHAR
             if seen or time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
-    answers = shard.gather((seen, socket.gethostname(), str(Path(workdir).resolve())))
+    answers = shard.all_gather((seen, socket.gethostname(), str(Path(workdir).resolve())))
     if shard.main:
         (Path(workdir) / name).unlink(missing_ok=True)
     if problem is not None:

@@ -259,7 +259,7 @@ class StageRunner:
         else:
             compute_here = ctx.shard.main or stage.all_ranks
             report = self.collective(stage.label, lambda: stage.compute(key, None) if compute_here else None)
-        reports = ctx.shard.gather(report)
+        reports = ctx.shard.all_gather(report)
 
         def finish() -> dict[str, Any] | None:
             if not ctx.shard.main:
@@ -351,7 +351,7 @@ class StageRunner:
         except Exception as err:
             self.ctx.log_failure(what, err)
             problem = ("failed", f"{what}: {short_error(err)} (traceback in {self.ctx.log_path})")
-        problems = self.ctx.shard.gather(problem)
+        problems = self.ctx.shard.all_gather(problem)
         first = next((p for p in problems if p), None)
         if first:
             raise StageError(*first)

@@ -178,7 +178,7 @@ class MetricEvaluator:
                     states[name] = metric.state() if ctx.shard.distributed else None
                 except Exception as err:
                     errors[name] = short_error(err)
-        gathered = ctx.shard.gather((states, errors))
+        gathered = ctx.shard.all_gather((states, errors))
         out: dict[str, MetricResult] = {}
         if ctx.shard.main:
             all_errors: dict[str, str] = {}
