@@ -4,6 +4,8 @@ papercuts. One real tiny bench on 3 generated photos in a folder named like a wa
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import json
 import math
@@ -134,7 +136,10 @@ def own(tmp_path_factory):
     options = BenchOptions(backbones=["pixels", "position", "oracle-instance"], maskers=["kmeans", "ncut"], students=[],
                            metrics=["coco", "cost", "label-free"], dataset="site", device="cpu", workdir=workdir,
                            private=True, argv=argv, bootstrap=50)
-    outcome = run_bench(host, registry, options)
+    terminal = io.StringIO()  # the lines the run prints: a terminal log is pasted into tickets too
+    with contextlib.redirect_stderr(terminal):
+        outcome = run_bench(host, registry, options)
+    (base / "terminal.txt").write_text(terminal.getvalue())
     return base, workdir, outcome, json.loads((workdir / "results.json").read_text())
 
 
@@ -199,6 +204,10 @@ def test_private_keeps_the_sites_names_home_and_the_gallery_local(own):
     assert {"results.json", "report.html", "leaderboard.md", "leaderboard.csv", ".lock", "report/leaderboard.png"} <= names
     leaks = [n for p, n in zip(shared, names, strict=True) if SENTINEL.encode() in p.read_bytes()]
     assert leaks == []
+    # the cell lines on the terminal too (the oracle's reason quotes its dataset's folder)
+    terminal = (workdir.parent / "terminal.txt").read_text()
+    assert "[skipped] oracle-instance" in terminal and "<private>" in terminal
+    assert SENTINEL not in terminal
     assert "<private>" in results["run"]["argv"] and results["run"]["workdir"] == "<private>"
     assert all(f["path"] == "<private>" for f in results["provenance"]["registry"]["files"])
     assert json.loads((workdir / ".lock").read_text())["host"] == "<private>"

@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -168,11 +169,14 @@ class BenchContext:
         self.show_progress = self.shard.main
         #: no image pixels or paths in the outputs (``BenchOptions.private`` or the registry's report section)
         self.private = bool(options.private)
+        #: under ``--private``, the run's known paths replaced in every line :meth:`say` prints (a
+        #: plugin's reason may quote its dataset folder; a terminal log pasted into a ticket is shared)
+        self.redact: Callable[[str], str] | None = None
 
     def say(self, text: str) -> None:
         """A line for the user on stderr, from rank 0 only."""
         if self.shard.main:
-            print(text, file=sys.stderr, flush=True)
+            print(self.redact(text) if self.redact is not None else text, file=sys.stderr, flush=True)
 
     def log_failure(self, what: str, err: BaseException) -> None:
         """Append ``err``'s traceback to the run's log (the cell's reason points here).

@@ -28,7 +28,7 @@ from ._data import BenchData
 from ._outlook import outlook
 from ._pipeline import Pipeline
 from ._plan import make_plan
-from ._private import private_argv
+from ._private import private_argv, redactor_for
 from ._shard import check_shared_workdir
 from ._signals import terminate_as_interrupt
 from ._workdir import WorkdirLock, check_workdir, remove_stale_temporaries
@@ -88,7 +88,10 @@ def open_pipeline(host: Any, registry: Any, options: BenchOptions) -> Pipeline:
         ctx.private = bool(options.private or not registry.report_images)
         plan = make_plan(host, registry, options, ctx.cache.hash_memo(), ctx.device_type)
         data = BenchData(plan.entry("datasets", plan.dataset), options.limit, options.skip_bad_images, ctx.cache.hash_memo())
-        return Pipeline(ctx, plan, data, lock)
+        pipeline = Pipeline(ctx, plan, data, lock)
+        if ctx.private:
+            ctx.redact = redactor_for(pipeline, registry).text
+        return pipeline
     except BaseException:
         lock.release()
         ctx.shard.close()
