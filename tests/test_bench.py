@@ -193,8 +193,7 @@ def test_code_fingerprints_leave_out_the_report_and_nothing_that_computes_import
                 targets = [base] + [f"{base}.{a.name}" for a in node.names]
             if any(_code._presentation(t) for t in targets) and not _code._presentation(name):
                 importers.add(name)
-    # _leaderboard_merge reads finished results and moves into bench/report/ next (then it leaves this set)
-    assert importers == {"uisbench.__main__", "uisbench.bench", "uisbench.bench._run", "uisbench.bench._leaderboard_merge"}
+    assert importers == {"uisbench.__main__", "uisbench.bench", "uisbench.bench._run"}
 
 
 def test_code_fingerprint_leaves_out_the_report_folder_not_the_stages_folder(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from uisbench.bench import validate_results
-from uisbench.bench._leaderboard_merge import merge_runs, write_merged
+from uisbench.bench.report.merge import merge_runs, write_merged
 from uisbench.cli import main
 
 

@@ -1,6 +1,7 @@
 """Numbers that can be checked, not only trusted: ``platform leaderboard --merge RUN... --rescore``.
 
-(Named outside the ``_leaderboard*`` / stage modules on purpose: it only reads finished work directories.)
+(At the top of bench/, beside the engine whose stages it re-enters: it recomputes values from saved
+outputs, so it is code, not presentation; no stage imports it, so it is in no stage's fingerprint.)
 
 A submitted run's results.json states its metric values; its work directory's cache holds what
 they were computed from: the pseudo-masks (``cache/pseudo-masks/<key>/summary-<ids>.json``) and

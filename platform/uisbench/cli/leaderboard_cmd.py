@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import load_results, render_leaderboard
     from ..io import atomic_write_text
 
-    if args.merge:  # several runs -> one leaderboard (bench/_leaderboard_merge.py)
-        from ..bench._leaderboard_merge import merge_runs, write_merged
+    if args.merge:  # several runs -> one leaderboard (bench/report/merge.py)
+        from ..bench.report.merge import merge_runs, write_merged
         from ..errors import ConfigError
 
         if len(args.merge) < 2:

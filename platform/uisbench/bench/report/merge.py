@@ -1,6 +1,6 @@
 """One leaderboard from several runs: `platform leaderboard --merge RUN... --out DIR`.
 
-(Named _leaderboard_*: a presentation module, outside every code fingerprint; it reads finished results.)
+(In report/: presentation, outside every code fingerprint; it reads finished results.)
 
 A keeper who runs the matrix on several machines gets several results.json files. Their cells are
 ranked together only when the runs measured the same thing, as results.json records it (the
@@ -25,8 +25,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .report.leaderboard import _cell_id, render
-from .stats.ranking import _result
+from ..stats.ranking import _result
+from .leaderboard import _cell_id, render
 
 __all__ = ["basis", "compare", "merge_runs", "write_merged"]
 
@@ -78,7 +78,7 @@ def compare(reference: dict[str, Any], other: dict[str, Any]) -> list[str]:
 
 
 def _load(path: str | Path) -> tuple[str, dict[str, Any]]:
-    from . import load_results
+    from .. import load_results
 
     p = Path(path)
     return str(p / "results.json" if p.is_dir() else p), load_results(p)
@@ -93,7 +93,7 @@ def merge_runs(paths: list[str | Path]) -> tuple[dict[str, Any], dict[str, Any]]
     """``(results, record)``: one results document (schema of results.json) holding the cells of every
     run comparable with the first, and ``record`` (merge.json): each run, its differences from the
     first, which run each cell comes from and what it replaced, and the cells kept apart."""
-    from ..errors import ConfigError
+    from ...errors import ConfigError
 
     if len(paths) < 2:
         raise ConfigError("leaderboard --merge: give at least two work directories or results.json files.")
@@ -183,8 +183,8 @@ def _apart_markdown(record: dict[str, Any]) -> str:
 def write_merged(paths: list[str | Path], out: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Merge ``paths`` into ``out``: results.json (merged, comparable cells), merge.json (the record),
     leaderboard.md (with the cells kept apart and why), leaderboard.csv, leaderboard.json, report.html."""
-    from ..io import atomic_write_json, atomic_write_text
-    from ._results import validate
+    from ...io import atomic_write_json, atomic_write_text
+    from .._results import validate
 
     merged, record = merge_runs(paths)
     problems = validate(merged)
@@ -206,8 +206,8 @@ def write_merged(paths: list[str | Path], out: str | Path) -> tuple[dict[str, An
 def _report_page(merged: dict[str, Any]) -> str:
     """report.html of the merged results: findings, leaderboard and plots; no gallery (the images
     were on the machines that ran, not here)."""
-    from .report.findings import findings
-    from .report.page import page
-    from .report.plots import all_plots
+    from .findings import findings
+    from .page import page
+    from .plots import all_plots
 
     return page(merged, findings(merged), all_plots(merged), None, private=False)
