@@ -40,7 +40,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TOLERANCE", "MAX_FILE_BYTES", "same", "rescore_run", "rescore_lines", "rescore_command"]
+__all__ = ["TOLERANCE", "MAX_FILE_BYTES", "same", "recompute_run", "rescore_run", "rescore_lines", "rescore_command"]
 
 #: relative tolerance of :func:`same` (see the module docstring)
 TOLERANCE = 1e-6
@@ -266,12 +266,18 @@ def _compare(found: dict[str, Any], where: str, name: str, submitted: dict[str, 
     return compared
 
 
-def rescore_run(path: str | Path, host: Any) -> dict[str, Any]:
-    """Rescore one run (a work directory, or the results.json inside one).
+def recompute_run(path: str | Path, host: Any, only: set[tuple[str, str, str]] | None = None) -> dict[str, Any]:
+    """Recompute one run's metric results from its saved predictions (a work directory, or the
+    results.json inside one), with the keeper's plugins, as the bench computed them.
 
-    Returns ``{"run", "status", "reason", "checked", "differences", "problems", "not_checked"}``:
-    ``status`` is ``accepted`` (every checkable value recomputed equal), ``differs`` (``differences``
-    lists where, which metric and value, submitted vs recomputed) or ``cannot rescore`` (``reason``).
+    ``only``: the ``(cell id, stage, metric)`` to recompute (``None``: every checkable one). Returns
+    ``{"run", "document", "results", "submitted", "draws", "reason", "problems", "skipped"}``: ``results`` maps
+    ``(cell id, stage, metric)`` to the recomputed result, whose ``bootstrap`` holds the per-draw
+    headline values (the numbers the bench's ranking pairs for its ``≈`` marks, see
+    ``stats.uncertainty.rank_rows``); ``submitted`` maps the same keys to results.json's result,
+    ``document`` is results.json itself; ``draws`` are the bootstrap resamples (image ids) used;
+    ``reason`` says why nothing could be recomputed (``None`` when the cache and the keeper's dataset
+    were usable), ``problems`` why a part could not, ``skipped`` the metrics that read other inputs.
     """
     from . import load_results
     from ._cells import cell_id
@@ -279,24 +285,23 @@ def rescore_run(path: str | Path, host: Any) -> dict[str, Any]:
 
     p = Path(path)
     workdir = p if p.is_dir() else p.parent
-    found: dict[str, Any] = {"run": str(p), "status": "cannot rescore", "reason": None, "checked": 0,
-                             "differences": [], "problems": [], "not_checked": []}
     results = load_results(p)
+    out: dict[str, Any] = {"run": str(p), "document": results, "results": {}, "submitted": {}, "draws": [],
+                           "reason": None, "problems": [], "skipped": {}}
     if not (workdir / "cache").is_dir():
-        found["reason"] = (f"no saved predictions: {workdir} has no cache/ folder next to results.json; "
-                           "a run is checkable only with its work directory, cache/ included")
-        return found
+        out["reason"] = (f"no saved predictions: {workdir} has no cache/ folder next to results.json; "
+                         "a run is checkable only with its work directory, cache/ included")
+        return out
     try:
         keeper = _Keeper(host, results)
     except _CannotRescore as err:
-        found["reason"] = str(err)
-        return found
-    recomputed: dict[tuple[str, str, str], dict[str, Any]] = {}  # (cell id, stage, metric) -> result
+        out["reason"] = str(err)
+        return out
+    out["draws"] = keeper.draws
     done: dict[tuple[str, str, tuple[Any, ...]], dict[str, Any]] = {}  # every student of a row shares its masks
     # (stage, key) -> {backbone entry as recorded -> the cells}: one saved output named by two rows of
     # different backbones is one row's predictions claimed for another
     named: dict[tuple[str, str], dict[str, set[str]]] = {}
-    skipped: dict[str, str] = {}
     for cell in results.get("cells") or []:
         cid = cell_id(cell)
         for field, stage in _STAGES:
@@ -304,13 +309,12 @@ def rescore_run(path: str | Path, host: Any) -> dict[str, Any]:
             if part.get("status") != "ok":
                 continue
             for name, submitted in sorted((part.get("metrics") or {}).items()):
-                if submitted.get("status") != "ok":
+                if submitted.get("status") != "ok" or (only is not None and (cid, stage, name) not in only):
                     continue
                 why = _checkable(host, results, name)
                 if why:
-                    skipped[name] = why
+                    out["skipped"][name] = why
                     continue
-                where = f"{cid} {stage}"
                 keys = part.get("keys") or [part.get("key")]  # one per seed where the stage repeats
                 backbone = _backbone_identity(results, cell.get("backbone"))
                 for k in keys:
@@ -321,16 +325,35 @@ def rescore_run(path: str | Path, host: Any) -> dict[str, Any]:
                         done[memo] = combine_repeats([keeper.score(name, _predictions(workdir, stage, k, keeper))
                                                       for k in keys])
                     except _CannotRescore as err:
-                        found["problems"].append(f"{where} metric {name}: {err}")
+                        out["problems"].append(f"{cid} {stage} metric {name}: {err}")
                         continue
-                result = done[memo]
-                recomputed[(cid, stage, name)] = result
-                found["checked"] += _compare(found, where, name, submitted, result)
+                out["results"][(cid, stage, name)] = done[memo]
+                out["submitted"][(cid, stage, name)] = submitted
     for (stage, key), owners in sorted(named.items()):
         if len(owners) > 1:
             cells = sorted(c for ids in owners.values() for c in ids)
-            found["problems"].append(f"{stage} key {key} is named by cells of different backbones ({', '.join(cells)}): "
-                                     "one row's saved predictions cannot stand for another's")
+            out["problems"].append(f"{stage} key {key} is named by cells of different backbones ({', '.join(cells)}): "
+                                   "one row's saved predictions cannot stand for another's")
+    return out
+
+
+def rescore_run(path: str | Path, host: Any) -> dict[str, Any]:
+    """Rescore one run (a work directory, or the results.json inside one).
+
+    Returns ``{"run", "status", "reason", "checked", "differences", "problems", "not_checked"}``:
+    ``status`` is ``accepted`` (every checkable value recomputed equal), ``differs`` (``differences``
+    lists where, which metric and value, submitted vs recomputed) or ``cannot rescore`` (``reason``).
+    """
+    found: dict[str, Any] = {"run": str(Path(path)), "status": "cannot rescore", "reason": None, "checked": 0,
+                             "differences": [], "problems": [], "not_checked": []}
+    again = recompute_run(path, host)
+    if again["reason"]:
+        found["reason"] = again["reason"]
+        return found
+    recomputed, results = again["results"], again["document"]
+    for (cid, stage, name), result in recomputed.items():
+        found["checked"] += _compare(found, f"{cid} {stage}", name, again["submitted"][(cid, stage, name)], result)
+    found["problems"] = list(again["problems"])
     ranking = results.get("ranking") or {}
     for group in ("rows", "calibration"):  # the leaderboard's own copy of the ranking value
         for row in ranking.get(group) or []:
@@ -341,7 +364,7 @@ def rescore_run(path: str | Path, host: Any) -> dict[str, Any]:
             found["checked"] += _compare(found, f"{row.get('id')} ranking", str(ranking.get("metric")),
                                          {"values": {value: row.get("value")}, "ci": {value: row.get("ci")}},
                                          {"values": {value: result["values"].get(value)}, "ci": {value: (result.get("ci") or {}).get(value)}})
-    found["not_checked"] = [f"metric {n}: {why}" for n, why in sorted(skipped.items())]
+    found["not_checked"] = [f"metric {n}: {why}" for n, why in sorted(again["skipped"].items())]
     found["not_checked"] += ["few-label curves, label-free agreement and stability, ≈ marks: not recomputed"]
     if found["differences"]:
         found["status"] = "differs"
