@@ -36,32 +36,44 @@ padded windows: they are put back on the grid and the padding cropped away. Weig
 without them the factory raises :class:`uisbench.BackboneUnavailable` saying which file to get.
 Random initialisation only happens with an explicit ``pretrained: false``.
 
-torch, timm, safetensors and huggingface_hub are imported inside functions only.
+Its private helpers: ``_timm_params.py`` (parameters, checks without timm), ``_timm_facets.py`` (computing
+a facet), ``_timm_checkpoint.py`` (loading a weights file). torch, timm, safetensors and huggingface_hub are
+imported inside functions only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import re
-import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uisbench
 
-from ._families import FAMILIES, backbone_state_dict, check_model, family_named, inspect_entry, recognise, weights_dir
-from ._hf_layout import HFFolder, inspect_folder, read_folder
+from ._families import family_named, inspect_entry, recognise, weights_dir
+from ._hf_layout import inspect_folder, read_folder
+from ._timm_checkpoint import load_file, load_weights
+from ._timm_facets import QKV_INDEX, autocast_context, block_tokens, projected, projection
+from ._timm_params import (
+    BLOCK_FACETS,
+    FACETS,
+    PRECISIONS,
+    architecture_kind,
+    check_vit_params,
+    facet_problem,
+    vit_params,
+)
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = [
+__all__ = [  # the ViT machinery the dino and mae plugins share (some of it defined in the _timm_* helpers)
     "FACETS",
+    "BLOCK_FACETS",
     "PRECISIONS",
+    "architecture_kind",
     "TimmViT",
     "vit_params",
     "check_vit_params",
@@ -73,165 +85,7 @@ __all__ = [
     "autocast_context",
 ]
 
-FACETS = ("key", "query", "value", "token", "stage")
-#: the facets of a transformer's blocks; a CNN has only ``stage``
-BLOCK_FACETS = ("key", "query", "value", "token")
-_QKV_INDEX = {"query": 0, "key": 1, "value": 2}
-PRECISIONS = ("auto", "fp32", "bf16")
 _INIT_SEED = 0
-
-
-# ---------------------------------------------------------------------------------------------
-# Parameters shared by the ViT plugins
-# ---------------------------------------------------------------------------------------------
-
-
-def vit_params(model_default: Any, model_help: str, model_choices: tuple[str, ...] | None = None) -> tuple[uisbench.Param, ...]:
-    """The parameters of the ``dino``, ``mae`` and ``timm`` plugins (they differ only in ``model``)."""
-    P = uisbench.Param
-    return (
-        P("model", "str", model_default, model_help, choices=model_choices),
-        P("weights", "path", None, "local checkpoint (.pth/.bin/.safetensors); official SSL layouts are recognised and unwrapped"),
-        P("family", "str", None, "the SSL family whose official file layout `weights` has (null: recognised from the file); "
-          "sets the normalisation and checks the head count", choices=tuple(FAMILIES), nullable=True),
-        P("pretrained", "bool", True, "false = random initialisation on purpose (recorded in every result)"),
-        P("facet", "str", "key", "which features: attention key/query/value of the block, its output token, or a CNN's stage", choices=FACETS),
-        # layer: its range is the model's depth, known once timm has built it (the factory checks it)
-        P("layer", "int", -1, "block (CNN: stage) whose features are taken; negative counts from the end (-1 = last)"),
-        P("size", "int", 480, "square input side in pixels (a multiple of the patch size)", ge=1),
-        P("resize", "str", "square", "square: stretch to size x size (MaskCut); pad: keep aspect ratio, pad", choices=uisbench.grid.RESIZE_POLICIES),
-        P("mean", "list[float]", None, "RGB normalisation mean; null = the weights' timm pretrained_cfg"),
-        P("std", "list[float]", None, "RGB normalisation std; null = the weights' timm pretrained_cfg", gt=0),
-        P("precision", "str", "auto", "auto: bf16 autocast on CUDA, fp32 on CPU; fp32 or bf16 to force", choices=PRECISIONS),
-        P("model_kwargs", "dict", None, "extra timm.create_model arguments (architecture overrides such as depth)"),
-    )
-
-
-#: timm.create_model arguments the plugin's own parameters decide
-_RESERVED_KWARGS = ("pretrained", "img_size", "num_classes", "pretrained_cfg_overlay")
-_PATCH_IN_NAME = re.compile(r"patch(\d+)")
-
-
-def check_vit_params(params: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
-    """Parameter problems the ViT factory would raise, found without timm (``platform validate``)."""
-    kwargs = params.get("model_kwargs") or {}
-    clash = sorted(set(kwargs) & set(_RESERVED_KWARGS))
-    if clash:
-        yield "model_kwargs", f"may not set {', '.join(clash)}; use the plugin's own parameters (size:, pretrained:, weights:)"
-    if params.get("weights") is not None and params.get("pretrained") is False:
-        yield "pretrained", f"`pretrained: false` contradicts `weights: {params['weights']}`; drop one"
-    for name in ("mean", "std"):
-        value = params.get(name)
-        if value is not None and len(value) != 3:
-            yield name, f"must be three numbers (R, G, B), got {list(value)}"
-    yield from _check_facet(str(params.get("model") or ""), params.get("facet"))
-    fam = FAMILIES.get(params.get("family") or "")
-    kind = architecture_kind(str(params.get("model") or "")) if fam is not None else None
-    if fam is not None and kind is not None and kind != fam.kind:
-        yield "family", f"{fam.title} files hold a {fam.kind}, {params.get('model')} is a {kind}; use e.g. model: {fam.model}"
-    found = _PATCH_IN_NAME.search(str(params.get("model") or ""))
-    patch = kwargs.get("patch_size", int(found.group(1)) if found else None)
-    size = params.get("size")
-    if isinstance(patch, int) and patch > 0 and isinstance(size, int):
-        yield from uisbench.grid.check_grid_params({"size": size, "patch_size": patch})
-
-
-#: timm modules whose models are transformers with ``blocks[i].attn`` / CNNs with stages: what
-#: `platform validate` knows without building the model (others are found out when it is built)
-_TRANSFORMER_MODULES = frozenset({"vision_transformer", "eva", "vision_transformer_sam", "deit", "beit"})
-_CNN_MODULES = frozenset({"resnet", "convnext", "resnetv2", "regnet", "efficientnet", "mobilenetv3", "densenet", "vgg"})
-
-
-def architecture_kind(model: str) -> str | None:
-    """``"transformer"``, ``"cnn"`` or ``None`` (unknown name or module) for a timm model name,
-    from the module that registers it: no model is built."""
-    try:
-        import timm
-
-        module = timm.models.model_entrypoint(model.split(".")[0]).__module__.rsplit(".", 1)[-1]
-    except Exception:  # unknown name: the factory says so with suggestions
-        return None
-    return "transformer" if module in _TRANSFORMER_MODULES else "cnn" if module in _CNN_MODULES else None
-
-
-def _facet_problem(model: str, kind: str, facet: str | None) -> str | None:
-    if kind == "cnn" and facet in BLOCK_FACETS:
-        return (f"{model} is a CNN: it has no attention {facet}s or tokens; use facet: stage "
-                "(layer: -1 = the last stage at stride 32, -2 = the one before at stride 16)")
-    if kind == "transformer" and facet == "stage":
-        return f"{model} is a transformer: it has no CNN stages; use facet: key (attention keys) or token"
-    return None
-
-
-def _check_facet(model: str, facet: str | None) -> Iterator[tuple[str | None, str]]:
-    if not model or facet is None:
-        return
-    problem = _facet_problem(model, architecture_kind(model) or "", facet)
-    if problem:
-        yield "facet", problem
-
-
-def autocast_context(device_type: str, precision: str):
-    """bf16 autocast on CUDA (``auto``/``bf16``), on CPU only when ``bf16`` is asked; else a no-op."""
-    import torch
-
-    if precision == "bf16" or (precision == "auto" and device_type == "cuda"):
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def load_weights(model: Any, state_dict: dict[str, Any], source: str, model_name: str) -> list[str]:
-    """Convert ``state_dict`` with timm's checkpoint filter of ``model``'s family and load it strictly.
-
-    Missing keys, unexpected keys and shape mismatches are all listed in one :class:`uisbench.ConfigError`.
-    """
-    notes: list[str] = []
-    family = sys.modules.get(type(model).__module__)
-    filter_fn = getattr(family, "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        try:
-            state_dict = filter_fn(state_dict, model)
-        except Exception as err:
-            raise uisbench.ConfigError(
-                f"weights file {source}: timm's {family.__name__}.checkpoint_filter_fn could not convert it for "
-                f"{model_name!r} ({type(err).__name__}: {err}); check that `model:` names the architecture it was trained with."
-            ) from err
-        notes.append(f"converted by {family.__name__}.checkpoint_filter_fn")
-    expected = model.state_dict()
-    # the classifier timm names in the model's cfg (ViT: head, ResNet: fc, ConvNeXt: head.fc), built without one
-    classifier = str((getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "head")
-    for name in dict.fromkeys((classifier.split(".")[0], "head")):
-        if not any(k.startswith(name + ".") for k in expected) and any(k.startswith(name + ".") for k in state_dict):
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(name + ".")}
-            notes.append(f"dropped the classification/projection head '{name}' (features only)")
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    shapes = [
-        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        problems = (
-            [f"missing key {k}" for k in missing]
-            + [f"unexpected key {k}" for k in unexpected]
-            + [f"shape mismatch {s}" for s in shapes]
-        )
-
-        def show(items: list[str]) -> str:
-            return ", ".join(items[:12]) + (f" ... ({len(items)} in all)" if len(items) > 12 else "")
-
-        parts = [f"weights file {source} does not fit timm model {model_name!r}:"]
-        if missing:
-            parts.append(f"missing keys: {show(missing)};")
-        if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)};")
-        if shapes:
-            parts.append(f"shape mismatches: {show(shapes)};")
-        parts.append("check that `model:` (and `model_kwargs:`) name the architecture this checkpoint was trained with.")
-        raise uisbench.ConfigError(" ".join(parts), problems)
-    model.load_state_dict(state_dict, strict=True)
-    return notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,10 +227,6 @@ def hub_weights(model_name: str, plugin: str, cfg: Mapping[str, Any]) -> tuple[s
 # ---------------------------------------------------------------------------------------------
 
 
-class _StopForward(Exception):
-    """Raised by the attention pre-hook once it has what it needs: the rest of the network is not run."""
-
-
 class TimmViT(uisbench.GridBackbone):
     """A timm Vision Transformer giving one facet of one block as a ``(B, C, h, w)`` patch grid.
 
@@ -487,7 +337,7 @@ class TimmViT(uisbench.GridBackbone):
             raise uisbench.ConfigError(
                 f"{where}: neither a ViT (blocks, patch_embed) nor a CNN with feature_info stages; the timm plugin takes those."
             )
-        problem = _facet_problem(model, kind, facet)
+        problem = facet_problem(model, kind, facet)
         if problem:
             raise uisbench.ConfigError(f"{where}: {problem}.")
         self.kind = kind
@@ -513,8 +363,8 @@ class TimmViT(uisbench.GridBackbone):
             raise uisbench.ConfigError(f"{where}: layer {layer} is out of range for {depth} blocks (use -{depth}..{depth - 1}).")
         self.layer = layer % depth
         self._last = self.layer == depth - 1
-        if facet in _QKV_INDEX:
-            _projection(net.blocks[self.layer].attn, facet, where, self.layer)  # a ConfigError now, not at the first batch
+        if facet in QKV_INDEX:
+            projection(net.blocks[self.layer].attn, facet, where, self.layer)  # a ConfigError now, not at the first batch
         elif facet == "token" and not self._last and not hasattr(net, "forward_intermediates"):
             raise uisbench.ConfigError(f"{where}: this timm model has no forward_intermediates; use the last layer.")
         # From the model, never guessed: CLS + registers (+ DINOv3's storage tokens) for timm's ViTs and
@@ -529,7 +379,7 @@ class TimmViT(uisbench.GridBackbone):
         self.weights_sha256: str | None = None
         self.load_notes: list[str] = []
         if weights_path is not None:
-            self._load_file(net, weights_path, checkpoint)
+            self.weights, self.weights_sha256, self.load_notes = load_file(net, weights_path, checkpoint, self.family, self.model_name)
 
         net.eval()
         net.requires_grad_(False)
@@ -556,24 +406,6 @@ class TimmViT(uisbench.GridBackbone):
         except TypeError as err:
             raise uisbench.ConfigError(f"{where}: timm.create_model rejected the arguments ({err}); check model_kwargs.") from err
 
-    def _load_file(self, net: Any, path: Path, checkpoint: Any) -> None:
-        if isinstance(checkpoint, uisbench.weights.NpzArchive):  # big_vision/JAX: timm's own .npz loader, strictly
-            from ._families import load_npz
-
-            self.load_notes = load_npz(net, checkpoint, self.family, str(path), self.model_name)
-            self.weights, self.weights_sha256 = str(path), uisbench.io.file_sha256(path)
-            return
-        if isinstance(checkpoint, HFFolder):  # converted to timm's layout; net checked against its config.json
-            state_dict, notes = checkpoint.fit(net, self.model_name)
-        elif self.family is not None:
-            state_dict, notes = backbone_state_dict(checkpoint, self.family, str(path))
-        else:
-            state_dict, notes = uisbench.weights.unwrap_state_dict(checkpoint, str(path))
-        check_model(net, self.family, state_dict, str(path), self.model_name)
-        notes += load_weights(net, state_dict, str(path), self.model_name)
-        self.weights = str(path)
-        self.weights_sha256 = checkpoint.sha256() if isinstance(checkpoint, HFFolder) else uisbench.io.file_sha256(path)
-        self.load_notes = notes
 
     # -- contract ---------------------------------------------------------------------------------
 
@@ -619,107 +451,15 @@ class TimmViT(uisbench.GridBackbone):
             if self.facet == "stage":
                 (grid,) = self.model.forward_intermediates(pixels, indices=[self.layer], stop_early=True, intermediates_only=True)
             elif self.facet == "token":
-                grid = self._tokens(pixels)
+                grid = block_tokens(self.model, self.layer, pixels, g, self.num_prefix_tokens, self.model_name)
             else:
-                grid = self._projected(pixels)
+                grid = projected(self.model, self.layer, self.facet, pixels, g, self.num_prefix_tokens, self.model_name)
         if tuple(grid.shape[2:]) != (g, g):
             raise uisbench.DataError(
                 f"backbone {self.model_name}: a {tuple(grid.shape[2:])} feature grid for a {g}x{g} grid of {self.patch_size} px patches."
             )
         return self.feature_map(grid.float().contiguous(), pixels, image_ids)
 
-    def _grid(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(B, N, C)`` tokens (prefix first) or a ``(B, h, w, C)`` grid -> ``(B, C, g, g)``, prefix dropped."""
-        g = self.preprocessing.grid
-        if tokens.ndim == 4:  # SAM: a grid has no prefix tokens
-            return tokens.permute(0, 3, 1, 2)
-        if self.num_prefix_tokens is None:
-            raise uisbench.ConfigError(
-                f"backbone {self.model_name}: the model gives a token sequence but no num_prefix_tokens, so which tokens are "
-                "patches is unknown; use a timm ViT that declares it."
-            )
-        n = tokens.shape[1] - self.num_prefix_tokens
-        if n != g * g:
-            raise uisbench.DataError(
-                f"backbone {self.model_name}: {tokens.shape[1]} tokens less {self.num_prefix_tokens} prefix tokens "
-                f"(the model's num_prefix_tokens) is {n} patch tokens, not the {g}x{g} grid."
-            )
-        return tokens[:, self.num_prefix_tokens :].reshape(len(tokens), g, g, -1).permute(0, 3, 1, 2)
-
-    def _attention_input(self, pixels: torch.Tensor) -> torch.Tensor:
-        """What ``blocks[layer].attn`` receives (its block's normed input), as ``(B, N, C)`` tokens or a
-        ``(B, g, g, C)`` grid: a forward pre-hook captures it and stops the forward there."""
-        captured: list[Any] = []
-
-        def hook(module: Any, args: Any, kwargs: Any) -> None:
-            captured.append(args[0] if args else kwargs["x"])
-            raise _StopForward
-
-        handle = self.model.blocks[self.layer].attn.register_forward_pre_hook(hook, with_kwargs=True)
-        try:
-            self.model.forward_features(pixels)
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
-        if not captured:
-            raise uisbench.ConfigError(
-                f"backbone {self.model_name}: blocks[{self.layer}].attn was never called by forward_features; use facet: token."
-            )
-        x = captured[0]
-        g = self.preprocessing.grid
-        if x.ndim == 4 and (x.shape[0] != len(pixels) or tuple(x.shape[1:3]) != (g, g)):
-            # SAM's windowed blocks: (B * windows, w, w, C) windows of the grid padded to a multiple
-            # of w; put them back in place and crop the padding (timm's window_unpartition).
-            w = x.shape[1]
-            n = -(-g // w)
-            x = x.reshape(len(pixels), n, n, w, w, -1).permute(0, 1, 3, 2, 4, 5).reshape(len(pixels), n * w, n * w, -1)
-            x = x[:, :g, :g]
-        return x
-
-    def _projected(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The facet's projection of the attention input, heads concatenated: ``(B, C, g, g)``."""
-        import torch.nn.functional as F
-
-        weight, bias = _projection(self.model.blocks[self.layer].attn, self.facet, self.model_name, self.layer)
-        x = self._attention_input(pixels)
-        return self._grid(F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype)))
-
-    def _tokens(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Patch tokens of ``blocks[layer]`` after the final norm (SAM: its neck): ``(B, C, g, g)``."""
-        if hasattr(self.model, "forward_intermediates"):
-            (out,) = self.model.forward_intermediates(
-                pixels, indices=[self.layer], norm=True, stop_early=True, output_fmt="NCHW", intermediates_only=True
-            )
-            return out
-        return self._grid(self.model.forward_features(pixels))
-
-
-def _projection(attn: Any, facet: str, where: str, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(weight, bias)`` of ``attn``'s query/key/value projection, from the module's own parameters:
-
-    - a fused ``qkv`` Linear (rows: q, k, v, each heads-major: timm's reshape to (3, heads, head_dim)),
-      its bias slice plus any separate ``q_bias``/``k_bias``/``v_bias`` (EVA-02, DINOv3 ``_qkvb``:
-      timm adds those through ``F.linear``; EVA's ``k_bias`` is a zero buffer);
-    - separate ``q_proj``/``k_proj``/``v_proj`` Linears (EVA ``qkv_fused=False``).
-    """
-    import torch
-
-    i = _QKV_INDEX[facet]
-    letter = "qkv"[i]
-    qkv = getattr(attn, "qkv", None)
-    if isinstance(qkv, torch.nn.Linear):
-        d = qkv.out_features // 3
-        weight = qkv.weight[i * d : (i + 1) * d]
-        parts = [b for b in (None if qkv.bias is None else qkv.bias[i * d : (i + 1) * d], getattr(attn, f"{letter}_bias", None)) if b is not None]
-        bias = None if not parts else parts[0] if len(parts) == 1 else parts[0] + parts[1]
-        return weight, bias
-    proj = getattr(attn, f"{letter}_proj", None)
-    if isinstance(proj, torch.nn.Linear):
-        return proj.weight, proj.bias
-    raise uisbench.ConfigError(
-        f"{where}: blocks[{layer}].attn ({type(attn).__name__}) has neither a fused qkv Linear nor {letter}_proj; use facet: token."
-    )
 
 
 def vit_spec(
