@@ -173,7 +173,7 @@ def test_so400m_and_scanned_layouts_are_read_from_headers_alone(tmp_path):
     """SigLIP So400m/14 (width 1152, 27 blocks, 16 heads) as big_vision saves scanned encoders
     (vit.py ``scan=True``: one ``Transformer/encoderblock/...`` array per parameter, blocks stacked on
     axis 0): the entry names timm's so400m model; only the arrays' headers are looked at."""
-    from uisbench_builtins._families import inspect_entry
+    from uisbench_builtins._family_inspect import inspect_entry
 
     A = uisbench.weights.NpzArray  # noqa: N806
     img, blk = "params/img/", "params/img/Transformer/encoderblock/"

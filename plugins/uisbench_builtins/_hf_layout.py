@@ -492,7 +492,7 @@ def timm_architecture(folder: HFFolder) -> tuple[str, dict[str, Any]]:
 
 def inspect_folder(path: str | Path) -> dict[str, Any]:
     """``platform weights inspect FOLDER``: what the folder holds and the registry entry that loads it
-    (the keys of :func:`uisbench_builtins._families.inspect_entry`'s answer)."""
+    (the keys of :func:`uisbench_builtins._family_inspect.inspect_entry`'s answer)."""
     path = Path(path)
     files = sorted(p.name for p in path.iterdir())[:12] if path.is_dir() else []
     info: dict[str, Any] = {"family": None, "top_level_keys": files}  # a folder's "top level": its files

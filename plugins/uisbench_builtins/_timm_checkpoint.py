@@ -14,7 +14,8 @@ from typing import Any
 
 import uisbench
 
-from ._families import Family, backbone_state_dict, check_model
+from ._families import Family
+from ._family_layouts import backbone_state_dict, check_model
 from ._hf_layout import HFFolder
 
 
@@ -76,7 +77,7 @@ def load_file(net: Any, path: Path, checkpoint: Any, family: Family | None, mode
     """Load ``checkpoint`` (read from ``path``) into ``net``: ``(weights, weights_sha256, load_notes)``
     as :class:`~uisbench_builtins.timm_vit.TimmViT` records them."""
     if isinstance(checkpoint, uisbench.weights.NpzArchive):  # big_vision/JAX: timm's own .npz loader, strictly
-        from ._families import load_npz
+        from ._family_npz import load_npz
 
         notes = load_npz(net, checkpoint, family, str(path), model_name)
         return str(path), uisbench.io.file_sha256(path), notes

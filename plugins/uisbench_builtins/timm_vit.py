@@ -52,7 +52,9 @@ from typing import TYPE_CHECKING, Any
 
 import uisbench
 
-from ._families import family_named, inspect_entry, recognise, weights_dir
+from ._families import family_named, weights_dir
+from ._family_inspect import inspect_entry
+from ._family_layouts import recognise
 from ._hf_layout import inspect_folder, read_folder
 from ._timm_checkpoint import load_file, load_weights
 from ._timm_facets import QKV_INDEX, autocast_context, block_tokens, projected, projection
@@ -69,20 +71,10 @@ from ._timm_params import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = [  # the ViT machinery the dino and mae plugins share (some of it defined in the _timm_* helpers)
-    "FACETS",
-    "BLOCK_FACETS",
-    "PRECISIONS",
-    "architecture_kind",
-    "TimmViT",
-    "vit_params",
-    "check_vit_params",
-    "vit_spec",
-    "load_weights",
-    "hub_weights",
-    "cached_weights",
-    "offline",
-    "autocast_context",
+# the ViT machinery the dino and mae plugins share (some of it defined in the _timm_* helpers)
+__all__ = [
+    "FACETS", "BLOCK_FACETS", "PRECISIONS", "architecture_kind", "TimmViT", "vit_params", "check_vit_params", "vit_spec",
+    "load_weights", "hub_weights", "cached_weights", "offline", "autocast_context",
 ]
 
 _INIT_SEED = 0
