@@ -51,174 +51,24 @@ The stated ``area`` is kept when valid, the mask's pixel count used only when it
 sorts objects into small / medium / large (and ignores those outside a range) by the stated area,
 which for COCO is the polygon's area, not the rasterised mask's; keeping it is what makes the
 numbers comparable with published ones.
+
+Its private helpers: ``_coco_presets.py`` (parameters, presets, shipped file lists) and
+``_coco_checks.py`` (reading the json, the field checks).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import stat
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import uisbench
-from uisbench.data import SAFETY_PARAMS, SkipPolicy, apply_preset, digest, expand_path, outside_root
+from uisbench.data import SkipPolicy, apply_preset, digest, expand_path, outside_root
 
-DEFAULT_ROOT = "~/datasets/coco"
-ROOT_ENV = "UISBENCH_COCO_ROOT"
-#: Box coordinates may leave the image by this share of its size (float rounding in real files).
-BOX_TOLERANCE = 0.01
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "coco-val2017": {
-        "images": "val2017",
-        "annotations": "annotations/instances_val2017.json",
-        "train_images": "train2017",
-        "train_annotations": "annotations/instances_train2017.json",
-    },
-    "coco20k": {
-        "images": "train2014",
-        "annotations": "annotations/instances_train2014.json",
-        "file_list": "coco20k",
-        "transductive": True,
-    },
-    "lvis-val": {
-        # LVIS v1 val images come from COCO train2017 and val2017; its json names them by coco_url.
-        "images": ".",
-        "annotations": "annotations/lvis_v1_val.json",
-        "max_dets": 300,
-        "transductive": True,
-    },
-}
-
-_DOWNLOADS = {
-    "coco-val2017": "http://images.cocodataset.org/zips/val2017.zip (and train2017.zip for the student's train "
-    "split) and http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
-    "coco20k": "http://images.cocodataset.org/zips/train2014.zip and "
-    "http://images.cocodataset.org/annotations/annotations_trainval2014.zip",
-    "lvis-val": "https://www.lvisdataset.org/dataset (lvis_v1_val.json) plus COCO 2017 train and val images",
-}
-
-PARAMS = (
-    uisbench.Param("preset", "str", None, "coco-val2017, coco20k or lvis-val: fills images/annotations/file_list/max_dets",
-                   choices=tuple(PRESETS), nullable=True),
-    uisbench.Param("root", "path", None, f"dataset folder; null = ${ROOT_ENV} or {DEFAULT_ROOT}", nullable=True),
-    uisbench.Param("images", "path", "images", "image folder (relative to root, or absolute)"),
-    uisbench.Param("annotations", "path", "annotations.json", "COCO annotations json (relative to root, or absolute)"),
-    uisbench.Param("train_images", "path", None, "image folder of the train split (default: images, see transductive)",
-                   nullable=True),
-    uisbench.Param("train_annotations", "path", None, "annotations of the train split (default: annotations)",
-                   nullable=True),
-    uisbench.Param("train_max_images", "int", None, "train split: keep the first N images by id (null = all)",
-                   nullable=True, ge=1),
-    uisbench.Param("train_unlabelled", "bool", False, "train split: also every image file of train_images that no "
-                   "annotation file names, without ground truth (pseudo-labelled only; fine-tuning never draws it)"),
-    uisbench.Param("transductive", "bool", False, "the train split is the evaluation split, on purpose (recorded "
-                   "in results); also the case when no train_* path is given"),
-    uisbench.Param("val_images", "path", None, "image folder of the val split (default: images)", nullable=True),
-    uisbench.Param("val_annotations", "path", None, "annotations of the val split (default: annotations)",
-                   nullable=True),
-    uisbench.Param("file_list", "path", None, "text file of image file names to keep (one a line); "
-                   "'coco20k' = the shipped COCO20K list", nullable=True),
-    uisbench.Param("max_dets", "int", 100, "detections per image the evaluation keeps (LVIS: 300); the coco metric entry must match",
-                   ge=10),
-    uisbench.Param("skip_bad_images", "bool", False, "record bad images in dataset.skipped and go on instead of failing"),
-    *SAFETY_PARAMS,
-)
-
-
-def builtin_file_list(name: str) -> Path | None:
-    """Path of a file list shipped with the plugin (``coco20k`` -> ``data/coco20k_filenames.txt``)."""
-    candidate = resources.files("uisbench_builtins") / "data" / f"{name}_filenames.txt"
-    return Path(str(candidate)) if candidate.is_file() else None
-
-
-def read_json(path: Path) -> Any:
-    """Parse an annotation file; malformed or truncated json -> DataError with the position."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise uisbench.DataError(f"{path}: annotation file not found.") from err
-    except UnicodeDecodeError as err:
-        raise uisbench.DataError(f"{path}: annotation file is not UTF-8 text (byte {err.start}); is it a json file?") from err
-    except OSError as err:
-        raise uisbench.DataError(f"{path}: cannot read annotation file ({err.strerror}).") from err
-    try:
-        return json.loads(text)
-    except RecursionError as err:  # "[[[[..." thousands deep: the parser's recursion runs out
-        raise uisbench.DataError(f"{path}: JSON nested too deeply to be an annotation file.") from err
-    except json.JSONDecodeError as err:
-        # an unterminated string runs to the end of the file, so it also means "cut short"
-        truncated = err.pos >= len(text.rstrip()) - 1 or err.msg.startswith("Unterminated string")
-        why = " The file ends there: it looks truncated (re-download or re-export it)." if truncated else ""
-        raise uisbench.DataError(
-            f"{path}: malformed JSON at line {err.lineno} column {err.colno} (char {err.pos} of {len(text)}): "
-            f"{err.msg}.{why}"
-        ) from err
-
-
-def _file_name(image: dict[str, Any]) -> str | None:
-    name = image.get("file_name")
-    if isinstance(name, str) and name:
-        return name
-    url = image.get("coco_url")  # LVIS: http://images.cocodataset.org/val2017/000000397133.jpg
-    if isinstance(url, str) and url:
-        return "/".join(url.rstrip("/").split("/")[-2:])
-    return None
-
-
-def _first(items: list[str], n: int = 5) -> str:
-    shown = ", ".join(items[:n])
-    return shown + (f" ... ({len(items)} in all)" if len(items) > n else "")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number_list(value: Any) -> bool:
-    """A list of finite numbers (json's NaN and Infinity, and booleans, excluded)."""
-    return isinstance(value, list) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
-    )
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def rle_pixels(counts: str) -> int | None:
-    """Pixels covered by a compressed COCO RLE string (pycocotools' ``rleFrString``, all runs summed),
-    or ``None`` when it does not decode: a character out of range, a run of negative length, a number
-    cut short or longer than 64 bits.
-
-    pycocotools trusts the string: runs that add up to more than ``height x width`` make its IoU and
-    area silently wrong, so the total is checked before the mask is used.
-    """
-    total = previous = earlier = 0
-    runs = value = shift = 0
-    for char in counts:
-        c = ord(char) - 48
-        if not 0 <= c < 64 or shift > 60:
-            return None
-        value |= (c & 0x1F) << shift
-        shift += 5
-        if c & 0x20:  # more 5-bit groups of this number follow
-            continue
-        if c & 0x10:  # negative: sign-extend
-            value -= 1 << shift
-        if runs > 2:  # from the fourth run on, each is stored as the difference to the run two back
-            value += earlier
-        if value < 0:
-            return None
-        total += value
-        earlier, previous = previous, value
-        runs += 1
-        value = shift = 0
-    return None if shift else total
+from ._coco_checks import BOX_TOLERANCE, file_name, first_few, is_int, number_list, read_json, rle_pixels, show
+from ._coco_presets import DEFAULT_ROOT, DOWNLOADS, PARAMS, PRESETS, ROOT_ENV, builtin_file_list
 
 
 class CocoDataset(SkipPolicy, uisbench.Dataset):
@@ -263,7 +113,7 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
         #: category id (json text) -> annotation ids naming it though the list does not hold it
         self._unlisted: dict[str, list[str]] = {}
         for cat in categories if isinstance(categories, list) else []:
-            if isinstance(cat, dict) and _is_int(cat.get("id")):
+            if isinstance(cat, dict) and is_int(cat.get("id")):
                 self.categories[cat["id"]] = str(cat.get("name", cat["id"]))
             if isinstance(cat, dict) and "id" in cat:
                 self._listed_categories.add(json.dumps(cat["id"], sort_keys=True))
@@ -274,8 +124,8 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
         stats: list[tuple[int, str, int]] = []
         self._listed: set[int] = set()
         for index, image in enumerate(data["images"]):
-            if not isinstance(image, dict) or not _is_int(image.get("id")):
-                got = _show(image.get("id")) if isinstance(image, dict) else "not an object"
+            if not isinstance(image, dict) or not is_int(image.get("id")):
+                got = show(image.get("id")) if isinstance(image, dict) else "not an object"
                 problems.append((None, None, f"images[{index}]: 'id' must be an integer (got {got})"))
                 continue
             image_id = image["id"]
@@ -287,7 +137,7 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
         if self.file_list is not None:
             self._apply_file_list()
         if self.unlabelled:
-            named = {os.path.realpath(self.images_dir / n) for n in (_file_name(i) for i in data["images"] if isinstance(i, dict)) if n}
+            named = {os.path.realpath(self.images_dir / n) for n in (file_name(i) for i in data["images"] if isinstance(i, dict)) if n}
             problems.extend(self._add_unlabelled(named, max(self._listed, default=0) + 1))
 
         for image_id, rec in self._records.items():
@@ -310,7 +160,7 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
             # Not skippable: the file contradicts itself, and taking such an instance for "object" moves
             # the per-category metrics (recall_single became "-") without a word.
             ids = sorted(self._unlisted, key=lambda k: (len(k), k))
-            named = "; ".join(f"category id {k}: annotation{'s' if len(v) > 1 else ''} {_first(v)}" for k, v in
+            named = "; ".join(f"category id {k}: annotation{'s' if len(v) > 1 else ''} {first_few(v)}" for k, v in
                               ((k, self._unlisted[k]) for k in ids))
             raise uisbench.DataError(
                 f"{where}: {sum(map(len, self._unlisted.values()))} annotation(s) name categories the file does not list "
@@ -329,16 +179,16 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
 
     def _add_record(self, image_id: int, image: dict[str, Any]) -> tuple[int, str | None, str] | None:
         """Check one entry of the images list and record it; return its problem, if any."""
-        name = _file_name(image)
+        name = file_name(image)
         width, height = image.get("width"), image.get("height")
         if name is None:
             return image_id, None, f"image id {image_id}: no 'file_name' (or 'coco_url')"
         if "\0" in name:
-            return image_id, None, f"image id {image_id}: file_name {_show(name)} holds a NUL character"
+            return image_id, None, f"image id {image_id}: file_name {show(name)} holds a NUL character"
         path = self.images_dir / name
         if image_id in self._records:
             return image_id, str(path), f"image id {image_id} appears twice in the images list"
-        if not (_is_int(width) and _is_int(height) and width > 0 and height > 0):
+        if not (is_int(width) and is_int(height) and width > 0 and height > 0):
             return image_id, str(path), f"image id {image_id} ({name}): missing or invalid width/height"
         if width * height > self.max_image_pixels:
             return image_id, str(path), (
@@ -390,7 +240,7 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
         if absent:
             raise uisbench.DataError(
                 f"{path}: {len(absent)} of its {len(wanted)} files are not in {self.annotations_path} "
-                f"({_first(absent)}); use the annotation file the list was made for."
+                f"({first_few(absent)}); use the annotation file the list was made for."
             )
         keep = {by_name[name] for name in wanted}
         self._records = {i: r for i, r in self._records.items() if i in keep}
@@ -400,21 +250,21 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
         if not isinstance(ann, dict):
             return None, None, f"annotations[{index}] is not an object"
         ann_id, image_id = ann.get("id"), ann.get("image_id")
-        name = f"annotation {ann_id}" if _is_int(ann_id) else f"annotations[{index}]"
-        if not _is_int(image_id):
+        name = f"annotation {ann_id}" if is_int(ann_id) else f"annotations[{index}]"
+        if not is_int(image_id):
             # 3.0 and true equal the ids 3 and 1: that image would silently lose this object, so it is blamed
             meant = image_id if isinstance(image_id, (int, float)) and image_id in self._records else None
             rec = self._records[meant] if meant is not None else None
             return (None if meant is None else int(meant), rec.file if rec else None,
-                    f"{name}: field 'image_id' must be an integer (got {_show(image_id)})")
+                    f"{name}: field 'image_id' must be an integer (got {show(image_id)})")
         if image_id not in self._records:
             if image_id in self._listed:
                 return None  # an image left out by the file list, or already reported as bad
             return None, None, f"{name} points at image id {image_id!r}, which is not in the images list"
         rec = self._records[image_id]
         tag = f"{name} of image id {image_id} ({rec.file})"
-        if "id" in ann and not _is_int(ann_id):
-            return image_id, rec.file, f"{tag}: field 'id' must be an integer (got {_show(ann_id)})"
+        if "id" in ann and not is_int(ann_id):
+            return image_id, rec.file, f"{tag}: field 'id' must be an integer (got {show(ann_id)})"
         h, w = rec.height, rec.width
         seg = ann.get("segmentation")
         try:
@@ -422,17 +272,17 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
                 if not seg:
                     return image_id, rec.file, f"{tag}: empty segmentation"
                 for k, poly in enumerate(seg):
-                    if not _number_list(poly) or len(poly) % 2:
+                    if not number_list(poly) or len(poly) % 2:
                         return image_id, rec.file, f"{tag}: polygon {k} is not an even-length list of finite numbers"
                     if len(poly) < 6:
                         return image_id, rec.file, f"{tag}: polygon {k} has {len(poly) // 2} point(s); a polygon needs at least 3"
                 rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
             elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
                 if list(seg["size"]) != [h, w]:
-                    return image_id, rec.file, f"{tag}: RLE size {_show(seg['size'])} differs from the image's [{h}, {w}]"
+                    return image_id, rec.file, f"{tag}: RLE size {show(seg['size'])} differs from the image's [{h}, {w}]"
                 counts = seg["counts"]
                 if isinstance(counts, list):
-                    if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != h * w:
+                    if not all(is_int(c) and c >= 0 for c in counts) or sum(counts) != h * w:
                         return image_id, rec.file, (
                             f"{tag}: uncompressed RLE counts must be integers >= 0 adding up to height x width = {h * w}"
                         )
@@ -451,9 +301,9 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
         except Exception as err:  # pycocotools rejects malformed RLE/polygons with various errors
             return image_id, rec.file, f"{tag}: invalid segmentation ({type(err).__name__}: {err})"
         stated = ann.get("area")
-        if stated is not None and not (_number_list([stated]) and stated >= 0):
+        if stated is not None and not (number_list([stated]) and stated >= 0):
             return image_id, rec.file, (
-                f"{tag}: field 'area' is {_show(stated)}; it must be a finite number >= 0 (COCOeval sorts objects "
+                f"{tag}: field 'area' is {show(stated)}; it must be a finite number >= 0 (COCOeval sorts objects "
                 "into small/medium/large by it) or left out (then the mask's area is used)"
             )
         tiny_polygon = isinstance(seg, list) and stated is not None and stated > 0
@@ -462,8 +312,8 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
         bbox = ann.get("bbox")
         if bbox is None:
             bbox = [float(v) for v in mask_utils.toBbox(rle)]
-        if not _number_list(bbox) or len(bbox) != 4:
-            return image_id, rec.file, f"{tag}: field 'bbox' {_show(bbox)} is not [x, y, width, height] in finite numbers"
+        if not number_list(bbox) or len(bbox) != 4:
+            return image_id, rec.file, f"{tag}: field 'bbox' {show(bbox)} is not [x, y, width, height] in finite numbers"
         x, y, bw, bh = (float(v) for v in bbox)
         if bw < 0 or bh < 0:
             return image_id, rec.file, f"{tag}: bbox {bbox} has a negative width or height"
@@ -472,17 +322,17 @@ class CocoDataset(SkipPolicy, uisbench.Dataset):
             return image_id, rec.file, f"{tag}: bbox {bbox} lies outside the {w}x{h} image"
         crowd = ann.get("iscrowd", 0)
         if not isinstance(crowd, int) or crowd not in (0, 1):  # bool is an int: false/true are accepted
-            return image_id, rec.file, f"{tag}: field 'iscrowd' must be 0 or 1 (got {_show(crowd)})"
+            return image_id, rec.file, f"{tag}: field 'iscrowd' must be 0 or 1 (got {show(crowd)})"
         counts = rle["counts"]
         segmentation = {"size": [h, w], "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
         category_id = ann.get("category_id")
         if category_id is not None and json.dumps(category_id, sort_keys=True) not in self._listed_categories:
-            self._unlisted.setdefault(json.dumps(category_id, sort_keys=True), []).append(str(ann_id) if _is_int(ann_id) else f"[{index}]")
+            self._unlisted.setdefault(json.dumps(category_id, sort_keys=True), []).append(str(ann_id) if is_int(ann_id) else f"[{index}]")
             return None
-        category = self.categories.get(category_id) if _is_int(category_id) else None
+        category = self.categories.get(category_id) if is_int(category_id) else None
         self._gt[image_id].append(
             uisbench.GroundTruth(
-                id=ann_id if _is_int(ann_id) else index + 1,
+                id=ann_id if is_int(ann_id) else index + 1,
                 image_id=image_id,
                 segmentation=segmentation,
                 bbox=(x, y, bw, bh),
@@ -561,7 +411,7 @@ def build(split: str = "val", **params: Any) -> CocoDataset:
         raise uisbench.DataError(f"{label} (split {split}): file list: {file_list} {problem}; `file_list:` must name a text file.")
     if missing:
         source = f"root {root} (from {'the root parameter' if params['root'] else ROOT_ENV if os.environ.get(ROOT_ENV) else 'the default'})"
-        hint = f" Download: {_DOWNLOADS[preset]}." if preset in _DOWNLOADS else ""
+        hint = f" Download: {DOWNLOADS[preset]}." if preset in DOWNLOADS else ""
         if split == "train" and not transductive:
             hint += (" Or set `transductive: true` to train the student on the evaluation images instead "
                      "(recorded in results.json and shown in the leaderboard).")
@@ -577,7 +427,7 @@ def build(split: str = "val", **params: Any) -> CocoDataset:
         if val_images is not None and val_annotations is not None and val_annotations.is_file():
             listed = read_json(val_annotations)
             entries = listed.get("images") if isinstance(listed, dict) and isinstance(listed.get("images"), list) else []
-            exclude = frozenset(os.path.realpath(val_images / n) for n in (_file_name(i) for i in entries if isinstance(i, dict)) if n)
+            exclude = frozenset(os.path.realpath(val_images / n) for n in (file_name(i) for i in entries if isinstance(i, dict)) if n)
     return CocoDataset(split=split, images_dir=images, annotations=annotations, file_list=file_list,
                        max_dets=int(params["max_dets"]), skip_bad_images=bool(params["skip_bad_images"]), label=label,
                        allow_outside_root=bool(params["allow_outside_root"]),
