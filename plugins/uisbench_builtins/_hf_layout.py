@@ -19,7 +19,8 @@ The epsilon is not a timm argument: the model's LayerNorms take the config's val
 So the ``transformers`` extra is needed only to *make* such folders (and by the tests, whose
 reference is transformers' own forward); loading one needs timm and safetensors only.
 
-torch, timm and safetensors are imported inside functions only.
+The key conversion is in ``_hf_convert.py``. torch, timm and safetensors are imported inside functions
+only.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 import uisbench
 
 from ._families import FAMILIES, Family
+from ._hf_convert import convert_keys
 
 __all__ = ["HFFolder", "read_folder", "timm_architecture", "inspect_folder"]
 
@@ -213,7 +215,7 @@ def read_folder(path: str | Path, family: Family | None = None, where: str = "")
         raise uisbench.ConfigError(f"{source}: hidden_act {act_name!r} has no timm counterpart here (known: {', '.join(sorted(_ACTS))}).")
     swiglu = bool(vision.get("use_swiglu_ffn", False))
     hf_sd, files = _read_weights(path, what)
-    sd, notes = _convert(hf_sd, fam_name, swiglu, path)
+    sd, notes = convert_keys(hf_sd, fam_name, swiglu, path)
     absent = [k for k in ("patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight") if k not in sd]
     if absent:
         raise uisbench.ConfigError(f"{what}: the weights lack {', '.join(absent)} (timm's names); not a whole {fam.title} vision model, re-download it.")
@@ -261,110 +263,6 @@ def _read_weights(path: Path, what: str) -> tuple[dict[str, Any], list[Path]]:
             raise uisbench.ConfigError(f"{what}: weights file {f} {problem}; re-download the folder.")
         sd.update(uisbench.weights.read_checkpoint(f))  # safetensors: no code runs
     return sd, files
-
-
-# ---------------------------------------------------------------------------------------------
-# Key conversion, per family (the names are transformers' modeling_*.py module names)
-# ---------------------------------------------------------------------------------------------
-
-#: sub-networks of the saved classes that are not the vision backbone (their keys are left out, noted)
-_PREFIXES = {"dinov2": ("dinov2.", "dinov2_with_registers."), "mae": ("vit.",), "clip": ("vision_model.",), "siglip": ("vision_model.",)}
-
-
-def _strip(hf_sd: dict[str, Any], fam: str, source: Path) -> tuple[dict[str, Any], list[str]]:
-    for p in _PREFIXES[fam]:
-        if any(k.startswith(p) for k in hf_sd):
-            left = sorted({k.split(".")[0] for k in hf_sd if not k.startswith(p)})
-            sd = {k[len(p):]: v for k, v in hf_sd.items() if k.startswith(p)}
-            return sd, [f"took '{p}'" + (f", left out {', '.join(left)}" if left else "")]
-    if not any(k.startswith("embeddings.") for k in hf_sd):
-        raise uisbench.ConfigError(f"weights folder {source}: no key starts with 'embeddings.' or {' / '.join(map(repr, _PREFIXES[fam]))} "
-                                   f"(keys: {sorted(hf_sd)[:6]}); not a transformers {fam} model, re-download it.")
-    return dict(hf_sd), []
-
-
-def _qkv(out: dict[str, Any], hf: dict[str, Any], i: int, q: str, k: str, v: str) -> None:
-    import torch
-
-    for kind in ("weight", "bias"):
-        parts = [hf.pop(f"{n}.{kind}", None) for n in (q, k, v)]
-        if all(p is not None for p in parts):
-            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(parts, 0)
-        elif any(p is not None for p in parts):
-            raise uisbench.ConfigError(f"block {i}: only some of the q/k/v {kind}s are in the file; re-download it.")
-
-
-def _move(out: dict[str, Any], hf: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
-    """Rename every key under each HF prefix to the timm prefix (``weight``/``bias``/...)."""
-    for src, dst in pairs:
-        for key in [k for k in hf if k == src or k.startswith(src + ".")]:
-            out[dst + key[len(src):]] = hf.pop(key)
-
-
-def _convert(hf_sd: dict[str, Any], fam: str, swiglu: bool, source: Path) -> tuple[dict[str, Any], list[str]]:
-    hf, notes = _strip(hf_sd, fam, source)
-    out: dict[str, Any] = {}
-    dropped = [k for k in list(hf) if k in ("embeddings.mask_token", "embeddings.position_ids")]
-    for k in dropped:
-        hf.pop(k)
-    depth = len({int(m.group(1)) for k in hf if (m := re.match(r"encoder\.layers?\.(\d+)\.", k))})
-    if fam in ("dinov2", "mae"):  # modeling_dinov2.py / modeling_dinov2_with_registers.py / modeling_vit_mae.py
-        _move(out, hf, [("embeddings.patch_embeddings.projection", "patch_embed.proj"), ("layernorm", "norm")])
-        cls = hf.pop("embeddings.cls_token", None)
-        pos = hf.pop("embeddings.position_embeddings", None)
-        reg = hf.pop("embeddings.register_tokens", None)
-        if cls is None or pos is None:
-            raise uisbench.ConfigError(f"weights folder {source}: no embeddings.cls_token / position_embeddings; re-download it.")
-        if reg is not None:  # timm's no_embed_class layout of DINOv2 + registers (as its _convert_dinov2)
-            out.update(reg_token=reg, cls_token=cls + pos[:, :1], pos_embed=pos[:, 1:])
-        else:
-            out.update(cls_token=cls, pos_embed=pos)
-        for i in range(depth):
-            b = f"encoder.layer.{i}."
-            a = b + "attention.attention."
-            _qkv(out, hf, i, a + "query", a + "key", a + "value")
-            t = f"blocks.{i}."
-            if fam == "dinov2":
-                mlp = [(b + "mlp.weights_in", t + "mlp.fc1"), (b + "mlp.weights_out", t + "mlp.fc2")] if swiglu else [
-                    (b + "mlp.fc1", t + "mlp.fc1"), (b + "mlp.fc2", t + "mlp.fc2")]
-                _move(out, hf, [(b + "norm1", t + "norm1"), (b + "norm2", t + "norm2"), (b + "attention.output.dense", t + "attn.proj"),
-                                (b + "layer_scale1.lambda1", t + "ls1.gamma"), (b + "layer_scale2.lambda1", t + "ls2.gamma"), *mlp])
-            else:
-                _move(out, hf, [(b + "layernorm_before", t + "norm1"), (b + "layernorm_after", t + "norm2"),
-                                (b + "attention.output.dense", t + "attn.proj"), (b + "intermediate.dense", t + "mlp.fc1"),
-                                (b + "output.dense", t + "mlp.fc2")])
-    else:  # modeling_clip.py / modeling_siglip.py
-        _move(out, hf, [("embeddings.patch_embedding", "patch_embed.proj"), ("pre_layrnorm", "norm_pre"), ("post_layernorm", "norm")])
-        pos = hf.pop("embeddings.position_embedding.weight", None)
-        if pos is None:
-            raise uisbench.ConfigError(f"weights folder {source}: no embeddings.position_embedding.weight; re-download it.")
-        out["pos_embed"] = pos.unsqueeze(0)
-        cls = hf.pop("embeddings.class_embedding", None)
-        if cls is not None:
-            out["cls_token"] = cls.reshape(1, 1, -1)
-        for i in range(depth):
-            b, t = f"encoder.layers.{i}.", f"blocks.{i}."
-            a = b + "self_attn."
-            _qkv(out, hf, i, a + "q_proj", a + "k_proj", a + "v_proj")
-            _move(out, hf, [(b + "layer_norm1", t + "norm1"), (b + "layer_norm2", t + "norm2"), (a + "out_proj", t + "attn.proj"),
-                            (b + "mlp.fc1", t + "mlp.fc1"), (b + "mlp.fc2", t + "mlp.fc2")])
-        if "head.probe" in hf:  # SigLIP's MAP head (nn.MultiheadAttention: in_proj rows q, k, v) -> timm's AttentionPoolLatent
-            d = int(hf["head.probe"].shape[-1])
-            out["attn_pool.latent"] = hf.pop("head.probe")
-            for kind in ("weight", "bias"):
-                w = hf.pop(f"head.attention.in_proj_{kind}", None)
-                if w is None:
-                    raise uisbench.ConfigError(f"weights folder {source}: SigLIP's head has no attention.in_proj_{kind}; re-download it.")
-                out[f"attn_pool.q.{kind}"], out[f"attn_pool.kv.{kind}"] = w[:d], w[d:]
-            _move(out, hf, [("head.attention.out_proj", "attn_pool.proj"), ("head.layernorm", "attn_pool.norm"), ("head.mlp", "attn_pool.mlp")])
-    if hf:
-        # strict: a key nobody converted is a layout this code does not know, never silently dropped
-        raise uisbench.ConfigError(
-            f"weights folder {source}: {len(hf)} weights of an unknown layout ({', '.join(sorted(hf)[:6])}); "
-            "this transformers variant is not converted here: export it with timm, or give a state dict in timm's layout."
-        )
-    notes.append(f"converted from transformers' {fam} layout (q/k/v fused into qkv)")
-    return out, notes
 
 
 # ---------------------------------------------------------------------------------------------
