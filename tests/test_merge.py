@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import pytest
 
@@ -129,3 +130,67 @@ def test_fewer_than_two_runs_is_a_usage_error(two_runs, capsys):
     root, _ = two_runs
     assert main(["leaderboard", "--merge", str(root / "a")]) == 2
     assert "at least two" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def split_runs(tmp_path_factory):
+    """Three calibration rows of distinct quality: the reference bench scores all three in one run;
+    machine X scores oracle-instance and position, machine Y (later) oracle-semantic, which lands between."""
+    root = tmp_path_factory.mktemp("split")
+    common = ["bench", "--maskers", "ncut", "--students", "none", "--finetune", "none", "--limit", "4",
+              "--device", "cpu", "--no-report", "--format", "csv"]
+    for name, backbones in (("reference", "oracle-instance,oracle-semantic,position"), ("x", "oracle-instance,position"),
+                            ("y", "oracle-semantic")):
+        assert main([*common, "--backbones", backbones, "--workdir", str(root / name)]) == 0
+    runs = {name: json.loads((root / name / "results.json").read_text()) for name in ("reference", "x", "y")}
+    return root, runs
+
+
+def _marks(ranking, group="calibration"):
+    return [(r["id"], r["within_noise_of_previous"]) for r in ranking[group]]
+
+
+def test_a_merge_of_one_run_recomputes_exactly_its_own_marks_and_intervals(split_runs, tmp_path):
+    """The same run twice (its work directory and a copy from another machine): every mark is decided
+    again from the recomputed per-draw values by the single-run rule, and equals the run's own."""
+    root, runs = split_runs
+    run = "x"
+    copy_dir = tmp_path / "elsewhere"
+    shutil.copytree(root / run, copy_dir)
+    merged, record = merge_runs([root / run, copy_dir])
+    assert _marks(merged["ranking"]) == _marks(runs[run]["ranking"]) and merged["ranking"]["rows"] == runs[run]["ranking"]["rows"] == []
+    assert [r["ci"] for r in merged["ranking"]["calibration"]] == [r["ci"] for r in runs[run]["ranking"]["calibration"]]
+    assert [m["how"] for m in record["marks"]] == ["recomputed"] * (len(runs[run]["ranking"]["calibration"]) - 1)
+    assert record["runs"][1]["recomputed"] == len(runs[run]["cells"]) and record["runs"][1]["not_recomputed"] == []
+    assert _marks(merged["ranking"])[1] == ("position/ncut/-", False)  # clearly below oracle-instance: decided
+
+
+def test_rows_adjacent_only_after_merging_get_the_mark_one_run_of_both_gives(split_runs):
+    """oracle-semantic (run Y) lands between X's rows: neither of its pairs was tested by a run, and
+    the recomputed marks equal those of the reference bench that scored all three rows together
+    (the same seed and images give the same bootstrap draws)."""
+    root, runs = split_runs
+    merged, record = merge_runs([root / "x", root / "y"])
+    reference = runs["reference"]["ranking"]
+    assert [r["id"] for r in merged["ranking"]["calibration"]] == ["oracle-instance/ncut/-", "oracle-semantic/ncut/-", "position/ncut/-"]
+    assert _marks(merged["ranking"]) == _marks(reference)
+    assert [m for _, m in _marks(merged["ranking"])] == [None, True, True]  # decided, not left undecided
+    assert [r["ci"] for r in merged["ranking"]["calibration"]] == [r["ci"] for r in reference["calibration"]]
+    assert [(m["id"], m["above"], m["how"]) for m in record["marks"]] == [
+        ("oracle-semantic/ncut/-", "oracle-instance/ncut/-", "recomputed"), ("position/ncut/-", "oracle-semantic/ncut/-", "recomputed")]
+    # X alone marked position False against oracle-instance: a mark belongs to its neighbour, so X's is not reused
+    assert _marks(runs["x"]["ranking"])[1] == ("position/ncut/-", False)
+
+
+def test_a_run_given_as_results_json_alone_keeps_the_run_rule_and_says_so(split_runs, tmp_path):
+    root, runs = split_runs
+    x = _write(tmp_path, "x", runs["x"])  # no cache/ beside it: no per-draw values
+    merged, record = merge_runs([x, root / "y"])
+    assert _marks(merged["ranking"]) == [("oracle-instance/ncut/-", None), ("oracle-semantic/ncut/-", None), ("position/ncut/-", None)]
+    assert [m["how"] for m in record["marks"]] == ["undecided", "undecided"]
+    assert record["runs"][0]["recomputed"] == 0 and "results.json alone" in record["runs"][0]["not_recomputed"][0]
+    assert record["runs"][1]["recomputed"] == 1  # Y's row was recomputed, but its neighbours were not
+    # the interval of a row that was not recomputed is its own run's
+    assert merged["ranking"]["calibration"][0]["ci"] == runs["x"]["ranking"]["calibration"][0]["ci"]
+    merged, record = merge_runs([x, _write(tmp_path, "x2", runs["x"])])  # one run's own pair: kept from it
+    assert _marks(merged["ranking"]) == _marks(runs["x"]["ranking"]) and [m["how"] for m in record["marks"]] == ["kept from its run"]
