@@ -194,3 +194,24 @@ def test_a_run_given_as_results_json_alone_keeps_the_run_rule_and_says_so(split_
     assert merged["ranking"]["calibration"][0]["ci"] == runs["x"]["ranking"]["calibration"][0]["ci"]
     merged, record = merge_runs([x, _write(tmp_path, "x2", runs["x"])])  # one run's own pair: kept from it
     assert _marks(merged["ranking"]) == _marks(runs["x"]["ranking"]) and [m["how"] for m in record["marks"]] == ["kept from its run"]
+
+
+def test_rescore_decides_a_runs_marks_again_and_catches_a_hand_edited_one(split_runs, tmp_path):
+    """``--rescore`` checks ``≈`` marks with the same recomputed per-draw values: X's honest marks are
+    accepted; position marked within noise of oracle-instance by hand (True for False) is named."""
+    import uisbench
+    from uisbench.bench._rescore import rescore_run
+
+    root, runs = split_runs
+    host = uisbench.host.load_plugins()
+    honest = rescore_run(root / "x", host)
+    assert honest["status"] == "accepted" and not any("≈" in n for n in honest["not_checked"]), honest
+    edited = tmp_path / "x"
+    shutil.copytree(root / "x", edited)
+    results = copy.deepcopy(runs["x"])
+    results["ranking"]["calibration"][1]["within_noise_of_previous"] = True
+    (edited / "results.json").write_text(json.dumps(results))
+    found = rescore_run(edited, host)
+    assert found["status"] == "differs" and [(d["where"], d["submitted"], d["recomputed"]) for d in found["differences"]] == [
+        ("position/ncut/- ranking", True, False)]
+    assert found["differences"][0]["value"].startswith("≈ mark")

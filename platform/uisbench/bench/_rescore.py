@@ -25,7 +25,10 @@ different backbones (another row's predictions claimed for this one).
 
 Not checked (listed, never silently accepted): metrics that read features or measured cost (the
 features are not trusted input and times are not reproducible), few-label curves, label-free
-agreement and stability, ``≈`` marks. A run whose predictions cannot be read is *cannot rescore*.
+agreement and stability. The ``≈`` marks are decided again from the recomputed per-draw values by
+the bench's own rule (``stats.uncertainty.rank_rows``, submitted values and order) where every row
+of a ranking group was recomputed, else listed as not checked. A run whose predictions cannot be
+read is *cannot rescore*.
 
 The cache is untrusted input: only JSON is read (never a pickle or a torch file), each file at most
 :data:`MAX_FILE_BYTES`, a key must be 24 hex digits and the file must resolve inside the work
@@ -364,8 +367,10 @@ def rescore_run(path: str | Path, host: Any) -> dict[str, Any]:
             found["checked"] += _compare(found, f"{row.get('id')} ranking", str(ranking.get("metric")),
                                          {"values": {value: row.get("value")}, "ci": {value: row.get("ci")}},
                                          {"values": {value: result["values"].get(value)}, "ci": {value: (result.get("ci") or {}).get(value)}})
+    unmarked = _check_marks(found, ranking, recomputed)
     found["not_checked"] = [f"metric {n}: {why}" for n, why in sorted(again["skipped"].items())]
-    found["not_checked"] += ["few-label curves, label-free agreement and stability, ≈ marks: not recomputed"]
+    found["not_checked"] += ["few-label curves, label-free agreement and stability: not recomputed"]
+    found["not_checked"] += [f"≈ marks of the {g}: a row's per-draw values were not recomputed" for g in unmarked]
     if found["differences"]:
         found["status"] = "differs"
     elif found["problems"]:
@@ -375,6 +380,37 @@ def rescore_run(path: str | Path, host: Any) -> dict[str, Any]:
     else:
         found["status"] = "accepted"
     return found
+
+
+def _check_marks(found: dict[str, Any], ranking: dict[str, Any], recomputed: dict[tuple[str, str, str], dict[str, Any]]) -> list[str]:
+    """Decide each ranking group's ``≈`` marks again with the bench's own rule (``rank_rows``) from the
+    recomputed per-draw values and add each mark that differs to ``found``; the groups that could not
+    be decided (a row with a value but no recomputed result)."""
+    from .stats.uncertainty import rank_rows
+
+    value, unmarked = ranking.get("value"), []
+    for group, words in (("rows", "contenders"), ("calibration", "calibration rows")):
+        rows = ranking.get(group) or []
+        again = []
+        for row in rows:
+            result = recomputed.get((row.get("id"), ranking.get("stage"), ranking.get("metric")))
+            if result is None and row.get("value") is not None:
+                break
+            # a row without a value had no draws in the bench either; a metric without resample neither
+            draws = ((result or {}).get("bootstrap") or {}).get(value) or []
+            again.append({"id": row.get("id"), "value": row.get("value"), "draws": draws, "tiebreak": row.get("id")})
+        else:
+            if len(rows) > 1:
+                decided = {e["id"]: e["within_noise_of_previous"] for e in rank_rows(again, bool(ranking.get("higher_is_better", True)))}
+                for row in rows[1:]:
+                    found["checked"] += 1
+                    if row.get("within_noise_of_previous") != decided.get(row.get("id")):
+                        found["differences"].append({"where": f"{row.get('id')} ranking", "metric": str(ranking.get("metric")),
+                                                     "value": "≈ mark (within noise of the row above)",
+                                                     "submitted": row.get("within_noise_of_previous"), "recomputed": decided.get(row.get("id"))})
+            continue
+        unmarked.append(words)
+    return unmarked
 
 
 def _fmt(value: Any) -> str:
