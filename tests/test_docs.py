@@ -112,3 +112,10 @@ def test_readme_commands_run(tmp_path, line, text):
         assert done.stderr.count(": accepted (") == 2, done.stderr[-2000:]
     if "pytest" in text:  # the generated test of the installed distribution ran, not skipped
         assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]
+    if "new-plugin backbone" in text:  # and the bench scored the pip-installed backbone (random init, declared)
+        import json
+
+        (results,) = [json.loads(p.read_text()) for p in work.glob("runs/*/results.json")]
+        (cell,) = [c for c in results["cells"] if c["backbone"] == "acme-vit"]
+        assert cell["status"] == "ok" and cell["pretrained"] is False, cell
+        assert cell["pseudo_masks"]["metrics"]["coco"]["values"]["AP50mask"] is not None
