@@ -50,3 +50,13 @@ def pseudo_mask_ap50(ds, ids, preds) -> float:
         ev.accumulate()
         ev.summarize()
     return float(ev.stats[1])
+
+
+def weights_inspect(path) -> tuple[int, str]:
+    """``platform weights inspect PATH``: its exit code and what it printed."""
+    from uisbench.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["weights", "inspect", str(path)])
+    return code, buf.getvalue()

@@ -14,8 +14,6 @@ independent reference here, installed by the ``test`` extra.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 
@@ -24,6 +22,7 @@ import torch
 import yaml
 
 import uisbench
+from helpers import weights_inspect
 
 transformers = pytest.importorskip("transformers")
 
@@ -109,18 +108,9 @@ def folders(tmp_path_factory):
     return out
 
 
-def _inspect(path) -> tuple[int, str]:
-    from uisbench.cli import main
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(["weights", "inspect", str(path)])
-    return code, buf.getvalue()
-
-
 def _entry(host, tmp_path, folder):
     """`platform weights inspect FOLDER`'s entry, loaded as `platform validate` loads a registry file."""
-    code, out = _inspect(folder)
+    code, out = weights_inspect(folder)
     assert code == 0, out
     mine = tmp_path / "mine.yaml"
     mine.write_text(out)
@@ -222,12 +212,12 @@ def test_missing_files_and_wrong_family_fail_with_the_fix(host, folders, tmp_pat
     (folder / "model.safetensors").unlink()
     with pytest.raises(uisbench.ConfigError, match=r"weights folder .*siglip: no model\.safetensors .* copy the whole folder"):
         timm_bb.build(**{**params, "size": 64})
-    code, out = _inspect(folder)
+    code, out = weights_inspect(folder)
     assert code == 1 and "# missing:" in out and "no model.safetensors" in out
     (folder / "config.json").unlink()
     with pytest.raises(uisbench.ConfigError, match=r"is not a regular file \(a folder\) \(a Hugging Face transformers folder holds config\.json and model\.safetensors\)"):
         timm_bb.build(**{**params, "size": 64})
-    code, out = _inspect(folder)
+    code, out = weights_inspect(folder)
     assert code == 1 and "config.json not found; a transformers folder holds config.json and model.safetensors" in out
 
 

@@ -12,14 +12,13 @@ a reference computed from that source network's own block (tests/test_families.p
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 
 import pytest
 import torch
 import yaml
 
 import uisbench
+from helpers import weights_inspect
 from test_families import _block_input, _reference_key
 
 SIZE = 64
@@ -221,20 +220,11 @@ def files(tmp_path_factory):
     return out
 
 
-def _inspect(path) -> tuple[int, str]:
-    from uisbench.cli import main
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(["weights", "inspect", str(path)])
-    return code, buf.getvalue()
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_official_file_inspected_validated_and_loaded(host, files, tmp_path, name):
     path, src = files[name]
     family = name.split(":")[0]  # "ibot:full": another official layout of iBOT
-    code, out = _inspect(path)
+    code, out = weights_inspect(path)
     assert code == 0, out
     registry_text = yaml.safe_load(out)
     ((entry_name, entry),) = registry_text["backbones"].items()
@@ -333,7 +323,7 @@ def test_official_file_from_the_weights_folder_else_unavailable_with_the_url(hos
 def test_inspect_says_what_is_missing(tmp_path):
     path = tmp_path / "odd.pth"
     torch.save({"blocks.0.attn.qkv.weight": torch.zeros(3 * 40, 40), "patch_embed.proj.weight": torch.zeros(40, 3, 16, 16)}, path)
-    code, out = _inspect(path)
+    code, out = weights_inspect(path)
     assert code == 1 and "missing: the timm model: width 40" in out
 
 

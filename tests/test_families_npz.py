@@ -20,7 +20,7 @@ import torch
 import yaml
 
 import uisbench
-from test_families_layouts import _inspect
+from helpers import weights_inspect
 
 P, D, H, MLP, SIZE = 16, 768, 12, 3072, 64  # SigLIP B/16's real width and heads, one block, a 4x4 grid
 G = SIZE // P
@@ -102,7 +102,7 @@ def _build(host, path, **params):
 
 def test_big_vision_npz_inspected_loaded_strictly_and_its_key_is_the_numpy_one(host, arrays, tmp_path):
     path = _write(tmp_path / "webli_en_b16_224_63724782.npz", arrays)
-    code, out = _inspect(path)
+    code, out = weights_inspect(path)
     assert code == 0, out
     for line in ("# family: siglip", "# patch_size: 16", "# depth: 1", "# width: 768", "# heads: 12", "# cls_token: False",
                  "# map_head: True"):
